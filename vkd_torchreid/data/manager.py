@@ -1,0 +1,303 @@
+"""The VKD data manager: multi-view training batches and the four test loaders.
+
+Built on torchreid's ``VideoDataManager`` (same attributes: ``sources``, ``targets``,
+``train_loader``, ``test_loader[name]['query'|'gallery']``, ``test_dataset``,
+``num_train_pids``), plus ``test_loader[name]['query_img'|'gallery_img']`` and the protocol
+of each target. Its constructor is not reused: it would parse every dataset again without
+our options and build loaders we replace.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Set, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vkd_torchreid.compat import VideoDataManager, build_train_sampler
+from vkd_torchreid.compat import data as tr_data
+from vkd_torchreid.config import MULTIVIEW_SAMPLER
+from vkd_torchreid.data.base import MODES, Protocol, Splits, evenly_indices
+from vkd_torchreid.data.io import CorruptImageError, read_image
+from vkd_torchreid.data.sampler import (
+    FrameSpec,
+    IdentityIndex,
+    MultiViewSampler,
+    TrackletBatchSampler,
+)
+from vkd_torchreid.data.transforms import (
+    AugmentOptions,
+    Collate,
+    TestFrameTransform,
+    TrainFrameTransform,
+)
+
+logger = logging.getLogger(__name__)
+
+_READ_ERRORS = (CorruptImageError, FileNotFoundError)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """What a batch holds and how the loaders run."""
+
+    stage: str = "teacher"  # 'teacher': N frames of one tracklet; 'student': view_strategy
+    view_strategy: str = "multiview"
+    train_sampler: str = MULTIVIEW_SAMPLER
+    batch_size: int = 32  # P x K items
+    num_instances: int = 4  # K
+    seq_len: int = 8  # N
+    test_batch_size: int = 32
+    sample_method: str = "evenly"  # test time: 'evenly' or 'all'
+    workers: int = 4
+    skip_corrupt: bool = False
+
+    @property
+    def strategy(self) -> str:
+        return "tracklet" if self.stage == "teacher" else self.view_strategy
+
+
+class TrainFrames(Dataset):
+    """Decodes the frames of a :data:`FrameSpec` item and applies the per-frame augmentation.
+
+    With ``skip_corrupt`` an unreadable frame is replaced by another frame of its tracklet
+    (then of its identity) and its path is reported in ``skipped``; without it the error
+    names the file.
+    """
+
+    def __init__(self, tracklets: Sequence[Sequence], transform: TrainFrameTransform,
+                 skip_corrupt: bool = False) -> None:
+        self.paths = [tuple(t[0]) for t in tracklets]
+        self.transform = transform
+        self.skip_corrupt = skip_corrupt
+        self.index = IdentityIndex(tracklets) if skip_corrupt else None
+        self._bad: Set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _replacement(self, pid: int, t: int) -> np.ndarray:
+        """Another readable frame of tracklet ``t``, else of identity ``pid``."""
+        assert self.index is not None
+        others = [x for x in np.random.permutation(self.index.tracklets[pid]) if x != t]
+        for cand in [t, *others]:
+            for f in np.random.permutation(len(self.paths[cand])):
+                path = self.paths[cand][f]
+                if path in self._bad:
+                    continue
+                try:
+                    return read_image(path)
+                except _READ_ERRORS:
+                    self._bad.add(path)
+        raise ValueError(f"identity {pid}: every frame of its {1 + len(others)} training "
+                         f"tracklet(s) is unreadable (first: {self.paths[t][0]})")
+
+    def __getitem__(self, spec: FrameSpec) -> Dict[str, Any]:
+        pid, camid, refs = spec
+        frames, skipped = [], []
+        for t, f in refs:
+            path = self.paths[t][f]
+            try:
+                if path in self._bad:
+                    raise CorruptImageError(path, "known to be unreadable")
+                img = read_image(path)
+            except _READ_ERRORS:
+                if not self.skip_corrupt:
+                    raise
+                self._bad.add(path)
+                skipped.append(path)
+                img = self._replacement(pid, t)
+            frames.append(self.transform(img))
+        return {"img": np.stack(frames), "pid": pid, "camid": camid, "skipped": skipped}
+
+
+class TestFrames(Dataset):
+    """Test items: tracklets sampled evenly (N frames) or whole, or single images.
+
+    Returns ``img`` uint8 ``[V, H, W, 3]`` with V = N (``evenly``), the tracklet length
+    (``all``) or 1 (image items), plus ``pid``, ``camid`` and ``index``.
+    """
+
+    def __init__(self, items: Sequence[Sequence], transform: TestFrameTransform,
+                 seq_len: int = 8, sample_method: str = "evenly") -> None:
+        self.items = items
+        self.transform = transform
+        self.seq_len = seq_len
+        self.sample_method = sample_method
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def frame_paths(self, index: int) -> List[str]:
+        """The frame files item ``index`` decodes, in order."""
+        paths = self.items[index][0]
+        if isinstance(paths, str):
+            return [paths]
+        if self.sample_method == "all":
+            return list(paths)
+        return [paths[i] for i in evenly_indices(len(paths), self.seq_len)]
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        _, pid, camid = self.items[index][:3]
+        cache: Dict[str, np.ndarray] = {}
+        frames = []
+        for path in self.frame_paths(index):
+            if path not in cache:  # short tracklets repeat their last frame: decode it once
+                cache[path] = self.transform(read_image(path))
+            frames.append(cache[path])
+        return {"img": np.stack(frames), "pid": pid, "camid": camid, "index": index}
+
+
+class VKDDataManager(VideoDataManager):
+    """Data manager for both VKD stages.
+
+    Args:
+        root: ``data.root``, the folder holding the dataset folders.
+        sources: training dataset name(s) (``vkd_mars``...).
+        targets: test dataset name(s); default: the sources.
+        augment: input size and augmentation.
+        sampling: batch composition and loader settings.
+        dataset_options: options of our datasets (``mars_query_in_gallery``, ``atrw_views``).
+        use_gpu: pin memory for CUDA.
+    """
+
+    data_type = "video"
+
+    def __init__(self, root: str, sources: Union[str, Sequence[str]],
+                 targets: Union[str, Sequence[str], None] = None,
+                 augment: Optional[AugmentOptions] = None,
+                 sampling: Optional[SamplingOptions] = None,
+                 dataset_options: Optional[Dict[str, Any]] = None,
+                 use_gpu: bool = True) -> None:
+        augment = augment or AugmentOptions()
+        sampling = sampling or SamplingOptions()
+        tr_data.datamanager.DataManager.__init__(
+            self, sources=list([sources] if isinstance(sources, str) else sources),
+            targets=None if targets is None else list([targets] if isinstance(targets, str)
+                                                      else targets),
+            height=augment.height, width=augment.width, norm_mean=list(augment.norm_mean),
+            norm_std=list(augment.norm_std), use_gpu=use_gpu)
+        self.root = root
+        self.augment = augment
+        self.sampling = sampling
+        self.dataset_options = dict(dataset_options or {})
+        self.splits: Dict[str, Splits] = {}
+        self.protocols: Dict[str, Protocol] = {}
+
+        train = self._combined_train(self.sources)
+        self.train_tracklets = train
+        self._num_train_pids = len({pid for _, pid, _ in train})
+        self._num_train_cams = len({cam for _, _, cam in train})
+        first = self._dataset_class(self.sources[0])
+        self.erase_ratio = augment.erase_ratio or first.ERASE_RATIO
+        self.train_loader = self._train_loader(train)
+
+        self.test_loader: Dict[str, Dict[str, Optional[DataLoader]]] = {}
+        self.test_dataset: Dict[str, Dict[str, Any]] = {}
+        for name in self.targets:
+            self._add_target(name)
+
+    # ------------------------------------------------------------------ datasets
+    @staticmethod
+    def _dataset_class(name: str) -> type:
+        from vkd_torchreid.data import DATASETS
+
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+        return DATASETS[name]
+
+    def _load(self, name: str) -> Splits:
+        if name not in self.splits:
+            cls = self._dataset_class(name)
+            opts = {k: v for k, v in self.dataset_options.items() if k in cls.OPTIONS}
+            self.splits[name] = cls.load(self.root, **opts)
+        return self.splits[name]
+
+    def _combined_train(self, names: Sequence[str]) -> List[tuple]:
+        """Training tracklets of all sources, pids and cameras offset per source."""
+        combined: List[tuple] = []
+        pid_offset = cam_offset = 0
+        for name in names:
+            train = self._load(name).train
+            combined.extend((p, pid + pid_offset, cam + cam_offset) for p, pid, cam in train)
+            pid_offset += len({pid for _, pid, _ in train})
+            cam_offset += len({cam for _, _, cam in train})
+        return combined
+
+    # ------------------------------------------------------------------ loaders
+    def _loader_kwargs(self, train: bool) -> Dict[str, Any]:
+        s = self.sampling
+        workers = s.workers
+        kwargs: Dict[str, Any] = {
+            "num_workers": workers,
+            "pin_memory": self.use_gpu,
+            "collate_fn": Collate(self.augment, self.erase_ratio, train=train),
+        }
+        if workers > 0:
+            kwargs["persistent_workers"] = train
+            kwargs["prefetch_factor"] = 2
+        return kwargs
+
+    def _train_loader(self, train: List[tuple]) -> DataLoader:
+        s = self.sampling
+        if s.train_sampler == MULTIVIEW_SAMPLER:
+            batch_sampler = MultiViewSampler(train, s.batch_size, s.num_instances, s.seq_len,
+                                             s.strategy)
+        else:
+            base = build_train_sampler([(*t, 0) for t in train], s.train_sampler,
+                                       batch_size=s.batch_size, num_instances=s.num_instances)
+            batch_sampler = TrackletBatchSampler(base, train, s.batch_size, s.seq_len, s.strategy)
+        dataset = TrainFrames(train, TrainFrameTransform(self.augment), s.skip_corrupt)
+        return DataLoader(dataset, batch_sampler=batch_sampler, **self._loader_kwargs(True))
+
+    def test_frames(self, items: Sequence[Sequence], tracklets: bool) -> TestFrames:
+        """The test dataset of ``items`` (tracklets or image items)."""
+        method = self.sampling.sample_method if tracklets else "evenly"
+        return TestFrames(items, TestFrameTransform(self.augment), self.sampling.seq_len, method)
+
+    def _test_loader(self, items: Sequence[Sequence], tracklets: bool) -> Optional[DataLoader]:
+        if not items:
+            return None
+        batch = self.sampling.test_batch_size
+        if tracklets and self.sampling.sample_method == "all":
+            batch = 1  # variable length: one tracklet at a time, extracted in chunks
+        return DataLoader(self.test_frames(items, tracklets), batch_size=batch, shuffle=False,
+                          drop_last=False, **self._loader_kwargs(False))
+
+    def _add_target(self, name: str) -> None:
+        splits = self._load(name)
+        self.protocols[name] = splits.protocol
+        needed = {kind for mode in splits.protocol.modes for kind in MODES[mode]}
+        self.test_loader[name] = {
+            kind: self._test_loader(getattr(splits, kind), tracklets=not kind.endswith("_img"))
+            if kind in needed else None
+            for kind in ("query", "gallery", "query_img", "gallery_img")
+        }
+        self.test_dataset[name] = {
+            kind: getattr(splits, kind) for kind in ("query", "gallery", "query_img", "gallery_img")
+        }
+
+    def fetch_test_loaders(self, name: str) -> tuple:
+        """torchreid's seam for visrank: (query items, gallery items)."""
+        return self.test_dataset[name]["query"], self.test_dataset[name]["gallery"]
+
+    def test_meta(self, name: str) -> Dict[str, Any]:
+        """Dataset-specific test metadata (ATRW's frame groups), possibly empty."""
+        return self.splits[name].meta
+
+    def preprocess_pil_img(self, img: Any) -> torch.Tensor:
+        """A PIL/array image -> normalised ``[3, H, W]`` test tensor (torchreid's seam)."""
+        arr = TestFrameTransform(self.augment)(np.asarray(img.convert("RGB") if hasattr(
+            img, "convert") else img))
+        batch = Collate(self.augment, self.erase_ratio, train=False)(
+            [{"img": arr[None], "pid": -1, "camid": -1}])
+        return batch["img"][0, 0].contiguous()
+
+
+def build_datamanager(cfg: Any) -> VKDDataManager:
+    """A :class:`VKDDataManager` from a config (see ``config.datamanager_kwargs``)."""
+    from vkd_torchreid.config import datamanager_kwargs
+
+    return VKDDataManager(**datamanager_kwargs(cfg))

@@ -1,0 +1,187 @@
+"""Multi-view sampling: batches of P identities x K items, each item N frames.
+
+A sampler yields *frame specs*, not dataset indices: an item is ``(pid, camid, frames)`` with
+``frames`` a tuple of ``(tracklet_index, frame_index)`` pairs. The training dataset decodes
+exactly those frames. Identities are indexed once, so the cost of an item does not grow with
+the size of the dataset (the reference scans the whole training list for every item).
+
+Strategies:
+    ``tracklet``: N frames of one tracklet, one random frame per chunk (teacher stage).
+    ``multiview``: N frames of one identity spread over as many cameras as it has
+        (camera-balanced; each frame from a random tracklet of the chosen camera).
+    ``multiview_random``: the reference's VKD sampling: the i-th frame comes from the
+        i-th tracklet of a random permutation of the identity's tracklets (cameras ignored).
+    ``temporal``: N frames of one random tracklet of the identity (views-versus-time ablation).
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from vkd_torchreid.data.base import random_chunk_indices
+
+logger = logging.getLogger(__name__)
+
+FrameRef = Tuple[int, int]
+#: One training item: (pid, camid of its first frame, N frame references).
+FrameSpec = Tuple[int, int, Tuple[FrameRef, ...]]
+STRATEGIES = ("tracklet", "multiview", "multiview_random", "temporal")
+
+
+class IdentityIndex:
+    """Tracklets of every identity, and of every (identity, camera), built once.
+
+    Args:
+        data_source: tracklets ``(img_paths, pid, camid[, dsetid])``.
+    """
+
+    def __init__(self, data_source: Sequence[Sequence]) -> None:
+        self.lengths = np.array([len(item[0]) for item in data_source], dtype=np.int64)
+        self.camids = np.array([item[2] for item in data_source], dtype=np.int64)
+        by_pid: Dict[int, List[int]] = defaultdict(list)
+        by_pid_cam: Dict[int, Dict[int, List[int]]] = defaultdict(lambda: defaultdict(list))
+        for index, item in enumerate(data_source):
+            pid, camid = int(item[1]), int(item[2])
+            by_pid[pid].append(index)
+            by_pid_cam[pid][camid].append(index)
+        self.pids = np.array(sorted(by_pid), dtype=np.int64)
+        self.tracklets = {pid: np.array(v, dtype=np.int64) for pid, v in by_pid.items()}
+        self.cameras = {
+            pid: [np.array(cams[c], dtype=np.int64) for c in sorted(cams)]
+            for pid, cams in by_pid_cam.items()
+        }
+        if (self.lengths < 1).any():
+            bad = int(np.nonzero(self.lengths < 1)[0][0])
+            raise ValueError(f"training tracklet {bad} has no frames")
+
+    def num_cameras(self, pid: int) -> int:
+        return len(self.cameras[pid])
+
+
+def sample_item(index: IdentityIndex, pid: int, n: int, strategy: str,
+                tracklet: int = -1) -> FrameSpec:
+    """Draws one item of ``n`` frames of identity ``pid`` with ``strategy``.
+
+    ``tracklet`` fixes the tracklet for the ``tracklet`` strategy (-1: a random one).
+    Uses the global numpy RNG (seeded per worker by torch, saved in checkpoints).
+    """
+    rand = np.random
+    if strategy in ("tracklet", "temporal"):
+        t = tracklet if tracklet >= 0 else int(rand.choice(index.tracklets[pid]))
+        frames = random_chunk_indices(int(index.lengths[t]), n, rand)
+        refs = tuple((t, int(f)) for f in frames)
+    elif strategy == "multiview_random":
+        perm = rand.permutation(index.tracklets[pid])
+        chosen = perm[np.arange(n) % len(perm)]
+        refs = tuple((int(t), int(rand.randint(index.lengths[t]))) for t in chosen)
+    elif strategy == "multiview":
+        cams = index.cameras[pid]
+        order = rand.permutation(len(cams))
+        refs_list = []
+        # Cycle over the cameras in random order; within a camera, cycle over its tracklets.
+        cursors = [rand.permutation(c) for c in cams]
+        for i in range(n):
+            c = int(order[i % len(cams)])
+            pool = cursors[c]
+            t = int(pool[(i // len(cams)) % len(pool)])
+            refs_list.append((t, int(rand.randint(index.lengths[t]))))
+        refs = tuple(refs_list)
+    else:
+        raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
+    return pid, int(index.camids[refs[0][0]]), refs
+
+
+class MultiViewSampler(Sampler):
+    """Batch sampler of P identities x K items, each item N frames (see module docstring).
+
+    One epoch visits every identity once (``len = num_identities // P``), as the
+    reference's ReIDBatchSampler. Identities seen by one camera or one tracklet work: their
+    frames simply repeat cameras/tracklets.
+
+    Args:
+        data_source: training tracklets ``(img_paths, pid, camid[, dsetid])``.
+        batch_size: P x K items.
+        num_instances: K items per identity.
+        seq_len: N frames per item.
+        strategy: one of ``STRATEGIES``.
+    """
+
+    def __init__(self, data_source: Sequence[Sequence], batch_size: int, num_instances: int,
+                 seq_len: int, strategy: str = "multiview") -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
+        if num_instances < 1 or batch_size % num_instances:
+            raise ValueError(f"batch_size={batch_size} must be a positive multiple of "
+                             f"num_instances={num_instances}")
+        self.index = IdentityIndex(data_source)
+        self.num_instances = num_instances
+        self.num_pids_per_batch = batch_size // num_instances
+        self.seq_len = seq_len
+        self.strategy = strategy
+        if len(self.index.pids) < self.num_pids_per_batch:
+            raise ValueError(
+                f"the training set has {len(self.index.pids)} identities, fewer than "
+                f"P={self.num_pids_per_batch} identities per batch (train.batch_size / "
+                f"sampler.num_instances)")
+
+    def __len__(self) -> int:
+        return len(self.index.pids) // self.num_pids_per_batch
+
+    def _items_of(self, pid: int) -> List[FrameSpec]:
+        k, n = self.num_instances, self.seq_len
+        if self.strategy != "tracklet":
+            return [sample_item(self.index, pid, n, self.strategy) for _ in range(k)]
+        pool = self.index.tracklets[pid]
+        chosen = np.random.choice(pool, size=k, replace=len(pool) < k)
+        return [sample_item(self.index, pid, n, "tracklet", int(t)) for t in chosen]
+
+    def __iter__(self) -> Iterator[List[FrameSpec]]:
+        pids = np.random.permutation(self.index.pids)
+        p = self.num_pids_per_batch
+        for b in range(len(self)):
+            batch: List[FrameSpec] = []
+            for pid in pids[b * p:(b + 1) * p]:
+                batch.extend(self._items_of(int(pid)))
+            yield batch
+
+
+class TrackletBatchSampler(Sampler):
+    """Adapts one of torchreid's samplers (which yield tracklet indices) to frame specs.
+
+    Each sampled tracklet becomes an item: its own frames (``tracklet``/``temporal``) or
+    frames of its identity (``multiview``/``multiview_random``). Incomplete last batches are
+    dropped, as torchreid's train loaders do.
+    """
+
+    def __init__(self, base: Sampler, data_source: Sequence[Sequence], batch_size: int,
+                 seq_len: int, strategy: str) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
+        self.base = base
+        self.index = IdentityIndex(data_source)
+        self.pids = np.array([int(item[1]) for item in data_source], dtype=np.int64)
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.strategy = strategy
+
+    def __len__(self) -> int:
+        return len(self.base) // self.batch_size
+
+    def _spec(self, t: int) -> FrameSpec:
+        pid = int(self.pids[t])
+        if self.strategy == "tracklet":
+            return sample_item(self.index, pid, self.seq_len, "tracklet", t)
+        return sample_item(self.index, pid, self.seq_len, self.strategy)
+
+    def __iter__(self) -> Iterator[List[FrameSpec]]:
+        batch: List[FrameSpec] = []
+        for t in self.base:
+            batch.append(self._spec(int(t)))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+

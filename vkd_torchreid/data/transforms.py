@@ -1,0 +1,162 @@
+"""The reference augmentations, done fast: geometry on uint8 frames, normalisation and random
+erasing once per batch.
+
+Per frame (in the loader workers): bicubic resize, pad + random crop, horizontal flip, all on
+``uint8 [H, W, 3]`` arrays with OpenCV/numpy. Per batch (in the collate function, still in
+the workers): one float conversion and ImageNet normalisation of ``[B, V, H, W, 3]``, then
+random erasing of each frame (value 0 after normalisation, as torchvision's RandomErasing
+placed after Normalize in the reference).
+
+Randomness comes from the global ``numpy.random`` state: torch seeds it in every worker, and
+checkpoints save it, so a resumed run draws the same augmentations.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ERASE_ATTEMPTS = 10  # torchvision's RandomErasing tries this many boxes before giving up
+_UINT8_MAX = 255.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentOptions:
+    """Input size and the reference augmentations (DESIGN.md)."""
+
+    height: int = 256
+    width: int = 128
+    norm_mean: Tuple[float, float, float] = IMAGENET_MEAN
+    norm_std: Tuple[float, float, float] = IMAGENET_STD
+    pad: int = 10
+    flip_prob: float = 0.5
+    erase_prob: float = 0.5
+    erase_scale: Tuple[float, float] = (0.02, 0.4)
+    #: None: the dataset's own default (people 0.3-3.3, vehicles and animals 0.7-1.4).
+    erase_ratio: Optional[Tuple[float, float]] = None
+
+
+def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic resize of ``[H, W, 3]`` uint8 to ``[height, width, 3]`` (no-op if equal)."""
+    if img.shape[0] == height and img.shape[1] == width:
+        return img
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def pad_random_crop(img: np.ndarray, pad: int, rng: Any = np.random) -> np.ndarray:
+    """Zero-pads by ``pad`` pixels on every side and crops back to the input size at random.
+
+    Same result as ``T.Pad(pad)`` then ``T.RandomCrop(size)`` without building the padded
+    image.
+    """
+    if pad <= 0:
+        return img
+    h, w = img.shape[:2]
+    dy, dx = (int(v) for v in rng.randint(0, 2 * pad + 1, size=2))
+    oy, ox = dy - pad, dx - pad  # source offset of the crop window
+    out = np.zeros_like(img)
+    ys, ye = max(0, oy), min(h, h + oy)
+    xs, xe = max(0, ox), min(w, w + ox)
+    out[ys - oy:ye - oy, xs - ox:xe - ox] = img[ys:ye, xs:xe]
+    return out
+
+
+class TrainFrameTransform:
+    """Geometry of the training augmentation on one uint8 frame: resize, pad+crop, flip."""
+
+    def __init__(self, options: AugmentOptions) -> None:
+        self.options = options
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        o = self.options
+        img = resize(img, o.height, o.width)
+        img = pad_random_crop(img, o.pad)
+        if o.flip_prob > 0 and np.random.random_sample() < o.flip_prob:
+            img = img[:, ::-1]
+        return img
+
+
+class TestFrameTransform:
+    """Test-time geometry: bicubic resize only."""
+
+    def __init__(self, options: AugmentOptions) -> None:
+        self.options = options
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        return resize(img, self.options.height, self.options.width)
+
+
+def normalize_batch(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``uint8 [..., H, W, 3]`` -> normalised ``float32 [..., 3, H, W]``.
+
+    The result is a channels-last view of contiguous memory, which is what a
+    ``channels_last`` model wants; ``.contiguous()`` gives NCHW if needed.
+    """
+    scale = torch.tensor([1.0 / (_UINT8_MAX * s) for s in std], dtype=torch.float32)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32)
+    x = frames.to(torch.float32).mul_(scale).sub_(shift)
+    return x.movedim(-1, -3)
+
+
+def random_erase_(x: torch.Tensor, prob: float, scale: Tuple[float, float],
+                  ratio: Tuple[float, float], value: float = 0.0) -> torch.Tensor:
+    """torchvision's RandomErasing applied independently to every frame of ``[..., C, H, W]``.
+
+    Modifies ``x`` in place and returns it.
+    """
+    if prob <= 0:
+        return x
+    h, w = x.shape[-2:]
+    area = h * w
+    flat = x.reshape(-1, *x.shape[-3:])
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    chosen = np.nonzero(np.random.random_sample(flat.shape[0]) < prob)[0]
+    for i in chosen:
+        for _ in range(ERASE_ATTEMPTS):
+            target = area * np.random.uniform(scale[0], scale[1])
+            aspect = math.exp(np.random.uniform(*log_ratio))
+            eh = int(round(math.sqrt(target * aspect)))
+            ew = int(round(math.sqrt(target / aspect)))
+            if eh < h and ew < w:
+                top = np.random.randint(0, h - eh + 1)
+                left = np.random.randint(0, w - ew + 1)
+                flat[i, :, top:top + eh, left:left + ew] = value
+                break
+    return x
+
+
+class Collate:
+    """Stacks decoded items into a batch dict and applies the per-batch part of the pipeline.
+
+    Items are dicts with ``img`` (uint8 ``[V, H, W, 3]``), ``pid``, ``camid`` and optionally
+    ``skipped`` (frames replaced because they were unreadable). The batch has ``img`` float
+    ``[B, V, 3, H, W]``, ``pid`` and ``camid`` int64 ``[B]``, ``skipped`` (list of paths).
+    """
+
+    def __init__(self, options: AugmentOptions, erase_ratio: Tuple[float, float],
+                 train: bool) -> None:
+        self.options = options
+        self.erase_ratio = erase_ratio
+        self.train = train
+
+    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        o = self.options
+        frames = torch.from_numpy(np.stack([it["img"] for it in items]))
+        img = normalize_batch(frames, o.norm_mean, o.norm_std)
+        if self.train:
+            random_erase_(img, o.erase_prob, o.erase_scale, self.erase_ratio)
+        batch: Dict[str, Any] = {
+            "img": img,
+            "pid": torch.tensor([it["pid"] for it in items], dtype=torch.int64),
+            "camid": torch.tensor([it["camid"] for it in items], dtype=torch.int64),
+            "skipped": [p for it in items for p in it.get("skipped", ())],
+        }
+        if "index" in items[0]:
+            batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.int64)
+        return batch

@@ -1,0 +1,162 @@
+"""Checkpoints in torchreid's layout, safe to load with ``weights_only=True``, written atomically.
+
+A checkpoint is ``{"state_dict", "epoch", "rank1", "optimizer", "scheduler"}`` as torchreid
+writes it, plus ``rng`` (torch, CUDA, numpy and Python random states), ``scaler`` and a
+``meta`` dict (stage, generation, arch, num_classes). Everything is a tensor or a plain
+Python value: numpy RNG arrays become tensors, numpy scalars become Python numbers, and the
+``Counter`` of MultiStepLR becomes a dict (restored on load).
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import logging
+import os
+import pickle
+import random
+import re
+import tempfile
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "model.pth.tar-"
+LATEST_NAME = "latest.pth.tar"
+_COUNTER_TAG = "__counter__"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message names the file."""
+
+
+def to_plain(obj: Any) -> Any:
+    """Converts numpy values and Counters so that ``torch.load(weights_only=True)`` accepts them."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, collections.Counter):
+        return {_COUNTER_TAG: {k: to_plain(v) for k, v in obj.items()}}
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    return obj
+
+
+def from_plain(obj: Any) -> Any:
+    """Inverse of :func:`to_plain` for the Counters it tagged."""
+    if isinstance(obj, dict):
+        if set(obj) == {_COUNTER_TAG}:
+            return collections.Counter(obj[_COUNTER_TAG])
+        return {k: from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_plain(v) for v in obj]
+    return obj
+
+
+def capture_rng() -> Dict[str, Any]:
+    """The state of every random generator training uses, as plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "random": list(random.getstate()[1]) + [random.getstate()[0]],
+        "random_gauss": random.getstate()[2],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    """Restores what :func:`capture_rng` captured."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    rnd = state["random"]
+    random.setstate((rnd[-1], tuple(rnd[:-1]), state["random_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A failure (full disk, I/O error) leaves any previous file at ``path`` untouched and raises
+    :class:`CheckpointError` naming the path.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, (OSError, RuntimeError, pickle.PicklingError)):
+            raise CheckpointError(f"could not write checkpoint {path}: {exc}; the previous "
+                                  "checkpoint (if any) is unchanged") from exc
+        raise
+
+
+def load_checkpoint(path: str, trust: bool = False) -> Dict[str, Any]:
+    """Loads a checkpoint on the CPU with ``weights_only=True``.
+
+    Args:
+        path: the checkpoint file.
+        trust: allow a legacy pickled checkpoint (``weights_only=False``); only for files
+            from a source you trust.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: unreadable, or a pickle that needs ``trust``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust:
+            raise CheckpointError(
+                f"{path} is a legacy pickled checkpoint that torch.load(weights_only=True) "
+                "refuses; if you trust its source, pass --trust-checkpoint") from exc
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    return from_plain(ckpt) if isinstance(ckpt, dict) else ckpt
+
+
+def checkpoint_epoch(path: str) -> int:
+    """Epoch number in a ``model.pth.tar-<epoch>`` file name (-1 if none)."""
+    match = re.search(re.escape(CHECKPOINT_PREFIX) + r"(\d+)$", os.path.basename(path))
+    return int(match.group(1)) if match else -1
+
+
+def find_latest(save_dir: str) -> Optional[str]:
+    """The newest checkpoint below ``save_dir``: ``latest.pth.tar`` or the highest epoch."""
+    latest = sorted(glob.glob(os.path.join(save_dir, "**", LATEST_NAME), recursive=True),
+                    key=os.path.getmtime)
+    if latest:
+        return latest[-1]
+    numbered = glob.glob(os.path.join(save_dir, "**", CHECKPOINT_PREFIX + "*"), recursive=True)
+    numbered = [p for p in numbered if checkpoint_epoch(p) >= 0]
+    return max(numbered, key=lambda p: (checkpoint_epoch(p), os.path.getmtime(p))) if numbered else None
+
+
+def has_checkpoints(save_dir: str) -> bool:
+    """Whether ``save_dir`` already holds checkpoints of a run."""
+    return find_latest(save_dir) is not None

@@ -1,0 +1,31 @@
+"""Stage 1: the teacher, trained Video-To-Video on sets of N frames of one tracklet."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from vkd_torchreid import losses as L
+from vkd_torchreid.engine.base import VKDEngineBase
+
+
+class TeacherEngine(VKDEngineBase):
+    """Cross-entropy + batch-hard triplet (soft margin) on the set embedding.
+
+    Batches are ``img`` ``[B, N, C, H, W]``: N frames of one tracklet per item; the set
+    embedding is the mean of the per-frame pooled features, the logits the mean of the
+    per-frame logits (DESIGN.md, stage 1).
+    """
+
+    stage = "teacher"
+
+    def forward_train(self, imgs: torch.Tensor) -> Dict[str, torch.Tensor]:
+        emb, logits = self.model.forward_features(imgs)
+        return {"emb": emb, "logits": logits}
+
+    def compute_losses(self, outputs: Dict[str, torch.Tensor],
+                       pids: torch.Tensor) -> Dict[str, torch.Tensor]:
+        o = self.options
+        ce = L.cross_entropy(outputs["logits"], pids, label_smooth=o.label_smooth)
+        tr = L.triplet_loss(outputs["emb"], pids, margin=o.triplet_margin)
+        return {"loss_ce": ce, "loss_tr": tr, "loss": o.weight_x * ce + o.weight_t * tr}
