@@ -67,6 +67,7 @@ def get_default_config() -> CN:
 
     cfg.video = CN()
     cfg.video.seq_len = 8  # N: frames per item in training (teacher sees all) and at test time
+    cfg.video.test_seq_len = 0  # frames per test tracklet; 0: video.seq_len (VeRi trains N=1)
     cfg.video.sample_method = "evenly"  # test-time sampling: 'evenly' (first of N chunks) or 'all'
     cfg.video.pooling_method = "avg"
     cfg.video.test_chunk = 64  # frames per forward pass when sample_method is 'all'
@@ -126,6 +127,19 @@ def get_default_config() -> CN:
     cfg.vkd.generation_lr_decay = 0.1
     cfg.vkd.view_strategy = "multiview"
     cfg.vkd.teacher_bn = "batch"
+
+    cfg.demo = CN()  # tools/main.py --config-file configs/demo.yaml
+    cfg.demo.enabled = False
+    cfg.demo.ids = 32  # identities of the synthetic world (train and test each)
+    cfg.demo.cams = 4
+    cfg.demo.tracklets = 2  # per identity and camera
+    cfg.demo.frames = 12
+    cfg.demo.seed = 0
+    cfg.demo.teacher_max_epoch = 40
+    cfg.demo.val_every = 2  # epochs between validation evaluations of the teacher
+    cfg.demo.patience = 3  # validations without a better mAP before the teacher stops
+    cfg.demo.student_epoch = 20
+    cfg.demo.control = False  # also train the teacher on for student_epoch epochs
 
     cfg.use_gpu = True
     return cfg
@@ -288,6 +302,8 @@ def validate_config(cfg: CN) -> CN:
     n, m = cfg.video.seq_len, cfg.vkd.student_frames
     if n < 1:
         raise _fail("video.seq_len", n, "an integer >= 1")
+    if cfg.video.test_seq_len < 0:
+        raise _fail("video.test_seq_len", cfg.video.test_seq_len, "0 (= video.seq_len) or more")
     if m < 1:
         raise _fail("vkd.student_frames", m, "an integer >= 1")
     if cfg.vkd.stage == "student" and m >= n:
@@ -376,6 +392,7 @@ def datamanager_kwargs(cfg: CN) -> Dict[str, Any]:
         stage=cfg.vkd.stage, view_strategy=cfg.vkd.view_strategy,
         train_sampler=cfg.sampler.train_sampler, batch_size=cfg.train.batch_size,
         num_instances=cfg.sampler.num_instances, seq_len=cfg.video.seq_len,
+        test_seq_len=cfg.video.test_seq_len or cfg.video.seq_len,
         test_batch_size=cfg.test.batch_size, sample_method=cfg.video.sample_method,
         workers=cfg.data.workers, skip_corrupt=cfg.data.skip_corrupt,
     )

@@ -49,6 +49,7 @@ class SamplingOptions:
     batch_size: int = 32  # P x K items
     num_instances: int = 4  # K
     seq_len: int = 8  # N
+    test_seq_len: int = 8  # frames per test tracklet ('evenly')
     test_batch_size: int = 32
     sample_method: str = "evenly"  # test time: 'evenly' or 'all'
     workers: int = 4
@@ -255,7 +256,8 @@ class VKDDataManager(VideoDataManager):
     def test_frames(self, items: Sequence[Sequence], tracklets: bool) -> TestFrames:
         """The test dataset of ``items`` (tracklets or image items)."""
         method = self.sampling.sample_method if tracklets else "evenly"
-        return TestFrames(items, TestFrameTransform(self.augment), self.sampling.seq_len, method)
+        return TestFrames(items, TestFrameTransform(self.augment), self.sampling.test_seq_len,
+                          method)
 
     def _test_loader(self, items: Sequence[Sequence], tracklets: bool) -> Optional[DataLoader]:
         if not items:

@@ -1,6 +1,5 @@
 """Engines of both VKD stages, built on torchreid's Engine, and their builders."""
-from vkd_torchreid.engine.base import (EngineOptions, NonFiniteLossError, StopTraining,
-                                       VKDEngineBase)
+from vkd_torchreid.engine.base import EngineOptions, NonFiniteLossError, StopTraining, VKDEngineBase
 from vkd_torchreid.engine.teacher import TeacherEngine
 from vkd_torchreid.engine.vkd import DistillOptions, VKDEngine, freeze_teacher
 

@@ -181,3 +181,25 @@ def train(cfg: CfgNode, resume: str = "", trust: bool = False,
         teacher = copy.deepcopy(engine.model)
     assert engine is not None
     return RunResult(engine, engine.results)
+
+
+def evaluate(cfg: CfgNode, trust: bool = False,
+             datamanager: Optional[VKDDataManager] = None) -> Dict[str, Any]:
+    """Evaluates ``model.load_weights`` (ours, torchreid's, or a released reference
+    experiment folder) with the protocols of ``data.targets``; writes ``results.json``."""
+    path = cfg.model.load_weights
+    if not path:
+        raise ValueError("evaluation needs the weights to evaluate: set model.load_weights "
+                         "(a checkpoint or a released reference experiment folder)")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights not found: {path} (model.load_weights)")
+    dm = datamanager or build_datamanager(cfg)
+    arch, num_classes = cfg.model.name, dm.num_train_pids
+    if os.path.isdir(path):
+        arch, num_classes = reference_arch(path)
+    model = build_model(arch, num_classes, pretrained=False, **_model_kwargs(cfg))
+    load_weights(model, path, trust=trust)
+    engine = TeacherEngine(dm, model, None, None, engine_options(cfg))
+    engine.stage = cfg.vkd.stage
+    engine.run(**run_kwargs(cfg, cfg.data.save_dir), test_only=True)
+    return engine.results

@@ -1,0 +1,123 @@
+"""Config: defaults, file/override merging, unknown keys and every validation rule."""
+from __future__ import annotations
+
+import pytest
+
+import vkd_torchreid  # noqa: F401  (registers datasets and models)
+from vkd_torchreid.config import build_config, get_default_config, merge_from_list, validate_config
+
+
+def _cfg(**overrides):
+    cfg = get_default_config()
+    merge_from_list(cfg, [x for kv in overrides.items() for x in (kv[0].replace("__", "."), str(kv[1]))])
+    return cfg
+
+
+def test_defaults_are_the_reference_and_valid():
+    cfg = get_default_config()
+    assert cfg.train.optim == "adam" and cfg.train.lr == 1e-4 and cfg.train.weight_decay == 1e-5
+    assert cfg.vkd.tau == 10.0 and cfg.vkd.alpha == 0.1 and cfg.vkd.beta == 1e-4
+    assert cfg.video.seq_len == 8 and cfg.vkd.student_frames == 2
+    assert cfg.sampler.train_sampler == "MultiViewSampler"
+    assert cfg.data.mars_query_in_gallery is True and cfg.vkd.reinit_layer4 is True
+    validate_config(cfg)
+
+
+def test_torchreid_key_names_exist():
+    cfg = get_default_config()
+    for key in ("model.name", "model.pretrained", "model.load_weights", "model.resume",
+                "data.root", "data.sources", "data.targets", "data.height", "data.width",
+                "data.workers", "data.save_dir", "sampler.num_instances", "train.optim",
+                "train.lr", "train.weight_decay", "train.max_epoch", "train.batch_size",
+                "train.stepsize", "train.gamma", "train.seed", "test.batch_size",
+                "test.dist_metric", "test.eval_freq", "test.ranks", "test.evaluate",
+                "video.seq_len", "video.sample_method", "video.pooling_method", "use_gpu"):
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+
+
+def test_file_with_base_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  lr: 0.001\n  max_epoch: 7\n")
+    (tmp_path / "exp.yaml").write_text("_BASE_: base.yaml\ntrain:\n  max_epoch: 9\n")
+    cfg = build_config(str(tmp_path / "exp.yaml"), ["train.gamma", "0.5"])
+    assert cfg.train.lr == 0.001 and cfg.train.max_epoch == 9 and cfg.train.gamma == 0.5
+    assert cfg.is_frozen()
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(KeyError, match=r"train.learning_rate.*train.lr"):
+        build_config(str(tmp_path / "bad.yaml"))
+    with pytest.raises(KeyError, match=r"vkd.taux.*vkd.tau"):
+        build_config("", ["vkd.taux", "3"])
+
+
+def test_missing_config_file():
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        build_config("nope.yaml")
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("vkd.stage", "teacherr", "vkd.stage"),
+    ("vkd.view_strategy", "cams", "vkd.view_strategy"),
+    ("vkd.teacher_bn", "frozen", "vkd.teacher_bn"),
+    ("vkd.logits_loss", "l1", "vkd.logits_loss"),
+    ("vkd.alpha", "-1.0", "vkd.alpha"),
+    ("vkd.beta", "-0.1", "vkd.beta"),
+    ("vkd.tau", "0.0", "vkd.tau"),
+    ("vkd.generations", "0", "vkd.generations"),
+    ("vkd.generation_lr_decay", "0.0", "vkd.generation_lr_decay"),
+    ("model.name", "resnet50", "model.name"),
+    ("model.last_stride", "3", "model.last_stride"),
+    ("data.sources", "['market1501']", "data.sources"),
+    ("data.targets", "['nope']", "data.targets"),
+    ("data.atrw_views", "flank", "data.atrw_views"),
+    ("data.random_erase_prob", "1.5", "data.random_erase_prob"),
+    ("data.random_erase_scale", "[0.5, 0.1]", "data.random_erase_scale"),
+    ("data.random_erase_ratio", "[2.0]", "data.random_erase_ratio"),
+    ("data.norm_std", "[0.2, 0.0, 0.2]", "data.norm_std"),
+    ("data.workers", "-1", "data.workers"),
+    ("sampler.train_sampler", "FancySampler", "sampler.train_sampler"),
+    ("sampler.num_instances", "64", "sampler.num_instances"),
+    ("sampler.num_instances", "0", "sampler.num_instances"),
+    ("train.batch_size", "30", "train.batch_size"),
+    ("train.lr", "0.0", "train.lr"),
+    ("train.gamma", "1.5", "train.gamma"),
+    ("train.amp", "fp8", "train.amp"),
+    ("train.optim", "lion", "train.optim"),
+    ("train.stepsize", "[200, 100]", "train.stepsize"),
+    ("train.max_epoch", "-1", "train.max_epoch"),
+    ("test.ranks", "[0, 5]", "test.ranks"),
+    ("test.dist_metric", "manhattan", "test.dist_metric"),
+    ("video.sample_method", "random", "video.sample_method"),
+    ("video.seq_len", "0", "video.seq_len"),
+    ("video.test_chunk", "0", "video.test_chunk"),
+    ("loss.triplet.margin", "-0.3", "loss.triplet.margin"),
+])
+def test_invalid_values_name_the_key(key, value, match):
+    cfg = get_default_config()
+    merge_from_list(cfg, [key, value])
+    with pytest.raises(ValueError, match=match):
+        validate_config(cfg)
+
+
+def test_student_needs_m_smaller_than_n_and_a_teacher():
+    cfg = _cfg(vkd__stage="student", vkd__teacher_checkpoint="t.pth", vkd__student_frames=8)
+    with pytest.raises(ValueError, match=r"vkd.student_frames=8.*M < N"):
+        validate_config(cfg)
+    cfg = _cfg(vkd__stage="student")
+    with pytest.raises(ValueError, match="vkd.teacher_checkpoint"):
+        validate_config(cfg)
+    validate_config(_cfg(vkd__stage="student", vkd__teacher_checkpoint="t.pth"))
+
+
+def test_fp16_needs_gpu():
+    cfg = _cfg(train__amp="fp16", use_gpu=False)
+    with pytest.raises(ValueError, match="train.amp"):
+        validate_config(cfg)
+
+
+def test_odd_override_list():
+    with pytest.raises(ValueError, match="KEY VALUE"):
+        build_config("", ["train.lr"])

@@ -1,0 +1,217 @@
+"""Engines: the VKD step, the frozen teacher, checkpoints, resume and a short run end to end."""
+from __future__ import annotations
+
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from vkd_torchreid.engine import DistillOptions, EngineOptions, TeacherEngine, VKDEngine
+from vkd_torchreid.engine import checkpoint as ckpt_io
+from vkd_torchreid.engine.build import build_optim, train
+from vkd_torchreid.models import build_model
+
+
+def _fake_dm():
+    return types.SimpleNamespace(train_loader=[], test_loader={}, sources=[], targets=[])
+
+
+def _batch(b=8, n=4, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pids = torch.arange(classes).repeat_interleave(b // classes)
+    # identity-dependent images so that the task is learnable
+    base = torch.randn(classes, 3, 32, 16, generator=g)
+    img = base[pids][:, None].repeat(1, n, 1, 1, 1) + 0.3 * torch.randn(b, n, 3, 32, 16, generator=g)
+    return {"img": img, "pid": pids, "camid": torch.zeros(b, dtype=torch.int64)}
+
+
+def _vkd_engine(teacher_bn="batch", alpha=0.1, beta=1e-4, lr=1e-3):
+    torch.manual_seed(0)
+    teacher = build_model("vkd_resnet18", 4, loss="triplet", pretrained=False)
+    student = build_model("vkd_resnet18", 4, loss="triplet", pretrained=False)
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    return VKDEngine(_fake_dm(), student, teacher, opt, None, EngineOptions(use_gpu=False),
+                     DistillOptions(student_frames=2, alpha=alpha, beta=beta,
+                                    teacher_bn=teacher_bn))
+
+
+def test_vkd_loss_goes_down_on_a_fixed_batch():
+    engine = _vkd_engine()
+    engine.set_model_mode("train")
+    batch = _batch()
+    torch.manual_seed(1)
+    losses = []
+    for step in range(30):
+        engine.epoch, engine.batch_idx = 0, step
+        losses.append(engine.forward_backward(batch))
+    assert set(losses[0]) == {"loss_ce", "loss_tr", "loss_kd", "loss_dp", "loss"}
+    first = np.mean([x["loss"] for x in losses[:3]])
+    last = np.mean([x["loss"] for x in losses[-3:]])
+    assert last < 0.5 * first, (first, last)
+
+
+@pytest.mark.parametrize("bn", ["batch", "eval"])
+def test_teacher_is_bitwise_frozen_and_not_registered(bn):
+    engine = _vkd_engine(teacher_bn=bn)
+    before = {k: v.clone() for k, v in engine.teacher.state_dict().items()}
+    engine.set_model_mode("train")
+    for step in range(3):
+        engine.epoch, engine.batch_idx = 0, step
+        engine.forward_backward(_batch(seed=step))
+    after = engine.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not p.requires_grad for p in engine.teacher.parameters())
+    assert list(engine._models) == ["model"]
+    state = engine.checkpoint_state(1, 0.0)
+    assert set(state["state_dict"]) == set(engine.model.state_dict())
+    opt_params = {id(p) for g in engine.optimizer.param_groups for p in g["params"]}
+    assert not opt_params & {id(p) for p in engine.teacher.parameters()}
+
+
+def test_student_sees_m_of_the_teachers_frames():
+    engine = _vkd_engine()
+    seen = {}
+
+    def spy(name, model):
+        orig = model.forward_features
+
+        def wrapped(x):
+            seen[name] = x.detach().clone()
+            return orig(x)
+        model.forward_features = wrapped
+
+    spy("teacher", engine.teacher)
+    spy("student", engine.model)
+    engine.set_model_mode("train")
+    engine.epoch = engine.batch_idx = 0
+    engine.forward_backward(_batch())
+    t, s = seen["teacher"], seen["student"]
+    assert t.shape[:2] == (8, 4) and s.shape[:2] == (8, 2)
+    for i in range(8):  # every student frame is one of the same item's teacher frames
+        for j in range(2):
+            assert any(torch.equal(s[i, j], t[i, k]) for k in range(4))
+        assert not torch.equal(s[i, 0], s[i, 1])
+
+
+def test_nan_loss_stops_without_update():
+    engine = _vkd_engine()
+    engine.set_model_mode("train")
+    before = {k: v.clone() for k, v in engine.model.named_parameters()}
+    batch = _batch()
+    batch["img"][0, 0, 0, 0, 0] = float("nan")
+    engine.epoch = engine.batch_idx = 0
+    from vkd_torchreid.engine import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"loss_\w+=nan.*step 1"):
+        engine.forward_backward(batch)
+    after = dict(engine.model.named_parameters())
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoint_is_weights_only_and_atomic(tmp_path, monkeypatch):
+    engine = _vkd_engine()
+    engine.scheduler = torch.optim.lr_scheduler.MultiStepLR(engine.optimizer, [2, 4])
+    np.random.seed(3)
+    path = str(tmp_path / "ck.pth")
+    ckpt_io.atomic_save(engine.checkpoint_state(3, np.float32(0.5)), path)
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 3 and isinstance(state["rank1"], float)
+    assert {"state_dict", "optimizer", "scheduler", "rng"} <= set(state)
+    # a failing write leaves the previous checkpoint untouched and names the file
+    good = open(path, "rb").read()
+
+    def broken_save(obj, fh, *a, **k):
+        fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(ckpt_io.CheckpointError, match="ck.pth.*No space left"):
+        ckpt_io.atomic_save(engine.checkpoint_state(4, 0.0), path)
+    assert open(path, "rb").read() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]
+
+
+def test_resume_restores_everything(tmp_path):
+    engine = _vkd_engine()
+    engine.scheduler = torch.optim.lr_scheduler.MultiStepLR(engine.optimizer, [1, 2], gamma=0.5)
+    engine._scheds["model"] = engine.scheduler
+    engine.set_model_mode("train")
+    engine.epoch = engine.batch_idx = 0
+    engine.forward_backward(_batch())
+    engine.scheduler.step()
+    np.random.seed(7)
+    torch.manual_seed(7)
+    path = str(tmp_path / "ck.pth")
+    ckpt_io.atomic_save(engine.checkpoint_state(5, 0.1), path)
+    expected = (np.random.rand(), torch.rand(1).item())
+    other = _vkd_engine()
+    other.scheduler = torch.optim.lr_scheduler.MultiStepLR(other.optimizer, [1, 2], gamma=0.5)
+    other._scheds["model"] = other.scheduler
+    assert other.resume(path) == 5
+    assert (np.random.rand(), torch.rand(1).item()) == expected
+    for k, v in engine.model.state_dict().items():
+        assert torch.equal(v, other.model.state_dict()[k])
+    assert other.scheduler.last_epoch == 1 and other.optimizer.param_groups[0]["lr"] == 5e-4
+    other.scheduler.step()  # the restored milestones still work
+    assert other.optimizer.param_groups[0]["lr"] == 2.5e-4
+
+
+def test_short_teacher_then_vkd_run(mars_root, tmp_path):
+    root, _ = mars_root
+    tdir = str(tmp_path / "teacher")
+    tcfg = tiny_config(root, tdir, "train.max_epoch", "2", "vkd.stage", "teacher")
+    out = train(tcfg)
+    assert isinstance(out.engine, TeacherEngine)
+    latest = os.path.join(tdir, "model", ckpt_io.LATEST_NAME)
+    final = os.path.join(tdir, "model", ckpt_io.CHECKPOINT_PREFIX + "2")
+    for p in (latest, final):
+        state = torch.load(p, weights_only=True)
+        assert state["epoch"] == 2 and state["meta"]["stage"] == "teacher"
+    res = json.load(open(os.path.join(tdir, "results.json")))
+    assert res["stage"] == "teacher" and res["epoch"] == 2
+    for mode in ("I2V", "V2V"):
+        m = res["vkd_mars"][mode]
+        assert set(m) >= {"rank1", "rank5", "rank10", "rank20", "mAP", "mAP_mars"}
+        assert 0 <= m["mAP"] <= 1 and m["rank1"] <= m["rank5"] <= m["rank20"]
+
+    sdir = str(tmp_path / "student")
+    scfg = tiny_config(root, sdir, "train.max_epoch", "1", "vkd.stage", "student",
+                       "vkd.teacher_checkpoint", final)
+    out = train(scfg)
+    assert isinstance(out.engine, VKDEngine)
+    state = torch.load(os.path.join(sdir, "model", ckpt_io.LATEST_NAME), weights_only=True)
+    assert state["meta"]["stage"] == "student"
+    assert not any(k.startswith("teacher") for k in state["state_dict"])
+    res = json.load(open(os.path.join(sdir, "results.json")))
+    assert res["stage"] == "student" and {"I2V", "V2V"} <= set(res["vkd_mars"])
+    # the teacher weights on disk are those the student was distilled from
+    teacher_state = torch.load(final, weights_only=True)["state_dict"]
+    for k, v in out.engine.teacher.state_dict().items():
+        assert torch.equal(v, teacher_state[k])
+
+
+def test_generations_decay_the_learning_rate(mars_root, tmp_path):
+    root, _ = mars_root
+    tdir = str(tmp_path / "t")
+    train(tiny_config(root, tdir, "train.max_epoch", "1"))
+    sdir = str(tmp_path / "s")
+    cfg = tiny_config(root, sdir, "train.max_epoch", "1", "vkd.stage", "student",
+                      "vkd.generations", "2", "vkd.teacher_checkpoint",
+                      os.path.join(tdir, "model", ckpt_io.LATEST_NAME), "train.lr", "0.001")
+    out = train(cfg)
+    assert out.engine.generation == 1
+    assert out.engine.optimizer.param_groups[0]["initial_lr"] == pytest.approx(1e-4)
+    for g in (1, 2):
+        assert os.path.isfile(os.path.join(sdir, f"gen{g}", "results.json"))
+
+
+def test_build_optim_uses_torchreid(mars_root):
+    model = build_model("vkd_resnet18", 3, loss="triplet", pretrained=False)
+    cfg = tiny_config(mars_root[0], "unused")
+    opt, sched = build_optim(cfg, model)
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-4
+    assert isinstance(sched, torch.optim.lr_scheduler.MultiStepLR)

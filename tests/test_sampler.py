@@ -1,0 +1,138 @@
+"""Multi-view sampling: batch composition, camera spread, strategies, cost independent of size."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from vkd_torchreid.data.base import evenly_indices, random_chunk_indices
+from vkd_torchreid.data.sampler import (
+    IdentityIndex,
+    MultiViewSampler,
+    TrackletBatchSampler,
+    sample_item,
+)
+
+
+def _source(num_ids: int, cams: int, tracklets_per_cam: int = 2, frames: int = 12):
+    data = []
+    for pid in range(num_ids):
+        for cam in range(cams):
+            for t in range(tracklets_per_cam):
+                paths = tuple(f"p{pid}_c{cam}_t{t}_f{f}.jpg" for f in range(frames))
+                data.append((paths, pid, cam))
+    return data
+
+
+def test_batch_is_p_identities_times_k_items():
+    np.random.seed(0)
+    data = _source(10, 3)
+    sampler = MultiViewSampler(data, batch_size=8, num_instances=2, seq_len=6, strategy="multiview")
+    assert len(sampler) == 10 // 4
+    for batch in sampler:
+        assert len(batch) == 8
+        pids = [pid for pid, _, _ in batch]
+        assert sorted(set(pids)) == sorted(set(pids)) and len(set(pids)) == 4
+        assert all(pids.count(p) == 2 for p in set(pids))
+        for pid, camid, refs in batch:
+            assert len(refs) == 6
+            assert all(data[t][1] == pid for t, _ in refs)
+            assert camid == data[refs[0][0]][2]
+
+
+@pytest.mark.parametrize("cams,n", [(6, 8), (3, 8), (6, 4), (1, 8)])
+def test_multiview_spreads_over_min_n_cameras(cams, n):
+    np.random.seed(1)
+    data = _source(5, cams)
+    index = IdentityIndex(data)
+    for pid in range(5):
+        for _ in range(20):
+            _, _, refs = sample_item(index, pid, n, "multiview")
+            seen = {data[t][2] for t, _ in refs}
+            assert len(seen) >= min(n, cams)
+
+
+def test_multiview_random_uses_a_permutation_of_tracklets():
+    np.random.seed(2)
+    data = _source(3, 2, tracklets_per_cam=2)  # 4 tracklets per identity
+    index = IdentityIndex(data)
+    _, _, refs = sample_item(index, 1, 8, "multiview_random")
+    tracklets = [t for t, _ in refs]
+    assert sorted(tracklets[:4]) == sorted(index.tracklets[1].tolist())
+    assert tracklets[4:] == tracklets[:4]  # cycles over the same permutation
+
+
+def test_temporal_and_tracklet_stay_in_one_tracklet_with_chunks():
+    np.random.seed(3)
+    data = _source(3, 3, frames=16)
+    index = IdentityIndex(data)
+    for strategy in ("temporal", "tracklet"):
+        _, _, refs = sample_item(index, 2, 8, strategy)
+        assert len({t for t, _ in refs}) == 1
+        frames = [f for _, f in refs]
+        # one frame from each chunk of two frames
+        assert [f // 2 for f in frames] == list(range(8))
+
+
+def test_single_camera_single_tracklet_identity():
+    np.random.seed(4)
+    data = [(("a0.jpg", "a1.jpg", "a2.jpg"), 0, 0), (("b0.jpg", "b1.jpg"), 1, 2)]
+    sampler = MultiViewSampler(data, batch_size=4, num_instances=2, seq_len=8, strategy="multiview")
+    (batch,) = list(sampler)
+    for pid, _, refs in batch:
+        assert len(refs) == 8 and all(data[t][1] == pid for t, _ in refs)
+
+
+def test_too_few_identities_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"2 identities, fewer than P=4"):
+        MultiViewSampler(_source(2, 2), batch_size=8, num_instances=2, seq_len=4)
+    with pytest.raises(ValueError, match="multiple of num_instances"):
+        MultiViewSampler(_source(8, 2), batch_size=7, num_instances=2, seq_len=4)
+    with pytest.raises(ValueError, match="unknown sampling strategy"):
+        MultiViewSampler(_source(8, 2), batch_size=8, num_instances=2, seq_len=4, strategy="x")
+
+
+def test_item_cost_does_not_grow_with_dataset_size():
+    small = MultiViewSampler(_source(50, 4), 16, 4, 8, "multiview")
+    large = MultiViewSampler(_source(5000, 4), 16, 4, 8, "multiview")
+
+    def per_batch(sampler, batches=40):
+        np.random.seed(0)
+        it = iter(sampler)
+        next(it)  # the epoch's permutation is drawn once, not per item
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        return (time.perf_counter() - start) / batches
+
+    t_small = min(per_batch(small) for _ in range(3))
+    t_large = min(per_batch(large) for _ in range(3))
+    # 100x more identities and tracklets: the per-batch cost stays the same (up to noise).
+    assert t_large < 3 * t_small, (t_small, t_large)
+
+
+def test_torchreid_sampler_adapter():
+    from vkd_torchreid.compat import build_train_sampler
+
+    np.random.seed(5)
+    data = _source(6, 2)
+    base = build_train_sampler([(*t, 0) for t in data], "RandomIdentitySampler", batch_size=8,
+                               num_instances=4)
+    sampler = TrackletBatchSampler(base, data, batch_size=8, seq_len=4, strategy="tracklet")
+    batches = list(sampler)
+    assert len(batches) == len(sampler) > 0
+    for batch in batches:
+        assert len(batch) == 8
+        for pid, _, refs in batch:
+            assert len({t for t, _ in refs}) == 1 and data[refs[0][0]][1] == pid
+
+
+def test_frame_index_helpers():
+    assert evenly_indices(16, 8).tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert evenly_indices(3, 5).tolist() == [0, 1, 2, 2, 2]
+    assert evenly_indices(10, 4).tolist() == [0, 3, 6, 9]
+    idx = random_chunk_indices(10, 4, np.random.RandomState(0))
+    assert all(0 <= i < 10 for i in idx) and list(idx) == sorted(idx)
+    with pytest.raises(ValueError):
+        evenly_indices(0, 4)

@@ -1,0 +1,145 @@
+"""The command line of ``tools/main.py`` (kept in the package so it is importable and tested)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+import time
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from yacs.config import CfgNode
+
+from vkd_torchreid.config import build_config
+
+logger = logging.getLogger("vkd_torchreid")
+
+EXIT_ERROR = 2
+LOG_FILE = "train.log"
+CONFIG_FILE = "config.yaml"
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config-file", default="", help="yaml config (with _BASE_ inheritance)")
+    parser.add_argument("--root", default="", help="data.root: folder holding the datasets")
+    parser.add_argument("-s", "--sources", nargs="+", default=None, help="data.sources")
+    parser.add_argument("-t", "--targets", nargs="+", default=None, help="data.targets")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate model.load_weights (ours, torchreid's or a released "
+                             "reference experiment) without training")
+    parser.add_argument("--resume", nargs="?", const="latest", default="",
+                        help="resume from PATH, or from the latest checkpoint in the save dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow starting a new run in a save dir that holds checkpoints")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow legacy pickled checkpoints (torch.load weights_only=False)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="KEY VALUE config overrides, e.g. train.max_epoch 10")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> CfgNode:
+    """Default config <- file <- --root/-s/-t <- KEY VALUE overrides; validated."""
+    opts: List[str] = []
+    if args.root:
+        opts += ["data.root", args.root]
+    if args.sources:
+        opts += ["data.sources", str(args.sources)]
+        if not args.targets:
+            opts += ["data.targets", str(args.sources)]
+    if args.targets:
+        opts += ["data.targets", str(args.targets)]
+    return build_config(args.config_file, opts + list(args.opts or []))
+
+
+def setup_logging(save_dir: str) -> None:
+    os.makedirs(save_dir, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    for handler in list(root.handlers):
+        if getattr(handler, "_vkd", False):
+            root.removeHandler(handler)
+    for handler in (logging.StreamHandler(sys.stdout),
+                    logging.FileHandler(os.path.join(save_dir, LOG_FILE), encoding="utf-8")):
+        handler.setFormatter(fmt)
+        handler._vkd = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_resume(args: argparse.Namespace, save_dir: str) -> str:
+    """The checkpoint to resume from ('' for a fresh run); refuses to clobber a finished one."""
+    from vkd_torchreid.engine.checkpoint import find_latest
+
+    if args.resume == "latest":
+        path = find_latest(save_dir)
+        if path is None:
+            raise UserError(f"--resume: no checkpoint in {save_dir}")
+        return path
+    if args.resume:
+        if not os.path.isfile(args.resume):
+            raise UserError(f"--resume: checkpoint not found: {args.resume}")
+        return args.resume
+    existing = find_latest(save_dir)
+    if existing and not args.overwrite and not args.eval_only:
+        raise UserError(f"{save_dir} already holds checkpoints ({existing}); pass --resume to "
+                        "continue that run, --overwrite to start over, or set data.save_dir")
+    return ""
+
+
+def run(cfg: CfgNode, args: argparse.Namespace) -> int:
+    from vkd_torchreid.engine import build
+
+    save_dir = cfg.data.save_dir
+    resume = resolve_resume(args, save_dir)
+    setup_logging(save_dir)
+    with open(os.path.join(save_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
+        fh.write(cfg.dump())
+    set_seed(cfg.train.seed)
+    if cfg.get("demo") and cfg.demo.enabled:
+        from vkd_torchreid.demo import run_demo
+
+        run_demo(cfg, trust=args.trust_checkpoint)
+        return 0
+    start = time.time()
+    if args.eval_only or cfg.test.evaluate:
+        results = build.evaluate(cfg, trust=args.trust_checkpoint)
+    else:
+        results = build.train(cfg, resume=resume, trust=args.trust_checkpoint).results
+    logger.info("results: %s", results)
+    logger.info("done in %.1f min; outputs in %s", (time.time() - start) / 60, save_dir)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None,
+         parser: Optional[argparse.ArgumentParser] = None) -> int:
+    """Entry point; returns the exit code."""
+    import vkd_torchreid  # noqa: F401  (registers datasets and models with torchreid)
+    from vkd_torchreid.engine.base import NonFiniteLossError, StopTraining
+    from vkd_torchreid.engine.checkpoint import CheckpointError
+
+    args = add_arguments(parser or argparse.ArgumentParser()).parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        return run(cfg, args)
+    except StopTraining as exc:
+        print(f"stopped ({exc}); resume with --resume", file=sys.stderr)
+        return 130
+    except (UserError, FileNotFoundError, KeyError, ValueError, CheckpointError,
+            NonFiniteLossError) as exc:
+        msg = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        print(f"error: {msg.splitlines()[0] if msg else type(exc).__name__}", file=sys.stderr)
+        return EXIT_ERROR
