@@ -16,6 +16,11 @@ from vkd_torchreid.engine.build import build_optim, train
 from vkd_torchreid.models import build_model
 
 
+def _read_json(path):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 def _fake_dm():
     return types.SimpleNamespace(train_loader=[], test_loader={}, sources=[], targets=[])
 
@@ -122,7 +127,8 @@ def test_checkpoint_is_weights_only_and_atomic(tmp_path, monkeypatch):
     assert state["epoch"] == 3 and isinstance(state["rank1"], float)
     assert {"state_dict", "optimizer", "scheduler", "rng"} <= set(state)
     # a failing write leaves the previous checkpoint untouched and names the file
-    good = open(path, "rb").read()
+    with open(path, "rb") as fh:
+        good = fh.read()
 
     def broken_save(obj, fh, *a, **k):
         fh.write(b"partial")
@@ -131,7 +137,8 @@ def test_checkpoint_is_weights_only_and_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(ckpt_io.CheckpointError, match="ck.pth.*No space left"):
         ckpt_io.atomic_save(engine.checkpoint_state(4, 0.0), path)
-    assert open(path, "rb").read() == good
+    with open(path, "rb") as fh:
+        assert fh.read() == good
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]
 
 
@@ -171,7 +178,7 @@ def test_short_teacher_then_vkd_run(mars_root, tmp_path):
     for p in (latest, final):
         state = torch.load(p, weights_only=True)
         assert state["epoch"] == 2 and state["meta"]["stage"] == "teacher"
-    res = json.load(open(os.path.join(tdir, "results.json")))
+    res = _read_json(os.path.join(tdir, "results.json"))
     assert res["stage"] == "teacher" and res["epoch"] == 2
     for mode in ("I2V", "V2V"):
         m = res["vkd_mars"][mode]
@@ -186,7 +193,7 @@ def test_short_teacher_then_vkd_run(mars_root, tmp_path):
     state = torch.load(os.path.join(sdir, "model", ckpt_io.LATEST_NAME), weights_only=True)
     assert state["meta"]["stage"] == "student"
     assert not any(k.startswith("teacher") for k in state["state_dict"])
-    res = json.load(open(os.path.join(sdir, "results.json")))
+    res = _read_json(os.path.join(sdir, "results.json"))
     assert res["stage"] == "student" and {"I2V", "V2V"} <= set(res["vkd_mars"])
     # the teacher weights on disk are those the student was distilled from
     teacher_state = torch.load(final, weights_only=True)["state_dict"]

@@ -34,7 +34,8 @@ def test_read_roundtrip_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         read_image(str(tmp_path / "missing.jpg"))
 
-    data = open(path, "rb").read()
+    with open(path, "rb") as fh:
+        data = fh.read()
     truncated = tmp_path / "trunc.jpg"
     truncated.write_bytes(data[: len(data) // 2])
     start = time.perf_counter()

@@ -7,6 +7,7 @@ and ``train`` gains an end-of-epoch hook (latest checkpoint, skipped-frame repor
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -149,10 +150,9 @@ class VKDEngineBase(Engine):
             self._stop_signal = signum
 
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            # Outside the main thread signals cannot be caught: leave them alone.
+            with contextlib.suppress(ValueError):
                 previous[sig] = signal.signal(sig, _handler)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         try:
             super().run(save_dir=save_dir, **kwargs)
         except StopTraining:

@@ -9,6 +9,7 @@ Python value: numpy RNG arrays become tensors, numpy scalars become Python numbe
 from __future__ import annotations
 
 import collections
+import contextlib
 import glob
 import logging
 import os
@@ -103,10 +104,8 @@ def atomic_save(obj: Any, path: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         if isinstance(exc, (OSError, RuntimeError, pickle.PicklingError)):
             raise CheckpointError(f"could not write checkpoint {path}: {exc}; the previous "
                                   "checkpoint (if any) is unchanged") from exc
