@@ -1,11 +1,13 @@
 """Packaging for vkd_torchreid: Views Knowledge Distillation as a torchreid plugin."""
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="vkd_torchreid",
     version="0.1.0",
     description="Views Knowledge Distillation (VKD, ECCV 2020) for the torchreid re-ID toolbox",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["vkd_torchreid", "vkd_torchreid.*"]),
     python_requires=">=3.9",

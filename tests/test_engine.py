@@ -8,12 +8,13 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from vkd_torchreid.engine import DistillOptions, EngineOptions, TeacherEngine, VKDEngine
 from vkd_torchreid.engine import checkpoint as ckpt_io
 from vkd_torchreid.engine.build import build_optim, train
 from vkd_torchreid.models import build_model
+
+from conftest import tiny_config
 
 
 def _read_json(path):
