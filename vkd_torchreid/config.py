@@ -130,7 +130,7 @@ def get_default_config() -> CN:
 
     cfg.demo = CN()  # tools/main.py --config-file configs/demo.yaml
     cfg.demo.enabled = False
-    cfg.demo.ids = 32  # identities of the synthetic world (train and test each)
+    cfg.demo.ids = 64  # identities of the synthetic world (half train, half test)
     cfg.demo.cams = 4
     cfg.demo.tracklets = 2  # per identity and camera
     cfg.demo.frames = 12

@@ -29,6 +29,7 @@ from vkd_torchreid.engine.extract import Features, autocast, concat, extract, to
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+LOSSES_FILE = "losses.jsonl"
 CHECKPOINT_DIR = "model"
 
 
@@ -82,6 +83,8 @@ class VKDEngineBase(Engine):
         self.results: Dict[str, Any] = {}
         self._stop_signal: Optional[int] = None
         self._latest_epoch = -1
+        self._epoch_sums: Dict[str, float] = {}
+        self._epoch_steps = 0
 
     # ------------------------------------------------------------------ devices & formats
     def _place(self, model: nn.Module) -> nn.Module:
@@ -118,7 +121,11 @@ class VKDEngineBase(Engine):
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.global_step += 1
-        return {k: float(v.detach()) for k, v in losses.items()}
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        for k, v in values.items():
+            self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
+        self._epoch_steps += 1
+        return values
 
     def _check_finite(self, losses: Dict[str, torch.Tensor]) -> None:
         values = {k: float(v.detach()) for k, v in losses.items()}
@@ -133,13 +140,27 @@ class VKDEngineBase(Engine):
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0,
               open_layers: Optional[Sequence[str]] = None) -> None:
         self.skipped_frames = []
+        self._epoch_sums, self._epoch_steps = {}, 0
         super().train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
         self.completed_epochs = self.epoch + 1
+        self._log_epoch_losses()
         if self.skipped_frames:
             logger.warning("epoch %d: %d unreadable frame(s) were replaced by other frames of "
                            "their tracklets: %s", self.epoch + 1, len(self.skipped_frames),
                            ", ".join(sorted(set(self.skipped_frames))[:10]))
         self.save_latest()
+
+    def _log_epoch_losses(self) -> None:
+        """Appends the epoch's mean losses to ``<save_dir>/losses.jsonl`` (one line per epoch)."""
+        steps = max(self._epoch_steps, 1)
+        row = {"epoch": self.completed_epochs, "generation": self.generation,
+               "steps": self._epoch_steps, "lr": self.get_current_lr(),
+               **{k: v / steps for k, v in self._epoch_sums.items()}}
+        os.makedirs(self.save_dir, exist_ok=True)
+        with open(os.path.join(self.save_dir, LOSSES_FILE), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        logger.info("epoch %d: %s", self.completed_epochs, "  ".join(
+            f"{k} {v:.4f}" for k, v in row.items() if k.startswith("loss")))
 
     def run(self, save_dir: str = "log", **kwargs: Any) -> None:
         """torchreid's ``Engine.run``; SIGINT/SIGTERM stop it cleanly with a checkpoint."""
