@@ -12,7 +12,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 TINY = ["data.height", "32", "data.width", "16", "data.workers", "0", "use_gpu", "False",
         "model.pretrained", "False", "model.name", "vkd_resnet18", "test.batch_size", "8",
-        "train.print_freq", "1000"]
+        "train.print_freq", "1000", "train.max_epoch", "2"]
 
 
 @pytest.fixture(scope="session")

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import glob
 import os
+from pathlib import Path
 
 import pytest
 
-from vkd_torchreid.config import build_config
+from vkd_torchreid.config import build_config, get_default_config, merge_from_file
 from vkd_torchreid.data.manager import build_datamanager
 from vkd_torchreid.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
+#: Files named ``_*.yaml`` are partial bases (no dataset, no teacher): experiments inherit them.
+EXPERIMENTS = [p for p in CONFIGS if not os.path.basename(p).startswith("_")]
+BASES = [p for p in CONFIGS if os.path.basename(p).startswith("_")]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,16 @@ def test_there_is_a_config_per_paper_experiment():
     assert "demo" in names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
+@pytest.mark.parametrize("path", BASES, ids=[os.path.basename(p) for p in BASES])
+def test_partial_bases_merge_with_known_keys_and_are_inherited(path):
+    cfg = merge_from_file(get_default_config(), path)
+    assert cfg.vkd.stage in ("teacher", "student")
+    children = [p for p in EXPERIMENTS
+                if f"_BASE_: {os.path.basename(path)}" in Path(p).read_text(encoding="utf-8")]
+    assert children, f"no experiment inherits {path}"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[os.path.basename(p) for p in EXPERIMENTS])
 def test_config_loads_validates_and_builds(path, synthetic_root, tmp_path):
     cfg = build_config(path, ["data.root", synthetic_root, "data.save_dir", str(tmp_path),
                               "model.pretrained", "False", "data.workers", "0"])

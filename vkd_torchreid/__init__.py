@@ -16,12 +16,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 def register_all() -> None:
     """Registers our datasets and models with torchreid (idempotent)."""
-    try:  # DEV-ONLY-INTERIM: removed once data/ and models/ land
-        from vkd_torchreid.data import DATASETS
-        from vkd_torchreid.models import MODEL_BUILDERS
-    except ImportError as exc:  # pragma: no cover
-        logging.getLogger(__name__).warning("registration skipped: %s", exc)
-        return
+    from vkd_torchreid.data import DATASETS
+    from vkd_torchreid.models import MODEL_BUILDERS
 
     for name, cls in DATASETS.items():
         compat.register_video_dataset(name, cls)

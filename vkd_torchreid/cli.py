@@ -59,14 +59,22 @@ def config_from_args(args: argparse.Namespace) -> CfgNode:
     return build_config(args.config_file, opts + list(args.opts or []))
 
 
+def teardown_logging() -> None:
+    """Removes and closes the handlers :func:`setup_logging` added (safe to call twice)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_vkd", False):
+            root.removeHandler(handler)
+            handler.close()
+
+
 def setup_logging(save_dir: str) -> None:
+    """Logs to stdout and ``<save_dir>/train.log`` until :func:`teardown_logging`."""
     os.makedirs(save_dir, exist_ok=True)
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    for handler in list(root.handlers):
-        if getattr(handler, "_vkd", False):
-            root.removeHandler(handler)
+    teardown_logging()
     for handler in (logging.StreamHandler(sys.stdout),
                     logging.FileHandler(os.path.join(save_dir, LOG_FILE), encoding="utf-8")):
         handler.setFormatter(fmt)
@@ -143,3 +151,5 @@ def main(argv: Optional[Sequence[str]] = None,
         msg = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
         print(f"error: {msg.splitlines()[0] if msg else type(exc).__name__}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        teardown_logging()

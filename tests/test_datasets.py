@@ -1,0 +1,386 @@
+"""Dataset loaders on tiny datasets written in the real on-disk layouts, and their errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+
+from vkd_torchreid import compat
+from vkd_torchreid.data import ATRW, DATASETS, DukeVideo, Mars, VeRi, clear_cache
+from vkd_torchreid.data.atrw import LEFT, RIGHT, UNKNOWN, flank
+from vkd_torchreid.data.check import check_dataset, format_statistics
+from vkd_torchreid.data.io import write_jpeg
+from vkd_torchreid.data.synthetic import atrw_keypoints, write_synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECK_TOOL = os.path.join(REPO, "tools", "check_dataset.py")
+SMALL = {"ids": 8, "cams": 3, "tracklets": 2, "frames": 4, "seed": 0, "height": 32, "width": 16}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    clear_cache()
+    yield
+    clear_cache()
+
+
+def _write(name, tmp_path, **kw):
+    root = str(tmp_path)
+    counts = write_synthetic(name, root, **{**SMALL, **kw})
+    return root, counts
+
+
+def _via_torchreid(name, root, **options):
+    """Builds the dataset through torchreid's own registry (registered on import)."""
+    assert name in compat.video_dataset_names()
+    return compat.data.datasets.init_video_dataset(name, root=root, mode="train",
+                                                   verbose=False, **options)
+
+
+def _check_common(splits, counts, cams):
+    train_ids = SMALL["ids"] // 2
+    assert sorted({pid for _, pid, _ in splits.train}) == list(range(train_ids))
+    assert counts["train_ids"] == train_ids and counts["test_ids"] == SMALL["ids"] - train_ids
+    for name in ("train", "query", "gallery", "query_img", "gallery_img"):
+        assert all(0 <= cam < cams for _, _, cam in getattr(splits, name))
+    assert len(splits.train) == counts["train_tracklets"]
+
+
+# ----------------------------------------------------------------------------- MARS
+
+def test_mars_synthetic_counts_junk_and_distractors(tmp_path):
+    root, counts = _write("vkd_mars", tmp_path)
+    splits = Mars.load(root)
+    _check_common(splits, counts, SMALL["cams"])
+    test_ids = list(range(SMALL["ids"] // 2 + 1, SMALL["ids"] + 1))
+    assert len(splits.train) == 4 * 3 * 2
+    assert sorted(pid for _, pid, _ in splits.query) == test_ids  # one query per test id
+    gallery_pids = [pid for _, pid, _ in splits.gallery]
+    assert 0 in gallery_pids and -1 not in gallery_pids
+    assert len(splits.gallery) == counts["gallery"] == 4 * 3 * 2 - 4 + 1
+    assert not set(splits.query) & set(splits.gallery)
+    for _, pid, cam in splits.query:  # a true match in another camera
+        assert any(g == pid and c != cam for _, g, c in splits.gallery)
+    assert all(len(p) == 4 for p, _, _ in splits.train)
+    assert splits.query_img == [(p[0], pid, cam) for p, pid, cam in splits.query]
+    assert splits.gallery_img == []
+    assert splits.protocol.modes == ("I2V", "V2V") and splits.protocol.query_in_gallery
+    assert not Mars.load(root, mars_query_in_gallery=False).protocol.query_in_gallery
+
+    dataset = _via_torchreid("vkd_mars", root)
+    assert isinstance(dataset, Mars) and len(dataset.train) == len(splits.train)
+    assert dataset.num_train_pids == 4 and len(dataset.query_img) == 4
+
+
+def _mini_mars(base, int_column):
+    """A hand-written MARS: int32 tables + column query_IDX, or double tables + row query_IDX."""
+    info = os.path.join(base, "info")
+    os.makedirs(info, exist_ok=True)
+    img = np.full((16, 8, 3), 128, np.uint8)
+    names = {
+        "train": ["0001C1T0001F001.jpg", "0001C1T0001F002.jpg", "0002C2T0001F001.jpg"],
+        "test": ["0003C1T0001F001.jpg", "0003C2T0001F001.jpg", "0003C2T0001F002.jpg",
+                 "0000C3T0001F001.jpg", "00-1C1T0001F001.jpg"],
+    }
+    tables = {"train": [[1, 2, 1, 1], [3, 3, 2, 2]],
+              "test": [[1, 1, 3, 1], [2, 3, 3, 2], [4, 4, 0, 3], [5, 5, -1, 1]]}
+    for split, split_names in names.items():
+        for n in split_names:
+            write_jpeg(os.path.join(base, f"bbox_{split}", n[:4], n), img)
+        with open(os.path.join(info, f"{split}_name.txt"), "w") as fh:
+            fh.write("\n".join(split_names) + "\n")
+        dtype = np.int32 if int_column else np.float64
+        scipy.io.savemat(os.path.join(info, f"tracks_{split}_info.mat"),
+                         {f"track_{split}_info": np.asarray(tables[split], dtype=dtype)})
+    query = np.asarray([1], np.int32).reshape(-1, 1) if int_column else np.asarray([[1.0]])
+    scipy.io.savemat(os.path.join(info, "query_IDX.mat"), {"query_IDX": query})
+
+
+def _rel(splits, base):
+    def strip(items):
+        return [(tuple(os.path.relpath(p, base) for p in paths), pid, cam)
+                for paths, pid, cam in items]
+    return strip(splits.train), strip(splits.query), strip(splits.gallery)
+
+
+def test_mars_int_columns_and_double_rows_parse_identically(tmp_path):
+    _mini_mars(str(tmp_path / "a" / "mars"), int_column=True)
+    _mini_mars(str(tmp_path / "b" / "mars"), int_column=False)
+    a = Mars.load(str(tmp_path / "a"))
+    b = Mars.load(str(tmp_path / "b"))
+    assert _rel(a, str(tmp_path / "a")) == _rel(b, str(tmp_path / "b"))
+    train, query, gallery = _rel(a, str(tmp_path / "a"))
+    assert [(len(p), pid, cam) for p, pid, cam in train] == [(2, 0, 0), (1, 1, 1)]
+    assert [(len(p), pid, cam) for p, pid, cam in query] == [(1, 3, 0)]
+    assert [(len(p), pid, cam) for p, pid, cam in gallery] == [(2, 3, 1), (1, 0, 2)]
+
+
+def test_mars_errors_name_the_file(tmp_path):
+    base = str(tmp_path / "mars")
+    _mini_mars(base, int_column=False)
+    info = os.path.join(base, "info")
+    qpath = os.path.join(info, "query_IDX.mat")
+
+    os.rename(qpath, qpath + ".bak")
+    with pytest.raises(FileNotFoundError, match="query_IDX.mat"):
+        Mars.load(str(tmp_path))
+    os.rename(qpath + ".bak", qpath)
+
+    with open(qpath, "r+b") as fh:  # truncated
+        fh.truncate(os.path.getsize(qpath) // 2)
+    clear_cache()
+    with pytest.raises(ValueError, match="cannot read MATLAB file .*query_IDX.mat"):
+        Mars.load(str(tmp_path))
+
+    scipy.io.savemat(qpath, {"wrong": np.asarray([[1.0]])})
+    clear_cache()
+    with pytest.raises(ValueError, match="query_IDX.mat.*'query_IDX'"):
+        Mars.load(str(tmp_path))
+
+    scipy.io.savemat(qpath, {"query_IDX": np.asarray([[1.0]])})
+    tpath = os.path.join(info, "tracks_test_info.mat")
+    scipy.io.savemat(tpath, {"track_test_info": np.asarray([[1, 1, 3, 1], [2, 9, 3, 2]], float)})
+    clear_cache()
+    with pytest.raises(ValueError, match=r"tracks_test_info.mat: row 2"):
+        Mars.load(str(tmp_path))
+
+    scipy.io.savemat(tpath, {"track_test_info": np.asarray([[1, 1, 3]], float)})
+    clear_cache()
+    with pytest.raises(ValueError, match="tracks_test_info.mat.*4 columns"):
+        Mars.load(str(tmp_path))
+
+    scipy.io.savemat(tpath, {"track_test_info": np.asarray([[1, 1, 3, 1]], float)})
+    os.remove(os.path.join(base, "bbox_test", "0003", "0003C1T0001F001.jpg"))
+    clear_cache()
+    with pytest.raises(FileNotFoundError, match="0003C1T0001F001.jpg"):
+        Mars.load(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- Duke
+
+def test_duke_synthetic_counts(tmp_path, caplog):
+    root, counts = _write("vkd_duke", tmp_path)
+    splits = DukeVideo.load(root)
+    _check_common(splits, counts, SMALL["cams"])
+    assert len(splits.query) == counts["query"] == 4
+    assert len(splits.gallery) == counts["gallery"] == 4 * 3 * 2 - 4
+    for paths, _, _ in splits.train:
+        assert list(paths) == sorted(paths) and len(paths) == 4
+    assert splits.query_img == [(p[0], pid, cam) for p, pid, cam in splits.query]
+    dataset = _via_torchreid("vkd_duke", root)
+    assert len(dataset.gallery) == len(splits.gallery)
+
+    empty = os.path.join(root, "DukeMTMC-VideoReID", "gallery", "0008", "0099")
+    os.makedirs(empty)
+    clear_cache()
+    with caplog.at_level(logging.WARNING, logger="vkd_torchreid.data.duke"):
+        assert len(DukeVideo.load(root).gallery) == len(splits.gallery)
+    assert "empty tracklet folder" in caplog.text
+
+    bad = os.path.join(empty, "frame.jpg")
+    write_jpeg(bad, np.zeros((8, 8, 3), np.uint8))
+    clear_cache()
+    with pytest.raises(ValueError, match="frame.jpg"):
+        DukeVideo.load(root)
+
+
+# ----------------------------------------------------------------------------- VeRi
+
+def test_veri_synthetic_queries_match_vehicle_and_camera(tmp_path):
+    root, counts = _write("vkd_veri", tmp_path)
+    splits = VeRi.load(root)
+    _check_common(splits, counts, SMALL["cams"])
+    assert len(splits.train) == 4 * 3  # one tracklet per (vehicle, camera)
+    assert all(len(p) == 2 * 4 for p, _, _ in splits.train)
+    assert len(splits.gallery) == counts["gallery"] == 4 * 3 * 2
+    assert len(splits.query_img) == counts["query"] == 4 * 3
+    assert len(splits.gallery_img) == 4 * 3 * 2 * 4
+    assert len(splits.query) == len(splits.query_img)
+    for (paths, vid, cam), (qpath, qvid, qcam) in zip(splits.query, splits.query_img):
+        assert (vid, cam) == (qvid, qcam) and (paths, vid, cam) in splits.gallery
+        assert "image_query" in qpath and all("image_test" in p for p in paths)
+    for paths, _, _ in splits.gallery:  # key token not duplicated
+        assert len(paths) == len(set(paths)) == 4
+    assert splits.protocol.modes == ("I2V", "V2V", "I2I", "V2I")
+    assert VeRi.ERASE_RATIO == (0.7, 1.4) and VeRi.INPUT_SIZE == (224, 224)
+    assert len(_via_torchreid("vkd_veri", root).query) == len(splits.query)
+
+
+def test_veri_bad_name_names_file_and_line(tmp_path):
+    root, _ = _write("vkd_veri", tmp_path)
+    path = os.path.join(root, "VeRi", "name_train.txt")
+    with open(path, "a") as fh:
+        fh.write("car_12.jpg\n")
+    with pytest.raises(ValueError, match=r"name_train.txt: line 97: bad image name 'car_12.jpg'"):
+        VeRi.load(root)
+
+
+# ----------------------------------------------------------------------------- ATRW
+
+def test_flank_from_keypoints():
+    assert flank(atrw_keypoints(0, 32, 16)) == RIGHT
+    assert flank(atrw_keypoints(1, 32, 16)) == LEFT
+    assert flank(atrw_keypoints(2, 32, 16)) == UNKNOWN
+    triples = [[0, 0, 0]] * 15
+    triples[4] = [1, 1, 2]  # right front paw only
+    assert flank(triples) == RIGHT
+    triples[6] = triples[10] = [1, 1, 1]  # two left keypoints beat one right
+    assert flank(triples) == LEFT
+    with pytest.raises(ValueError, match="15 keypoints"):
+        flank([1, 2, 3])
+
+
+def test_atrw_synthetic_views_meta_and_protocol(tmp_path, caplog):
+    root, counts = _write("vkd_atrw", tmp_path)
+    splits = ATRW.load(root)
+    _check_common(splits, counts, 3)
+    base = os.path.join(root, "atrw")
+    with open(os.path.join(base, "atrw_anno_reid_train", "reid_keypoints_train.json")) as fh:
+        keypoints = json.load(fh)
+    for paths, _, view in splits.train:  # the view is the flank of every image
+        assert all(flank(keypoints[os.path.basename(p)]) == view for p in paths)
+    for pid in range(4):
+        assert sorted(c for _, p, c in splits.train if p == pid) == [RIGHT, LEFT, UNKNOWN]
+    with open(os.path.join(base, "gt_test_plain.json")) as fh:
+        gt = json.load(fh)
+    n = len(gt)
+    assert len(splits.gallery_img) == len(splits.query_img) == len(splits.query) == n
+    assert [pid for _, pid, _ in splits.gallery_img] == [e["entityid"] for e in gt]
+    assert -1 in {pid for _, pid, _ in splits.gallery_img}
+    assert [p for p, _, _ in splits.gallery_img] == [p[0] for p, _, _ in splits.gallery]
+    meta = splits.meta
+    assert all(len(meta[k]) == n for k in ("frame_group", "frame", "query_type"))
+    assert meta["frame_group"].dtype == np.int64
+    assert list(meta["frame_group"]) == [e["frame"][0] * 100000 + e["frame"][1] for e in gt]
+    assert list(meta["frame"]) == [e["frame"][2] for e in gt]
+    assert set(meta["query_type"]) == {"sing", "multi"}
+    assert splits.protocol.modes == ("I2I",) and splits.protocol.junk == "atrw"
+
+    with caplog.at_level(logging.WARNING, logger="vkd_torchreid.data.atrw"):
+        video = ATRW.load(root, atrw_views="video")
+    assert "fall back" in caplog.text and video.train == splits.train
+    dataset = _via_torchreid("vkd_atrw", root, atrw_views="video_side")
+    assert dataset.num_train_pids == 4
+    with pytest.raises(ValueError, match="atrw_views.*side"):
+        ATRW.load(root, atrw_views="frontal")
+
+
+def test_atrw_gt_in_annotation_folder_and_malformed_rows(tmp_path):
+    root, _ = _write("vkd_atrw", tmp_path, ids=4, cams=2, tracklets=1, frames=2)
+    base = os.path.join(root, "atrw")
+    anno = os.path.join(base, "atrw_anno_reid_test")
+    os.rename(os.path.join(base, "gt_test_plain.json"), os.path.join(anno, "gt_test_plain.json"))
+    assert len(ATRW.load(root).gallery_img) == 2 * 2 * 2 + 2
+
+    with open(os.path.join(anno, "gt_test_plain.json"), "w") as fh:
+        json.dump([{"imgid": 0, "entityid": 3, "query": "sing", "frame": [1, 1, 0]},
+                   {"imgid": 1, "entityid": 3, "query": "both", "frame": [1, 1, 2]}], fh)
+    clear_cache()
+    with pytest.raises(ValueError, match="gt_test_plain.json: entry 1: expected"):
+        ATRW.load(root)
+
+    with open(os.path.join(base, "atrw_anno_reid_train", "reid_list_train.csv"), "a") as fh:
+        fh.write("tiger,000001.jpg\n")
+    clear_cache()
+    with pytest.raises(ValueError, match=r"reid_list_train.csv: line 9: expected 'entityid,"):
+        ATRW.load(root)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+def _digest(folder):
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, folder)] = hashlib.sha1(fh.read()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_synthetic_is_byte_identical_and_fast(tmp_path, name):
+    import time
+
+    start = time.perf_counter()
+    write_synthetic(name, str(tmp_path / "a"), ids=8, cams=3, tracklets=2, frames=8, seed=4)
+    assert time.perf_counter() - start < 2.0
+    write_synthetic(name, str(tmp_path / "b"), ids=8, cams=3, tracklets=2, frames=8, seed=4)
+    first = _digest(str(tmp_path / "a"))
+    assert first == _digest(str(tmp_path / "b"))
+    write_synthetic(name, str(tmp_path / "a"), ids=8, cams=3, tracklets=2, frames=8, seed=4)
+    assert _digest(str(tmp_path / "a")) == first
+
+
+def test_synthetic_refuses_foreign_data_and_bad_sizes(tmp_path):
+    os.makedirs(tmp_path / "mars")
+    (tmp_path / "mars" / "real.txt").write_text("not ours")
+    with pytest.raises(FileExistsError, match="mars"):
+        write_synthetic("vkd_mars", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        write_synthetic("market1501", str(tmp_path))
+    with pytest.raises(ValueError, match="cams >= 2"):
+        write_synthetic("VeRi", str(tmp_path), cams=1)
+
+
+def test_synthetic_identities_are_recognisable_across_cameras():
+    """Even a crude colour profile of the body finds the same identity in another camera."""
+    from vkd_torchreid.data.synthetic import render
+
+    def feat(pid, cam):
+        img = render(0, pid, cam, cam % 2 == 0, 1, 1, 64, 32)[0].astype(np.float32)
+        return np.sort(img[16:60, 8:24].reshape(-1, 3), axis=0)[::8].ravel()
+
+    ids = range(1, 17)
+    gallery = [(feat(p, c), p) for p in ids for c in (2, 3)]
+    hits = [min(gallery, key=lambda g: np.linalg.norm(g[0] - feat(p, 1)))[1] == p for p in ids]
+    assert np.mean(hits) > 0.5  # chance: 1/16
+
+
+# ----------------------------------------------------------------------------- check tool
+
+def test_check_dataset_reports_statistics_and_unknown_names(tmp_path):
+    root, _ = _write("vkd_duke", tmp_path)
+    splits, problems = check_dataset("vkd_duke", root)
+    assert problems == []
+    table = format_statistics(splits)
+    assert table.splitlines()[0].split() == ["split", "ids", "items", "images", "cameras"]
+    assert "gallery" in table
+    with pytest.raises(ValueError, match="vkd_mars"):
+        check_dataset("market1501", root)
+    with pytest.raises(ValueError, match="atrw_views"):
+        check_dataset("vkd_duke", root, atrw_views="side")
+
+
+def _run_tool(*args):
+    return subprocess.run([sys.executable, CHECK_TOOL, *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+
+
+def test_check_tool_reports_a_corrupt_image(tmp_path):
+    root, _ = _write("vkd_mars", tmp_path, ids=4, cams=2, tracklets=1, frames=2)
+    train = os.path.join(root, "mars", "bbox_train")
+    pid_dir = os.path.join(train, sorted(os.listdir(train))[0])
+    bad = os.path.join(pid_dir, sorted(os.listdir(pid_dir))[1])
+    with open(bad, "wb") as fh:
+        fh.write(b"\x00garbage, not a JPEG")
+    proc = _run_tool("--dataset", "vkd_mars", "--root", root)
+    assert proc.returncode == 1, proc.stderr
+    assert bad in proc.stdout and "1 problem(s)" in proc.stdout
+
+
+@pytest.mark.parametrize("where", ["root", "dataset folder"])
+def test_check_tool_missing_layout_is_one_error_line(tmp_path, where):
+    root = str(tmp_path / "missing") if where == "root" else str(tmp_path)
+    proc = _run_tool("--dataset", "vkd_mars", "--root", root)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "missing" in lines[0]
+    assert (root if where == "root" else os.path.join(root, "mars")) in lines[0]
