@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from vkd_torchreid.config import ATRW_VIEWS
 from vkd_torchreid.data.base import (
     Protocol,
     Splits,
@@ -39,11 +40,6 @@ from vkd_torchreid.data.base import (
     require_dir,
     require_file,
 )
-
-try:
-    from vkd_torchreid.config import ATRW_VIEWS
-except ImportError:  # pragma: no cover - config always defines it
-    ATRW_VIEWS = ("side", "video", "video_side")
 
 logger = logging.getLogger(__name__)
 
