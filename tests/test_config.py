@@ -94,6 +94,12 @@ def test_missing_config_file():
     ("video.seq_len", "0", "video.seq_len"),
     ("video.test_chunk", "0", "video.test_chunk"),
     ("loss.triplet.margin", "-0.3", "loss.triplet.margin"),
+    ("demo.ids", "2", "demo.ids"),
+    ("demo.cams", "1", "demo.cams"),
+    ("demo.val_every", "0", "demo.val_every"),
+    ("demo.patience", "-1", "demo.patience"),
+    ("demo.min_delta", "-0.1", "demo.min_delta"),
+    ("demo.student_stepsize", "[20, 10]", "demo.student_stepsize"),
 ])
 def test_invalid_values_name_the_key(key, value, match):
     cfg = get_default_config()

@@ -138,7 +138,9 @@ def get_default_config() -> CN:
     cfg.demo.teacher_max_epoch = 40
     cfg.demo.val_every = 2  # epochs between validation evaluations of the teacher
     cfg.demo.patience = 3  # validations without a better mAP before the teacher stops
+    cfg.demo.min_delta = 0.01  # a rise of the validation mAP smaller than this does not count
     cfg.demo.student_epoch = 20
+    cfg.demo.student_stepsize = [14]  # the student's lr milestones (the teacher's: train.stepsize)
     cfg.demo.control = False  # also train the teacher on for student_epoch epochs
 
     cfg.use_gpu = True
@@ -362,7 +364,23 @@ def validate_config(cfg: CN) -> CN:
         raise _fail("vkd.teacher_checkpoint", cfg.vkd.teacher_checkpoint,
                     "the teacher's checkpoint (ours, torchreid's, or a reference experiment "
                     "folder) when vkd.stage is 'student'")
+    _validate_demo(cfg.demo)
     return cfg
+
+
+def _validate_demo(d: CN) -> None:
+    for key in ("ids", "cams", "tracklets", "frames", "teacher_max_epoch", "val_every",
+                "student_epoch"):
+        if d[key] < 1:
+            raise _fail(f"demo.{key}", d[key], "an integer >= 1")
+    if d.ids < 4 or d.cams < 2:
+        raise _fail("demo.ids" if d.ids < 4 else "demo.cams", d.ids if d.ids < 4 else d.cams,
+                    "at least 4 identities and 2 cameras")
+    if d.patience < 0 or d.min_delta < 0:
+        key = "demo.patience" if d.patience < 0 else "demo.min_delta"
+        raise _fail(key, d.patience if d.patience < 0 else d.min_delta, "a value >= 0")
+    if sorted(d.student_stepsize) != list(d.student_stepsize):
+        raise _fail("demo.student_stepsize", d.student_stepsize, "increasing epochs")
 
 
 def build_config(config_file: str = "", opts: Sequence[str] = ()) -> CN:

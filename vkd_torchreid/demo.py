@@ -25,7 +25,6 @@ from vkd_torchreid.engine.base import VKDEngineBase, write_json
 logger = logging.getLogger(__name__)
 
 DATASET = "vkd_mars"
-VAL_SEED_OFFSET = 1000
 TABLE_MODES = ("I2V", "V2V")
 
 
@@ -49,11 +48,12 @@ def ensure_data(cfg: CfgNode) -> Tuple[str, str]:
 
     d = cfg.demo
     roots = (cfg.data.root, os.path.join(cfg.data.root, "validation"))
-    for root, seed in zip(roots, (d.seed, d.seed + VAL_SEED_OFFSET)):
+    # Same seed (same cameras, light and backgrounds), disjoint identities.
+    for root, first_pid in zip(roots, (1, d.ids + 1)):
         if not os.path.isdir(os.path.join(root, "mars")):
             logger.info("writing the synthetic dataset to %s", root)
             write_synthetic(DATASET, root, ids=d.ids, cams=d.cams, tracklets=d.tracklets,
-                            frames=d.frames, seed=seed)
+                            frames=d.frames, seed=d.seed, first_pid=first_pid)
     return roots
 
 
@@ -70,14 +70,19 @@ def _validate(engine: VKDEngineBase, val_dm: VKDDataManager) -> float:
 
 
 def train_epochs(engine: VKDEngineBase, epochs: int, val_dm: Optional[VKDDataManager],
-                 val_every: int, patience: int, print_freq: int) -> Tuple[Dict[str, Any], List]:
+                 val_every: int, patience: int, print_freq: int,
+                 min_delta: float = 0.0) -> Tuple[Dict[str, Any], List]:
     """Trains ``epochs`` epochs (early-stopped on validation mAP when ``patience`` > 0).
+
+    The mAP "stops rising" when ``patience`` validations in a row fail to beat the last
+    significant best by more than ``min_delta``; the best state seen is kept in any case.
 
     Returns the best state dict (the last one without validation) and the curve
     ``[(epoch, val_mAP)]``.
     """
     engine.max_epoch = epochs
-    best_map, best_state, waited, curve = -1.0, None, 0, []
+    best_map, best_state, waited, curve, plateau = -1.0, None, 0, [], False
+    reference = -1.0  # the last best that counted as a significant rise
     for epoch in range(epochs):
         engine.epoch = epoch
         engine.train(print_freq=print_freq)
@@ -87,20 +92,27 @@ def train_epochs(engine: VKDEngineBase, epochs: int, val_dm: Optional[VKDDataMan
         curve.append((epoch + 1, m))
         logger.info("%s epoch %d: validation V2V mAP %.1f%%", engine.stage, epoch + 1, 100 * m)
         if m > best_map:
-            best_map, waited = m, 0
+            best_map = m
             best_state = (epoch + 1, copy.deepcopy(engine.model.state_dict()))
+        if m > reference + min_delta:
+            reference, waited = m, 0
         else:
             waited += 1
             if patience and waited >= patience:
                 logger.info("validation mAP stopped rising: best %.1f%% at epoch %d",
                             100 * best_map, best_state[0])
+                plateau = True
                 break
+    if val_dm is not None and patience and not plateau:
+        logger.warning("%s: validation mAP was still rising after %d epochs (best %.1f%%); "
+                       "raise demo.teacher_max_epoch for a fair comparison",
+                       engine.stage, epochs, 100 * best_map)
     if best_state is None:
         best_state = (engine.completed_epochs, copy.deepcopy(engine.model.state_dict()))
     epoch, state = best_state
     engine.model.load_state_dict(state)
     engine.completed_epochs = epoch
-    return {"epoch": epoch, "val_mAP": best_map}, curve
+    return {"epoch": epoch, "val_mAP": best_map, "plateau_reached": plateau}, curve
 
 
 def _final(engine: VKDEngineBase, save_dir: str) -> Dict[str, Any]:
@@ -125,11 +137,13 @@ def run_demo(cfg: CfgNode, trust: bool = False) -> Dict[str, Any]:
     teacher_engine = build.build_engine(tcfg, build_datamanager(tcfg))
     teacher_engine.save_dir = tcfg.data.save_dir
     teacher_info, teacher_curve = train_epochs(teacher_engine, d.teacher_max_epoch, val_dm,
-                                               d.val_every, d.patience, cfg.train.print_freq)
+                                               d.val_every, d.patience, cfg.train.print_freq,
+                                               d.min_delta)
     rows = {"teacher": _final(teacher_engine, tcfg.data.save_dir)}
     teacher = copy.deepcopy(teacher_engine.model)
 
     scfg = _sub(cfg, vkd__stage="student", train__max_epoch=d.student_epoch,
+                train__stepsize=list(d.student_stepsize),
                 vkd__teacher_checkpoint="(in memory)",
                 data__save_dir=os.path.join(run_dir, "student"))
     student_engine = build.build_engine(scfg, build_datamanager(scfg), teacher=teacher)
@@ -138,7 +152,9 @@ def run_demo(cfg: CfgNode, trust: bool = False) -> Dict[str, Any]:
     rows["student"] = _final(student_engine, scfg.data.save_dir)
 
     if d.control:
-        ccfg = _sub(tcfg, data__save_dir=os.path.join(run_dir, "teacher_control"))
+        # Same epochs and schedule as the student, from the selected teacher, no distillation.
+        ccfg = _sub(tcfg, data__save_dir=os.path.join(run_dir, "teacher_control"),
+                    train__stepsize=list(d.student_stepsize))
         teacher_engine.save_dir = ccfg.data.save_dir
         teacher_engine.optimizer, teacher_engine.scheduler = build.build_optim(
             ccfg, teacher_engine.model)

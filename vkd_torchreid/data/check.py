@@ -81,5 +81,8 @@ def format_statistics(splits: Splits) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
+    p = splits.protocol
+    protocol = (f"protocol: {', '.join(p.modes)}; junk: {p.junk}; "
+                f"query tracklets in gallery: {'yes' if p.query_in_gallery else 'no'}")
     return "\n".join([line(list(COLUMNS)), line(["-" * w for w in widths]),
-                      *(line(r) for r in rows)])
+                      *(line(r) for r in rows), protocol])

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,42 +34,95 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFFFFFF, *(k + 1024 for k in keys)])
 
 
-def _identity(seed: int, pid: int, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Foreground colours ``[h, w, 3]`` and mask ``[h, w]`` of identity ``pid``."""
+#: A small shared palette: many identities share each colour, so one view is ambiguous.
+_PALETTE = np.array([[200, 40, 40], [40, 150, 60], [50, 70, 200], [225, 195, 60],
+                     [35, 35, 40], [215, 215, 215]], dtype=np.float32)
+_LEGS = np.array([[40, 40, 60], [110, 85, 60], [150, 150, 155]], dtype=np.float32)
+VIEWS = ("front", "back", "side")
+
+
+def _identity(seed: int, pid: int, view: int, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Colours ``[h, w, 3]`` and mask ``[h, w]`` of identity ``pid`` seen from ``view``.
+
+    An identity is a front and a back torso colour and pattern (stripes; a chest logo; a
+    backpack), trousers and a subtle personal tint. Front and back are drawn independently
+    from a small palette, so a single view matches several identities and only several views
+    pin one down.
+    """
     rng = _rng(seed, 1, pid)
-    pal = rng.integers(20, 236, size=(4, 3)).astype(np.float32)
-    half = max(1, int(rng.integers(2, 6)) * max(1, h // 64))
-    phase = int(rng.integers(0, 2 * half))
-    logo_x = float(rng.uniform(0.3, 0.42))
+    front, back = _PALETTE[rng.integers(0, len(_PALETTE), 2)]
+    legs = _LEGS[rng.integers(0, len(_LEGS))]
+    stripe_front, stripe_back, logo, backpack = rng.integers(0, 2, 4).astype(bool)
+    tint = rng.uniform(-14, 14, 3).astype(np.float32)
+    half = max(1, int(rng.integers(2, 5)) * max(1, h // 64))
     y = (np.arange(h, dtype=np.float32)[:, None] + 0.5) / h
     x = (np.arange(w, dtype=np.float32)[None, :] + 0.5) / w
+    width = 0.2 if view == 2 else 0.3  # seen from the side, the body is narrower
     head = ((y - 0.12) * h) ** 2 + ((x - 0.5) * w) ** 2 < (0.09 * h) ** 2
-    torso = (y >= 0.2) & (y < 0.58) & (np.abs(x - 0.5) < 0.3)
-    legs = (y >= 0.58) & (y < 0.97) & (np.abs(x - 0.5) < 0.22) & ~(
+    torso = (y >= 0.2) & (y < 0.58) & (np.abs(x - 0.5) < width)
+    legs_m = (y >= 0.58) & (y < 0.97) & (np.abs(x - 0.5) < width * 0.75) & ~(
         (np.abs(x - 0.5) < 0.04) & (y > 0.7))
-    stripes = torso & (((np.arange(h)[:, None] + phase) // half) % 2 == 0)
-    logo = torso & (np.abs(x - logo_x) < 0.08) & (y < 0.42)
+    stripes = ((np.arange(h)[:, None] + 0 * np.arange(w)[None]) // half) % 2 == 0
     img = np.zeros((h, w, 3), np.float32)
-    img[head] = pal[3]
-    img[torso] = pal[0]
-    img[stripes] = pal[2]
-    img[logo] = 255.0 - pal[0]
-    img[legs] = pal[1]
-    return img, head | torso | legs
+    img[head] = (224, 180, 150)
+    img[legs_m] = legs
+    if view == 2:  # side: front half of the torso in front colours, back half in back ones
+        front_half = torso & (x < 0.5)
+        back_half = torso & (x >= 0.5)
+        img[front_half] = front
+        img[back_half] = back
+        if stripe_front:
+            img[front_half & stripes] = 0.55 * front
+        if stripe_back:
+            img[back_half & stripes] = 0.55 * back
+        if backpack:
+            img[(y >= 0.24) & (y < 0.5) & (x >= 0.5 + width) & (x < 0.5 + width + 0.12)] = (
+                90, 60, 30)
+        mask = head | torso | legs_m | ((y >= 0.24) & (y < 0.5) & (x >= 0.5 + width) & (
+            x < 0.5 + width + 0.12) & bool(backpack))
+    else:
+        colour, striped = (front, stripe_front) if view == 0 else (back, stripe_back)
+        img[torso] = colour
+        if striped:
+            img[torso & stripes] = 0.55 * colour
+        if view == 0 and logo:
+            img[torso & (np.abs(x - 0.38) < 0.08) & (y < 0.36)] = 255.0 - colour
+        if view == 1 and backpack:
+            img[(y >= 0.24) & (y < 0.5) & (np.abs(x - 0.5) < 0.18)] = (90, 60, 30)
+        mask = head | torso | legs_m
+    img[mask] += tint
+    return img, mask
 
 
-def render(seed: int, pid: int, cam: int, flip: bool, key: int, n: int, h: int,
-           w: int) -> np.ndarray:
-    """``n`` RGB frames ``[n, h, w, 3]`` of identity ``pid`` seen by camera ``cam``."""
-    fg, mask = _identity(seed, pid, h, w)
-    if flip:
-        fg, mask = fg[:, ::-1], mask[:, ::-1]
+def _background(seed: int, cam: int, h: int, w: int) -> np.ndarray:
+    """Camera ``cam``'s scene: a vertical gradient with a few fixed blocks of clutter."""
     crng = _rng(seed, 2, cam)
     top, bottom = crng.integers(40, 216, size=(2, 3)).astype(np.float32)
     ramp = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
-    bg = np.broadcast_to(top * (1 - ramp) + bottom * ramp, (h, w, 3))
-    img = np.where(mask[..., None], fg, bg) * crng.uniform(0.85, 1.15, 3).astype(np.float32)
-    img += np.float32(crng.uniform(-15, 15))
+    bg = np.repeat(top * (1 - ramp) + bottom * ramp, w, axis=1)
+    for _ in range(3):
+        y0, x0 = int(crng.integers(0, h - h // 4)), int(crng.integers(0, w - w // 4))
+        bg[y0:y0 + h // 4, x0:x0 + w // 4] = crng.integers(20, 236, 3)
+    return bg
+
+
+def render(seed: int, pid: int, cam: int, flip: bool, key: int, n: int, h: int,
+           w: int, view: Optional[int] = None) -> np.ndarray:
+    """``n`` RGB frames ``[n, h, w, 3]`` of identity ``pid`` seen by camera ``cam``.
+
+    What a camera sees depends on the viewpoint (``view``: 0 front, 1 back, 2 side; by
+    default drawn per tracklet from ``key``, ``flip`` mirrors it), the camera's light (colour
+    cast and brightness) and its background; frames jitter in position and brightness.
+    """
+    if view is None:
+        view = int(_rng(seed, 4, pid, cam, key).integers(0, len(VIEWS)))
+    fg, mask = _identity(seed, pid, view, h, w)
+    if flip:
+        fg, mask = fg[:, ::-1], mask[:, ::-1]
+    crng = _rng(seed, 5, cam)
+    cast = crng.uniform(0.75, 1.25, 3).astype(np.float32)
+    img = np.where(mask[..., None], fg * cast + np.float32(crng.uniform(-25, 25)),
+                   _background(seed, cam, h, w))
     shift = int(crng.integers(-(w // 10), w // 10 + 1))
 
     rng = _rng(seed, 3, pid, cam, key)
@@ -264,7 +317,7 @@ _WRITERS = {"mars": _mars, "DukeMTMC-VideoReID": _duke, "VeRi": _veri, "atrw": _
 
 def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, tracklets: int = 2,
                     frames: int = 8, seed: int = 0, height: int = 128,
-                    width: int = 64) -> Dict[str, int]:
+                    width: int = 64, first_pid: int = 1) -> Dict[str, int]:
     """Writes a tiny dataset under ``root/<dataset_dir>`` in the real on-disk layout.
 
     Args:
@@ -278,6 +331,8 @@ def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, trackl
         frames: frames per tracklet.
         seed: appearance seed; the same arguments give byte-identical files.
         height, width: frame size.
+        first_pid: the first identity number; worlds with disjoint identities but the same
+            cameras (the demo's validation world) use the same ``seed`` and another range.
 
     Returns:
         counts: ``train_ids``, ``test_ids``, ``cams``, ``images``, ``train_tracklets``,
@@ -291,12 +346,14 @@ def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, trackl
     if folder not in _WRITERS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of "
                          f"{sorted(DATASET_DIRS) + sorted(_WRITERS)}")
+    if first_pid < 1 or first_pid + ids > 9999:
+        raise ValueError(f"first_pid={first_pid}: identities must stay within 1..9999")
     if ids < 2 or cams < 2 or tracklets < 1 or frames < 1 or height < 8 or width < 8:
         raise ValueError("write_synthetic needs ids >= 2, cams >= 2, tracklets >= 1, "
                          "frames >= 1 and frames of at least 8 x 8 pixels")
     n_train = max(1, ids // 2)
-    train_ids = list(range(1, n_train + 1))
-    test_ids = list(range(n_train + 1, ids + 1))
+    train_ids = list(range(first_pid, first_pid + n_train))
+    test_ids = list(range(first_pid + n_train, first_pid + ids))
     base = os.path.join(root, folder)
     _prepare(base)
     counts = _WRITERS[folder](base, train_ids, test_ids, cams, tracklets, frames, seed,
