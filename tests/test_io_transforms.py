@@ -98,3 +98,35 @@ def test_collate_shapes_and_train_flip():
     batch = Collate(opts, (0.3, 3.3), train=True)(items)
     assert batch["img"].shape == (4, 3, 3, 32, 16) and batch["img"].dtype == torch.float32
     assert batch["pid"].tolist() == [0, 1, 2, 3] and batch["skipped"] == []
+
+
+def test_deferred_collate_equals_in_worker_collate():
+    """Loader workers send uint8 frames; finishing the batch afterwards gives the same tensor."""
+    opts = AugmentOptions(height=32, width=16, pad=2, erase_prob=0.0)
+    tf = TrainFrameTransform(opts)
+    np.random.seed(1)
+    items = [{"img": np.stack([tf(_image()) for _ in range(2)]), "pid": i, "camid": 0}
+             for i in range(3)]
+    direct = Collate(opts, (0.3, 3.3), train=False)(items)
+    deferred_collate = Collate(opts, (0.3, 3.3), train=False, defer=True)
+    raw = deferred_collate(items)
+    assert raw["img"].dtype == torch.uint8 and raw["img"].shape == (3, 2, 32, 16, 3)
+    done = deferred_collate.finish(raw)
+    assert "deferred" not in done and torch.equal(done["img"], direct["img"])
+
+
+def test_worker_loader_batches_equal_in_process_batches(mars_root):
+    from vkd_torchreid.data.manager import SamplingOptions, VKDDataManager
+
+    def first_batches(workers):
+        dm = VKDDataManager(mars_root[0], "vkd_mars", augment=AugmentOptions(32, 16),
+                            sampling=SamplingOptions(stage="teacher", batch_size=4,
+                                                     num_instances=2, seq_len=4,
+                                                     workers=workers), use_gpu=False)
+        loader = dm.test_loader["vkd_mars"]["gallery"]
+        assert len(loader) > 0 and loader.dataset is not None
+        return [b["img"] for b in loader]
+
+    in_process, with_worker = first_batches(0), first_batches(1)
+    assert len(in_process) == len(with_worker)
+    assert all(torch.equal(a, b) for a, b in zip(in_process, with_worker))

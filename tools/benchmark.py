@@ -154,7 +154,11 @@ def bench_loader(args: argparse.Namespace) -> Dict[str, Any]:
     from vkd_torchreid.data.transforms import AugmentOptions
 
     root = tempfile.mkdtemp(prefix="vkd_bench_")
-    write_synthetic("vkd_mars", root, ids=24, cams=4, tracklets=2, frames=16, seed=0,
+    # One epoch = exactly loader_batches batches of P identities, and every rep consumes a
+    # whole epoch: abandoning an iterator mid-epoch would make persistent workers decode
+    # prefetched batches that nobody reads.
+    ids = 2 * args.p * args.loader_batches
+    write_synthetic("vkd_mars", root, ids=ids, cams=4, tracklets=2, frames=16, seed=0,
                     height=args.src_height, width=args.src_width)
     out: Dict[str, Any] = {"ours_fps": {}, "pil_fps": {}}
     b = args.p * args.k
@@ -167,10 +171,11 @@ def bench_loader(args: argparse.Namespace) -> Dict[str, Any]:
         batches = args.loader_batches
         frames = batches * b * args.n
 
-        def ours(loader: Any = loader, batches: int = batches) -> None:
-            it = iter(loader)
-            for _ in range(batches):
-                next(it)
+        assert len(loader) == batches, (len(loader), batches)
+
+        def ours(loader: Any = loader) -> None:
+            for _ in loader:
+                pass
 
         out["ours_fps"][str(workers)] = frames / timeit(ours, args.reps)
         # the same items, decoded and augmented by PIL + torchvision

@@ -13,6 +13,8 @@ without ties they agree to float rounding. Distances are compared in the matrix'
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Sequence, Tuple, Union
 
 import numpy as np
@@ -68,6 +70,24 @@ def _identity_groups(q_pids: np.ndarray, g_pids: np.ndarray) -> Tuple[np.ndarray
     return np.where(in_group, cols, 0), in_group
 
 
+def _threads() -> int:
+    """Threads for ranking: torch's intra-op setting (``OMP_NUM_THREADS``) bounds it."""
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def _count_before(distmat: np.ndarray, rows: np.ndarray, pos_v: np.ndarray, pos_c: np.ndarray,
+                  npos: np.ndarray, before: np.ndarray) -> None:
+    """For each row in ``rows``: how many gallery items precede each true match, i.e. are
+    closer, or equally close at a smaller column (written into ``before``)."""
+    for i in rows:
+        row, v = distmat[i], pos_v[i, :npos[i], None]
+        less = np.count_nonzero(row < v, axis=1)
+        upto = np.count_nonzero(row <= v, axis=1)
+        for j in np.flatnonzero(upto - less > 1):  # equal distances: by gallery column
+            less[j] += np.count_nonzero(row[:pos_c[i, j]] == v[j, 0])
+        before[i, :len(less)] = less
+
+
 def _match_ranks(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
                  junk: Callable[[np.ndarray, np.ndarray], np.ndarray]
                  ) -> Tuple[np.ndarray, np.ndarray]:
@@ -93,13 +113,14 @@ def _match_ranks(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
     pos_v, pos_c = np.take_along_axis(vals, order, 1), np.take_along_axis(cols, order, 1)
     # items of the whole row strictly before each match: counted by comparison, no sorting
     before = np.zeros((num_q, width), dtype=np.int64)
-    for i in np.flatnonzero(npos):
-        row, v = distmat[i], pos_v[i, :npos[i], None]
-        less = np.count_nonzero(row < v, axis=1)
-        upto = np.count_nonzero(row <= v, axis=1)
-        for j in np.flatnonzero(upto - less > 1):  # equal distances: by gallery column
-            less[j] += np.count_nonzero(row[:pos_c[i, j]] == v[j, 0])
-        before[i, :len(less)] = less
+    rows = np.flatnonzero(npos)
+    parts = max(1, min(_threads(), len(rows) // 64))
+    if parts == 1:
+        _count_before(distmat, rows, pos_v, pos_c, npos, before)
+    else:  # numpy releases the GIL in comparisons and counts: rows in parallel
+        with ThreadPoolExecutor(parts) as pool:
+            list(pool.map(lambda r: _count_before(distmat, r, pos_v, pos_c, npos, before),
+                          np.array_split(rows, parts)))
     # minus the junk items before each match
     jv, jc = vals[:, None, :], cols[:, None, :]
     pv, pc = pos_v[:, :, None], pos_c[:, :, None]

@@ -26,6 +26,10 @@ class CorruptImageError(ValueError):
         self.reason = reason
 
 
+#: OpenCV >= 4.10 decodes straight to RGB (no BGR->RGB pass); older ones convert after.
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
 def read_image(path: str) -> np.ndarray:
     """Reads an image as an RGB ``uint8`` array shaped ``[H, W, 3]``.
 
@@ -45,10 +49,10 @@ def read_image(path: str) -> np.ndarray:
     # OpenCV decodes a truncated JPEG silently (grey bottom rows): check the end marker.
     if head == _JPEG_SOI and _JPEG_EOI not in raw[-64:].tobytes():
         raise CorruptImageError(path, "truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(raw, cv2.IMREAD_COLOR)
+    img = cv2.imdecode(raw, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise CorruptImageError(path, "not a decodable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img if _IMREAD_RGB is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def write_jpeg(path: str, rgb: np.ndarray, quality: int = 90) -> None:

@@ -30,9 +30,13 @@ from vkd_torchreid.data.sampler import (
 from vkd_torchreid.data.transforms import (
     AugmentOptions,
     Collate,
+    FinishingLoader,
     TestFrameTransform,
     TrainFrameTransform,
 )
+
+#: What the data manager's loaders are: a DataLoader, or one wrapped to finish batches.
+Loader = Union[DataLoader, FinishingLoader]
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +199,7 @@ class VKDDataManager(VideoDataManager):
         self.erase_ratio = augment.erase_ratio or first.ERASE_RATIO
         self.train_loader = self._train_loader(train)
 
-        self.test_loader: Dict[str, Dict[str, Optional[DataLoader]]] = {}
+        self.test_loader: Dict[str, Dict[str, Optional[Loader]]] = {}
         self.test_dataset: Dict[str, Dict[str, Any]] = {}
         for name in self.targets:
             self._add_target(name)
@@ -228,20 +232,18 @@ class VKDDataManager(VideoDataManager):
         return combined
 
     # ------------------------------------------------------------------ loaders
-    def _loader_kwargs(self, train: bool) -> Dict[str, Any]:
-        s = self.sampling
-        workers = s.workers
-        kwargs: Dict[str, Any] = {
-            "num_workers": workers,
-            "pin_memory": self.use_gpu,
-            "collate_fn": Collate(self.augment, self.erase_ratio, train=train),
-        }
+    def _loader(self, dataset: Any, train: bool, **kwargs: Any) -> Loader:
+        """A DataLoader; with workers, they send uint8 frames and the batch is normalised
+        (and erased) here, in the consuming process: 4x less inter-process traffic."""
+        workers = self.sampling.workers
+        collate = Collate(self.augment, self.erase_ratio, train=train, defer=workers > 0)
         if workers > 0:
-            kwargs["persistent_workers"] = train
-            kwargs["prefetch_factor"] = 2
-        return kwargs
+            kwargs.update(persistent_workers=train, prefetch_factor=2)
+        loader = DataLoader(dataset, num_workers=workers, pin_memory=self.use_gpu,
+                            collate_fn=collate, **kwargs)
+        return FinishingLoader(loader, collate) if workers > 0 else loader
 
-    def _train_loader(self, train: List[tuple]) -> DataLoader:
+    def _train_loader(self, train: List[tuple]) -> Loader:
         s = self.sampling
         if s.train_sampler == MULTIVIEW_SAMPLER:
             batch_sampler = MultiViewSampler(train, s.batch_size, s.num_instances, s.seq_len,
@@ -251,7 +253,7 @@ class VKDDataManager(VideoDataManager):
                                        batch_size=s.batch_size, num_instances=s.num_instances)
             batch_sampler = TrackletBatchSampler(base, train, s.batch_size, s.seq_len, s.strategy)
         dataset = TrainFrames(train, TrainFrameTransform(self.augment), s.skip_corrupt)
-        return DataLoader(dataset, batch_sampler=batch_sampler, **self._loader_kwargs(True))
+        return self._loader(dataset, True, batch_sampler=batch_sampler)
 
     def test_frames(self, items: Sequence[Sequence], tracklets: bool) -> TestFrames:
         """The test dataset of ``items`` (tracklets or image items)."""
@@ -259,14 +261,14 @@ class VKDDataManager(VideoDataManager):
         return TestFrames(items, TestFrameTransform(self.augment), self.sampling.test_seq_len,
                           method)
 
-    def _test_loader(self, items: Sequence[Sequence], tracklets: bool) -> Optional[DataLoader]:
+    def _test_loader(self, items: Sequence[Sequence], tracklets: bool) -> Optional[Loader]:
         if not items:
             return None
         batch = self.sampling.test_batch_size
         if tracklets and self.sampling.sample_method == "all":
             batch = 1  # variable length: one tracklet at a time, extracted in chunks
-        return DataLoader(self.test_frames(items, tracklets), batch_size=batch, shuffle=False,
-                          drop_last=False, **self._loader_kwargs(False))
+        return self._loader(self.test_frames(items, tracklets), False, batch_size=batch,
+                            shuffle=False, drop_last=False)
 
     def _add_target(self, name: str) -> None:
         splits = self._load(name)

@@ -24,6 +24,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ERASE_ATTEMPTS = 10  # torchvision's RandomErasing tries this many boxes before giving up
 _UINT8_MAX = 255.0
+_NORM_FRAMES = 2  # frames normalised per step (cache-sized)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +99,22 @@ def normalize_batch(frames: torch.Tensor, mean: Sequence[float], std: Sequence[f
     The result is a channels-last view of contiguous memory, which is what a
     ``channels_last`` model wants; ``.contiguous()`` gives NCHW if needed.
     """
+    h, w, c = frames.shape[-3:]
     scale = torch.tensor([1.0 / (_UINT8_MAX * s) for s in std], dtype=torch.float32)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32)
-    x = frames.to(torch.float32).mul_(scale).sub_(shift)
-    return x.movedim(-1, -3)
+    # One frame per row, with the per-channel constants laid out along the row: plain
+    # element-wise ops (no broadcast over a size-3 dimension), a few frames at a time so
+    # that the float temporaries stay in cache.
+    pixels = h * w
+    scale_row, shift_row = scale.repeat(pixels), shift.repeat(pixels)
+    src = frames.reshape(-1, pixels * c)
+    out = torch.empty(frames.shape, dtype=torch.float32)
+    dst = out.view(-1, pixels * c)
+    for lo in range(0, src.shape[0], _NORM_FRAMES):
+        chunk = dst[lo:lo + _NORM_FRAMES]
+        chunk.copy_(src[lo:lo + _NORM_FRAMES])
+        chunk.mul_(scale_row).sub_(shift_row)
+    return out.movedim(-1, -3)
 
 
 def random_erase_(x: torch.Tensor, prob: float, scale: Tuple[float, float],
@@ -140,23 +153,54 @@ class Collate:
     """
 
     def __init__(self, options: AugmentOptions, erase_ratio: Tuple[float, float],
-                 train: bool) -> None:
+                 train: bool, defer: bool = False) -> None:
         self.options = options
         self.erase_ratio = erase_ratio
         self.train = train
+        self.defer = defer
+
+    def finish(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """Normalises (and, in training, erases) a batch whose ``img`` is still uint8."""
+        if batch.pop("deferred", False):
+            o = self.options
+            batch["img"] = normalize_batch(batch["img"], o.norm_mean, o.norm_std)
+            if self.train:
+                random_erase_(batch["img"], o.erase_prob, o.erase_scale, self.erase_ratio)
+        return batch
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
-        o = self.options
+        """The batch; with ``defer``, ``img`` stays uint8 ``[B, V, H, W, 3]`` (4x less data
+        between loader workers and the trainer) until :meth:`finish`."""
         frames = torch.from_numpy(np.stack([it["img"] for it in items]))
-        img = normalize_batch(frames, o.norm_mean, o.norm_std)
-        if self.train:
-            random_erase_(img, o.erase_prob, o.erase_scale, self.erase_ratio)
         batch: Dict[str, Any] = {
-            "img": img,
+            "img": frames,
+            "deferred": True,
             "pid": torch.tensor([it["pid"] for it in items], dtype=torch.int64),
             "camid": torch.tensor([it["camid"] for it in items], dtype=torch.int64),
             "skipped": [p for it in items for p in it.get("skipped", ())],
         }
         if "index" in items[0]:
             batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.int64)
-        return batch
+        return batch if self.defer else self.finish(batch)
+
+
+class FinishingLoader:
+    """A DataLoader whose workers deliver uint8 batches, finished (normalised, erased) in the
+    consuming process. Everything else (``len``, ``dataset``, ``batch_sampler``...) is the
+    wrapped loader's."""
+
+    def __init__(self, loader: Any, collate: Collate) -> None:
+        self.loader = loader
+        self.collate = collate
+
+    def __iter__(self) -> Any:
+        for batch in self.loader:
+            yield self.collate.finish(batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("loader", "collate"):  # not yet set (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.loader, name)
