@@ -112,12 +112,17 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> int:
     from vkd_torchreid.engine import build
 
     save_dir = cfg.data.save_dir
-    resume = resolve_resume(args, save_dir)
+    demo = bool(cfg.get("demo") and cfg.demo.enabled)
+    if demo and (args.resume or args.eval_only):
+        raise UserError("the demo (demo.enabled True) always starts fresh in a new run folder; "
+                        "--resume and --eval-only do not apply to it")
+    # Each demo run writes into its own timestamped folder: nothing to overwrite.
+    resume = "" if demo else resolve_resume(args, save_dir)
     setup_logging(save_dir)
     with open(os.path.join(save_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
         fh.write(cfg.dump())
     set_seed(cfg.train.seed)
-    if cfg.get("demo") and cfg.demo.enabled:
+    if demo:
         from vkd_torchreid.demo import run_demo
 
         run_demo(cfg, trust=args.trust_checkpoint)

@@ -71,11 +71,13 @@ def _validate(engine: VKDEngineBase, val_dm: VKDDataManager) -> float:
 
 def train_epochs(engine: VKDEngineBase, epochs: int, val_dm: Optional[VKDDataManager],
                  val_every: int, patience: int, print_freq: int,
-                 min_delta: float = 0.0) -> Tuple[Dict[str, Any], List]:
+                 min_delta: float = 0.0, min_epochs: int = 0) -> Tuple[Dict[str, Any], List]:
     """Trains ``epochs`` epochs (early-stopped on validation mAP when ``patience`` > 0).
 
     The mAP "stops rising" when ``patience`` validations in a row fail to beat the last
-    significant best by more than ``min_delta``; the best state seen is kept in any case.
+    significant best by more than ``min_delta``; only validations after ``min_epochs`` (the
+    last learning-rate drop) count, so the schedule always runs to its end. The best state
+    seen is kept in any case.
 
     Returns the best state dict (the last one without validation) and the curve
     ``[(epoch, val_mAP)]``.
@@ -96,7 +98,7 @@ def train_epochs(engine: VKDEngineBase, epochs: int, val_dm: Optional[VKDDataMan
             best_state = (epoch + 1, copy.deepcopy(engine.model.state_dict()))
         if m > reference + min_delta:
             reference, waited = m, 0
-        else:
+        elif epoch + 1 > min_epochs:
             waited += 1
             if patience and waited >= patience:
                 logger.info("validation mAP stopped rising: best %.1f%% at epoch %d",
@@ -113,6 +115,12 @@ def train_epochs(engine: VKDEngineBase, epochs: int, val_dm: Optional[VKDDataMan
     engine.model.load_state_dict(state)
     engine.completed_epochs = epoch
     return {"epoch": epoch, "val_mAP": best_map, "plateau_reached": plateau}, curve
+
+
+def _last_drop(cfg: CfgNode) -> int:
+    """The epoch of the last learning-rate drop within the run (0 if none)."""
+    drops = [e for e in cfg.train.stepsize if e < cfg.train.max_epoch]
+    return max(drops, default=0)
 
 
 def _final(engine: VKDEngineBase, save_dir: str) -> Dict[str, Any]:
@@ -138,7 +146,7 @@ def run_demo(cfg: CfgNode, trust: bool = False) -> Dict[str, Any]:
     teacher_engine.save_dir = tcfg.data.save_dir
     teacher_info, teacher_curve = train_epochs(teacher_engine, d.teacher_max_epoch, val_dm,
                                                d.val_every, d.patience, cfg.train.print_freq,
-                                               d.min_delta)
+                                               d.min_delta, _last_drop(tcfg))
     rows = {"teacher": _final(teacher_engine, tcfg.data.save_dir)}
     teacher = copy.deepcopy(teacher_engine.model)
 
