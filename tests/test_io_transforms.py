@@ -89,26 +89,29 @@ def test_random_erasing_boxes_follow_scale_and_ratio():
         assert erased[f].sum() == h * w  # one rectangle
 
 
+_COLLATE_OPTS = AugmentOptions(height=32, width=16, pad=2, erase_prob=0.0)
+
+
+def _items(num_items: int, frames: int, camid: int, seed: int):
+    """Decoded, augmented items as the train dataset yields them."""
+    tf = TrainFrameTransform(_COLLATE_OPTS)
+    np.random.seed(seed)
+    return [{"img": np.stack([tf(_image()) for _ in range(frames)]), "pid": i, "camid": camid}
+            for i in range(num_items)]
+
+
 def test_collate_shapes_and_train_flip():
-    opts = AugmentOptions(height=32, width=16, pad=2, erase_prob=0.0)
-    tf = TrainFrameTransform(opts)
-    np.random.seed(0)
-    items = [{"img": np.stack([tf(_image()) for _ in range(3)]), "pid": i, "camid": 1}
-             for i in range(4)]
-    batch = Collate(opts, (0.3, 3.3), train=True)(items)
+    items = _items(4, 3, camid=1, seed=0)
+    batch = Collate(_COLLATE_OPTS, (0.3, 3.3), train=True)(items)
     assert batch["img"].shape == (4, 3, 3, 32, 16) and batch["img"].dtype == torch.float32
     assert batch["pid"].tolist() == [0, 1, 2, 3] and batch["skipped"] == []
 
 
 def test_deferred_collate_equals_in_worker_collate():
     """Loader workers send uint8 frames; finishing the batch afterwards gives the same tensor."""
-    opts = AugmentOptions(height=32, width=16, pad=2, erase_prob=0.0)
-    tf = TrainFrameTransform(opts)
-    np.random.seed(1)
-    items = [{"img": np.stack([tf(_image()) for _ in range(2)]), "pid": i, "camid": 0}
-             for i in range(3)]
-    direct = Collate(opts, (0.3, 3.3), train=False)(items)
-    deferred_collate = Collate(opts, (0.3, 3.3), train=False, defer=True)
+    items = _items(3, 2, camid=0, seed=1)
+    direct = Collate(_COLLATE_OPTS, (0.3, 3.3), train=False)(items)
+    deferred_collate = Collate(_COLLATE_OPTS, (0.3, 3.3), train=False, defer=True)
     raw = deferred_collate(items)
     assert raw["img"].dtype == torch.uint8 and raw["img"].shape == (3, 2, 32, 16, 3)
     done = deferred_collate.finish(raw)

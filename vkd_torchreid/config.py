@@ -373,12 +373,12 @@ def _validate_demo(d: CN) -> None:
                 "student_epoch"):
         if d[key] < 1:
             raise _fail(f"demo.{key}", d[key], "an integer >= 1")
-    if d.ids < 4 or d.cams < 2:
-        raise _fail("demo.ids" if d.ids < 4 else "demo.cams", d.ids if d.ids < 4 else d.cams,
-                    "at least 4 identities and 2 cameras")
-    if d.patience < 0 or d.min_delta < 0:
-        key = "demo.patience" if d.patience < 0 else "demo.min_delta"
-        raise _fail(key, d.patience if d.patience < 0 else d.min_delta, "a value >= 0")
+    if d.ids < 4:
+        raise _fail("demo.ids", d.ids, "at least 4 identities (half train, half test)")
+    if d.cams < 2:
+        raise _fail("demo.cams", d.cams, "at least 2 cameras")
+    _positive("demo.patience", d.patience, strict=False)
+    _positive("demo.min_delta", d.min_delta, strict=False)
     if sorted(d.student_stepsize) != list(d.student_stepsize):
         raise _fail("demo.student_stepsize", d.student_stepsize, "increasing epochs")
 

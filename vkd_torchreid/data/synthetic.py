@@ -62,7 +62,7 @@ def _identity(seed: int, pid: int, view: int, h: int, w: int) -> Tuple[np.ndarra
     torso = (y >= 0.2) & (y < 0.58) & (np.abs(x - 0.5) < width)
     legs_m = (y >= 0.58) & (y < 0.97) & (np.abs(x - 0.5) < width * 0.75) & ~(
         (np.abs(x - 0.5) < 0.04) & (y > 0.7))
-    stripes = ((np.arange(h)[:, None] + 0 * np.arange(w)[None]) // half) % 2 == 0
+    stripes = ((np.arange(h) // half) % 2 == 0)[:, None]  # rows; broadcast over columns
     img = np.zeros((h, w, 3), np.float32)
     img[head] = (224, 180, 150)
     img[legs_m] = legs
@@ -75,11 +75,11 @@ def _identity(seed: int, pid: int, view: int, h: int, w: int) -> Tuple[np.ndarra
             img[front_half & stripes] = 0.55 * front
         if stripe_back:
             img[back_half & stripes] = 0.55 * back
-        if backpack:
-            img[(y >= 0.24) & (y < 0.5) & (x >= 0.5 + width) & (x < 0.5 + width + 0.12)] = (
-                90, 60, 30)
-        mask = head | torso | legs_m | ((y >= 0.24) & (y < 0.5) & (x >= 0.5 + width) & (
-            x < 0.5 + width + 0.12) & bool(backpack))
+        mask = head | torso | legs_m
+        if backpack:  # seen from the side, it sticks out behind the back
+            pack = (y >= 0.24) & (y < 0.5) & (x >= 0.5 + width) & (x < 0.5 + width + 0.12)
+            img[pack] = (90, 60, 30)
+            mask = mask | pack
     else:
         colour, striped = (front, stripe_front) if view == 0 else (back, stripe_back)
         img[torso] = colour

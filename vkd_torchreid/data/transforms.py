@@ -161,7 +161,7 @@ class Collate:
 
     def finish(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         """Normalises (and, in training, erases) a batch whose ``img`` is still uint8."""
-        if batch.pop("deferred", False):
+        if batch["img"].dtype == torch.uint8:
             o = self.options
             batch["img"] = normalize_batch(batch["img"], o.norm_mean, o.norm_std)
             if self.train:
@@ -174,7 +174,6 @@ class Collate:
         frames = torch.from_numpy(np.stack([it["img"] for it in items]))
         batch: Dict[str, Any] = {
             "img": frames,
-            "deferred": True,
             "pid": torch.tensor([it["pid"] for it in items], dtype=torch.int64),
             "camid": torch.tensor([it["camid"] for it in items], dtype=torch.int64),
             "skipped": [p for it in items for p in it.get("skipped", ())],
