@@ -25,6 +25,15 @@ AMP_MODES = ("", "bf16", "fp16")
 TEST_SAMPLE_METHODS = ("evenly", "all")
 #: How ATRW training tracklets (and so views) are formed.
 ATRW_VIEWS = ("side", "video", "video_side")
+#: How DukeMTMC-VideoReID tracklets are formed: one per folder (the dataset's protocol) or
+#: the reference's merge of consecutive files of one identity and camera.
+DUKE_TRACKLETS = ("folder", "reference")
+#: Which gallery track is a VeRi query image's video query: the first in test_track.txt
+#: (the reference) or the longest.
+VERI_QUERY_TRACKS = ("first", "longest")
+#: How random erasing draws the box's aspect ratio: uniform in the range (torchvision 0.4,
+#: the reference) or log-uniform (torchvision >= 0.5).
+ERASE_RATIO_DISTS = ("uniform", "log")
 #: Our sampler; torchreid's own sampler names are accepted next to it.
 MULTIVIEW_SAMPLER = "MultiViewSampler"
 
@@ -57,9 +66,12 @@ def get_default_config() -> CN:
     cfg.data.random_erase_prob = 0.5
     cfg.data.random_erase_scale = [0.02, 0.4]
     cfg.data.random_erase_ratio = []  # empty: the dataset's default (people 0.3-3.3, vehicles 0.7-1.4)
+    cfg.data.random_erase_ratio_dist = "uniform"  # 'uniform' (the reference) or 'log'
     cfg.data.skip_corrupt = False  # replace an unreadable frame by another of its tracklet
     cfg.data.mars_query_in_gallery = True  # the reference puts MARS query tracklets in the gallery
     cfg.data.atrw_views = "side"  # how ATRW training tracklets/views are formed
+    cfg.data.duke_tracklets = "folder"  # 'folder' (standard protocol) or 'reference'
+    cfg.data.veri_query_track = "longest"  # 'longest' or 'first' (the reference)
 
     cfg.sampler = CN()
     cfg.sampler.train_sampler = MULTIVIEW_SAMPLER
@@ -117,6 +129,9 @@ def get_default_config() -> CN:
     cfg.vkd.stage = "teacher"
     cfg.vkd.teacher_checkpoint = ""  # ours, torchreid's, or a released reference experiment
     cfg.vkd.teacher_arch = ""  # teacher model name when it differs from model.name
+    # The student's own stage-1 (teacher-stage) model for cross-distillation, as the
+    # reference's --student; empty: a copy of the teacher (or ImageNet for another backbone).
+    cfg.vkd.student_checkpoint = ""
     cfg.vkd.student_frames = 2  # M frames of the teacher's N that the student sees
     cfg.vkd.tau = 10.0
     cfg.vkd.alpha = 0.1  # weight of the KD term
@@ -125,7 +140,8 @@ def get_default_config() -> CN:
     cfg.vkd.reinit_layer4 = True
     cfg.vkd.generations = 1
     cfg.vkd.generation_lr_decay = 0.1
-    cfg.vkd.view_strategy = "multiview"
+    cfg.vkd.generation_lr_floor = 1e-5  # the reference's floor: max(lr * decay^g, floor)
+    cfg.vkd.view_strategy = "multiview_random"  # the reference's; 'multiview': camera-balanced
     cfg.vkd.teacher_bn = "batch"
 
     cfg.demo = CN()  # tools/main.py --config-file configs/demo.yaml
@@ -284,6 +300,9 @@ def validate_config(cfg: CN) -> CN:
     _one_of("video.pooling_method", cfg.video.pooling_method, ("avg",))
     _one_of("data.type", cfg.data.type, ("video",))
     _one_of("data.atrw_views", cfg.data.atrw_views, ATRW_VIEWS)
+    _one_of("data.duke_tracklets", cfg.data.duke_tracklets, DUKE_TRACKLETS)
+    _one_of("data.veri_query_track", cfg.data.veri_query_track, VERI_QUERY_TRACKS)
+    _one_of("data.random_erase_ratio_dist", cfg.data.random_erase_ratio_dist, ERASE_RATIO_DISTS)
     _one_of("test.dist_metric", cfg.test.dist_metric, ("cosine", "euclidean"))
     _one_of("train.optim", cfg.train.optim, ("adam", "amsgrad", "sgd", "rmsprop", "radam"))
     _one_of("train.lr_scheduler", cfg.train.lr_scheduler, ("multi_step", "single_step", "cosine"))
@@ -336,6 +355,7 @@ def validate_config(cfg: CN) -> CN:
         raise _fail("train.gamma", cfg.train.gamma, "a number in (0, 1]")
     if not 0 < cfg.vkd.generation_lr_decay <= 1:
         raise _fail("vkd.generation_lr_decay", cfg.vkd.generation_lr_decay, "a number in (0, 1]")
+    _positive("vkd.generation_lr_floor", cfg.vkd.generation_lr_floor, strict=False)
     if cfg.vkd.generations < 1:
         raise _fail("vkd.generations", cfg.vkd.generations, "an integer >= 1")
     if cfg.train.max_epoch < 0:
@@ -405,6 +425,7 @@ def datamanager_kwargs(cfg: CN) -> Dict[str, Any]:
         pad=cfg.data.pad, flip_prob=cfg.data.flip_prob, erase_prob=cfg.data.random_erase_prob,
         erase_scale=tuple(cfg.data.random_erase_scale),
         erase_ratio=tuple(cfg.data.random_erase_ratio) or None,
+        erase_ratio_dist=cfg.data.random_erase_ratio_dist,
     )
     sampling = SamplingOptions(
         stage=cfg.vkd.stage, view_strategy=cfg.vkd.view_strategy,
@@ -421,7 +442,9 @@ def datamanager_kwargs(cfg: CN) -> Dict[str, Any]:
         "augment": augment,
         "sampling": sampling,
         "dataset_options": {"mars_query_in_gallery": cfg.data.mars_query_in_gallery,
-                            "atrw_views": cfg.data.atrw_views},
+                            "atrw_views": cfg.data.atrw_views,
+                            "duke_tracklets": cfg.data.duke_tracklets,
+                            "veri_query_track": cfg.data.veri_query_track},
         "use_gpu": cfg.use_gpu,
     }
 

@@ -48,7 +48,7 @@ class SamplingOptions:
     """What a batch holds and how the loaders run."""
 
     stage: str = "teacher"  # 'teacher': N frames of one tracklet; 'student': view_strategy
-    view_strategy: str = "multiview"
+    view_strategy: str = "multiview_random"
     train_sampler: str = MULTIVIEW_SAMPLER
     batch_size: int = 32  # P x K items
     num_instances: int = 4  # K

@@ -111,7 +111,7 @@ class MultiViewSampler(Sampler):
     """
 
     def __init__(self, data_source: Sequence[Sequence], batch_size: int, num_instances: int,
-                 seq_len: int, strategy: str = "multiview") -> None:
+                 seq_len: int, strategy: str = "multiview_random") -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
         if num_instances < 1 or batch_size % num_instances:

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import torch
 
+from vkd_torchreid.config import ERASE_RATIO_DISTS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ERASE_ATTEMPTS = 10  # torchvision's RandomErasing tries this many boxes before giving up
@@ -41,6 +43,9 @@ class AugmentOptions:
     erase_scale: Tuple[float, float] = (0.02, 0.4)
     #: None: the dataset's own default (people 0.3-3.3, vehicles and animals 0.7-1.4).
     erase_ratio: Optional[Tuple[float, float]] = None
+    #: Aspect-ratio draw of an erased box: 'uniform' in the range (torchvision 0.4, which
+    #: the reference used) or 'log' (log-uniform, torchvision >= 0.5).
+    erase_ratio_dist: str = "uniform"
 
 
 def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -118,22 +123,31 @@ def normalize_batch(frames: torch.Tensor, mean: Sequence[float], std: Sequence[f
 
 
 def random_erase_(x: torch.Tensor, prob: float, scale: Tuple[float, float],
-                  ratio: Tuple[float, float], value: float = 0.0) -> torch.Tensor:
+                  ratio: Tuple[float, float], value: float = 0.0,
+                  ratio_dist: str = "uniform") -> torch.Tensor:
     """torchvision's RandomErasing applied independently to every frame of ``[..., C, H, W]``.
 
-    Modifies ``x`` in place and returns it.
+    ``ratio_dist='uniform'`` draws the box's aspect ratio uniformly in ``ratio`` as
+    torchvision 0.4 did (the reference's version); ``'log'`` draws it log-uniformly as
+    torchvision >= 0.5 does. Modifies ``x`` in place and returns it.
     """
+    if ratio_dist not in ERASE_RATIO_DISTS:
+        raise ValueError(f"random erasing ratio_dist={ratio_dist!r}: expected one of "
+                         f"{ERASE_RATIO_DISTS}")
     if prob <= 0:
         return x
     h, w = x.shape[-2:]
     area = h * w
     flat = x.reshape(-1, *x.shape[-3:])
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    if ratio_dist == "log":
+        low, high, draw = math.log(ratio[0]), math.log(ratio[1]), math.exp
+    else:
+        low, high, draw = ratio[0], ratio[1], float
     chosen = np.nonzero(np.random.random_sample(flat.shape[0]) < prob)[0]
     for i in chosen:
         for _ in range(ERASE_ATTEMPTS):
             target = area * np.random.uniform(scale[0], scale[1])
-            aspect = math.exp(np.random.uniform(*log_ratio))
+            aspect = draw(np.random.uniform(low, high))
             eh = int(round(math.sqrt(target * aspect)))
             ew = int(round(math.sqrt(target / aspect)))
             if eh < h and ew < w:
@@ -165,7 +179,8 @@ class Collate:
             o = self.options
             batch["img"] = normalize_batch(batch["img"], o.norm_mean, o.norm_std)
             if self.train:
-                random_erase_(batch["img"], o.erase_prob, o.erase_scale, self.erase_ratio)
+                random_erase_(batch["img"], o.erase_prob, o.erase_scale, self.erase_ratio,
+                              ratio_dist=o.erase_ratio_dist)
         return batch
 
     def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
