@@ -118,6 +118,40 @@ def test_wrong_teacher_names_both_sides(capsys, mars_root, teacher_ckpt, tmp_pat
     assert str(n) in err[0] and str(n + 3) in err[0]
 
 
+def test_bad_student_checkpoint_is_one_line_and_writes_nothing(capsys, mars_root, teacher_ckpt,
+                                                              tmp_path):
+    """Missing file, another architecture, another class count: one line naming the path and
+    both values, raised when the models are built, before anything is written."""
+    state = torch.load(teacher_ckpt, weights_only=True)  # a vkd_resnet18 stage-1 model
+    n = state["state_dict"]["classifier.weight"].shape[0]
+    other_arch = dict(state, meta=dict(state["meta"], arch="vkd_resnet34"))
+    other_classes = dict(state, state_dict=dict(state["state_dict"]))
+    w = other_classes["state_dict"]["classifier.weight"]
+    other_classes["state_dict"]["classifier.weight"] = torch.cat([w, w[:2]])
+    cases = {"missing": (str(tmp_path / "none.pth"), ["not found"]),
+             "arch": (str(tmp_path / "arch.pth"), ["vkd_resnet34", "vkd_resnet18"]),
+             "classes": (str(tmp_path / "classes.pth"), [str(n + 2), str(n)])}
+    torch.save(other_arch, cases["arch"][0])
+    torch.save(other_classes, cases["classes"][0])
+    for name, (path, needles) in cases.items():
+        save_dir = str(tmp_path / f"run_{name}")
+        code, err = _run(capsys, _opts(mars_root[0], save_dir, "vkd.stage", "student",
+                                       "vkd.teacher_checkpoint", teacher_ckpt,
+                                       "vkd.student_checkpoint", path))
+        assert code == cli.EXIT_ERROR and len(err) == 1, (name, err)
+        assert path in err[0] and "vkd.student_checkpoint" in err[0], err[0]
+        assert all(x in err[0] for x in needles), err[0]
+        assert not os.path.exists(save_dir), f"{name}: the run wrote into its save dir"
+
+
+def test_config_accepts_a_student_checkpoint_that_does_not_exist_yet(mars_root, tmp_path):
+    from vkd_torchreid.config import build_config
+
+    cfg = build_config("", ["vkd.stage", "student", "vkd.teacher_checkpoint", "t.pth",
+                            "vkd.student_checkpoint", str(tmp_path / "later.pth")])
+    assert cfg.vkd.student_checkpoint.endswith("later.pth")
+
+
 class _Legacy:  # a pickled object that weights_only loading refuses
     pass
 

@@ -191,6 +191,107 @@ def test_duke_synthetic_counts(tmp_path, caplog):
         DukeVideo.load(root)
 
 
+def _duke_layout(root):
+    """A hand-written Duke: consecutive tracklet folders of one identity and camera.
+
+    Returns {split: [(pid folder, tracklet folder, [frame names])]} in path order.
+    """
+    layout = {
+        "train": [("0001", "0001", ["0001_C1_F0001_X1.jpg", "0001_C1_F0002_X1.jpg"]),
+                  ("0001", "0002", ["0001_C1_F0003_X2.jpg"]),  # merges with 0001/0001
+                  ("0001", "0003", ["0001_C2_F0001_X3.jpg", "0001_C2_F0002_X3.jpg"]),
+                  ("0001", "0004", ["0001_C1_F0009_X4.jpg"]),  # C1 again, after C2: apart
+                  ("0002", "0001", ["0002_C1_F0001_X1.jpg"])],  # another identity: apart
+        "query": [("0005", "0001", ["0005_C1_F0001_X1.jpg", "0005_C1_F0002_X1.jpg"]),
+                  ("0005", "0002", ["0005_C1_F0005_X2.jpg"]),
+                  ("0006", "0001", ["0006_C3_F0001_X1.jpg"])],
+        "gallery": [("0005", "0003", ["0005_C2_F0001_X3.jpg"]),
+                    ("0005", "0004", ["0005_C2_F0004_X4.jpg", "0005_C2_F0005_X4.jpg"]),
+                    ("0005", "0005", ["0005_C3_F0001_X5.jpg"]),
+                    ("0006", "0002", ["0006_C1_F0001_X2.jpg"]),
+                    ("0006", "0003", ["0006_C1_F0007_X3.jpg"])],
+    }
+    base = os.path.join(root, "DukeMTMC-VideoReID")
+    for split, folders in layout.items():
+        for pid, trk, names in folders:
+            for name in names:
+                write_jpeg(os.path.join(base, split, pid, trk, name), np.zeros((8, 4, 3), np.uint8))
+    return base, layout
+
+
+def _reference_duke_groups(split_dir):
+    """Our own re-statement of the reference's rule, as an oracle: every jpg of the split in
+    sorted pathlib order, consecutive files grouped by the first 7 characters of the name."""
+    import itertools
+    from pathlib import Path
+
+    paths = sorted(Path(split_dir).glob("**/*.jpg"))
+    return [[str(p) for p in group]
+            for _, group in itertools.groupby(paths, key=lambda p: p.name[:7])]
+
+
+def test_duke_reference_merges_consecutive_folders_of_one_identity_and_camera(tmp_path,
+                                                                             caplog):
+    base, layout = _duke_layout(str(tmp_path))
+
+    def path(split, pid, trk, name):
+        return os.path.join(base, split, pid, trk, name)
+
+    def folder_paths(split, i):
+        pid, trk, names = layout[split][i]
+        return tuple(path(split, pid, trk, n) for n in names)
+
+    with caplog.at_level(logging.INFO, logger="vkd_torchreid.data.duke"):
+        ref = DukeVideo.load(str(tmp_path), duke_tracklets="reference")
+    tr = folder_paths
+    assert ref.train == [(tr("train", 0) + tr("train", 1), 0, 0), (tr("train", 2), 0, 1),
+                         (tr("train", 3), 0, 0), (tr("train", 4), 1, 0)]
+    assert ref.query == [(tr("query", 0) + tr("query", 1), 5, 0), (tr("query", 2), 6, 2)]
+    assert ref.gallery == [(tr("gallery", 0) + tr("gallery", 1), 5, 1), (tr("gallery", 2), 5, 2),
+                           (tr("gallery", 3) + tr("gallery", 4), 6, 0)]
+    assert ref.query_img == [(path("query", "0005", "0001", "0005_C1_F0001_X1.jpg"), 5, 0),
+                             (path("query", "0006", "0001", "0006_C3_F0001_X1.jpg"), 6, 2)]
+    for split in ("train", "query", "gallery"):
+        assert [list(p) for p, _, _ in getattr(ref, split)] == _reference_duke_groups(
+            os.path.join(base, split))
+    assert "5 tracklet folders merged into 4 tracklets" in caplog.text
+    assert "3 tracklet folders merged into 2 tracklets" in caplog.text
+    assert "5 tracklet folders merged into 3 tracklets" in caplog.text
+
+    # 'folder' (the default) is one tracklet per folder, as before
+    folder = DukeVideo.load(str(tmp_path))
+    assert DukeVideo.load(str(tmp_path), duke_tracklets="folder") == folder
+    assert folder.train == [(tr("train", 0), 0, 0), (tr("train", 1), 0, 0),
+                            (tr("train", 2), 0, 1), (tr("train", 3), 0, 0),
+                            (tr("train", 4), 1, 0)]
+    assert folder.query == [(tr("query", 0), 5, 0), (tr("query", 1), 5, 0),
+                            (tr("query", 2), 6, 2)]
+    assert [p for p, _, _ in folder.gallery] == [tr("gallery", i) for i in range(5)]
+    assert folder.query_img == [(p[0], pid, cam) for p, pid, cam in folder.query]
+
+    with pytest.raises(ValueError, match=r"duke_tracklets='x'.*'folder', 'reference'"):
+        DukeVideo.load(str(tmp_path), duke_tracklets="x")
+    bad = path("gallery", "0006", "0003", "0006_C1_frame.jpg")
+    write_jpeg(bad, np.zeros((8, 4, 3), np.uint8))
+    clear_cache()
+    with pytest.raises(ValueError, match="0006_C1_frame.jpg"):
+        DukeVideo.load(str(tmp_path), duke_tracklets="reference")
+
+
+def test_duke_synthetic_reference_merges_same_camera_tracklets(tmp_path):
+    root, counts = _write("vkd_duke", tmp_path)
+    folder = DukeVideo.load(root)
+    ref = DukeVideo.load(root, duke_tracklets="reference")
+    # synthetic: 2 tracklets per (identity, camera) in consecutive folders -> 1 tracklet;
+    # the query folder (camera 1, tracklet 1) merges with nothing (the gallery is another split)
+    assert len(folder.train) == counts["train_tracklets"] == 24 and len(ref.train) == 12
+    assert ref.query == folder.query
+    assert len(folder.gallery) == 20 and len(ref.gallery) == 4 * 3
+    assert sorted(p for t in ref.gallery for p in t[0]) == sorted(
+        p for t in folder.gallery for p in t[0])
+    assert all(len(p) == 8 for p, _, _ in ref.train)
+
+
 # ----------------------------------------------------------------------------- VeRi
 
 def test_veri_synthetic_queries_match_vehicle_and_camera(tmp_path):
@@ -220,6 +321,119 @@ def test_veri_bad_name_names_file_and_line(tmp_path):
         fh.write("car_12.jpg\n")
     with pytest.raises(ValueError, match=r"name_train.txt: line 97: bad image name 'car_12.jpg'"):
         VeRi.load(root)
+
+
+def _veri_layout(root, last_line_newline=True):
+    """A hand-written VeRi whose test_track.txt has lines with and without a trailing space.
+
+    Vehicle 2, camera 1 has two tracks, the first shorter than the second.
+    """
+    base = os.path.join(root, "VeRi")
+    lines = [
+        # key, images; trailing space: nothing lost under 'first'
+        "0002_c001_00000100_0.jpg 0002_c001_00000100_0.jpg 0002_c001_00000101_0.jpg \n",
+        # longer track of the same vehicle and camera, unsorted and with a duplicate
+        "0002_c001_00000200_0.jpg 0002_c001_00000200_0.jpg 0002_c001_00000202_0.jpg "
+        "0002_c001_00000201_0.jpg 0002_c001_00000202_0.jpg 0002_c001_00000203_0.jpg \n",
+        # no trailing space: 'first' drops 0003_c002_00000302_0.jpg
+        "0003_c002_00000300_0.jpg 0003_c002_00000300_0.jpg 0003_c002_00000301_0.jpg "
+        "0003_c002_00000302_0.jpg\n",
+        # last line, no trailing space: 'first' drops 0003_c003_00000401_0.jpg
+        "0003_c003_00000400_0.jpg 0003_c003_00000400_0.jpg 0003_c003_00000401_0.jpg"
+        + ("\n" if last_line_newline else ""),
+    ]
+    test = ["0002_c001_00000100_0.jpg", "0002_c001_00000101_0.jpg", "0002_c001_00000200_0.jpg",
+            "0002_c001_00000201_0.jpg", "0002_c001_00000202_0.jpg", "0002_c001_00000203_0.jpg",
+            "0003_c002_00000300_0.jpg", "0003_c002_00000301_0.jpg", "0003_c002_00000302_0.jpg",
+            "0003_c003_00000400_0.jpg", "0003_c003_00000401_0.jpg"]
+    lists = {"train": ["0001_c001_00000010_0.jpg", "0001_c002_00000020_0.jpg",
+                       "0004_c001_00000030_0.jpg"],
+             "query": ["0002_c001_00000150_0.jpg", "0003_c002_00000350_0.jpg",
+                       "0003_c003_00000450_0.jpg"],
+             "test": test}
+    for split, names in lists.items():
+        for name in names:
+            write_jpeg(os.path.join(base, f"image_{split}", name), np.zeros((8, 4, 3), np.uint8))
+        with open(os.path.join(base, f"name_{split}.txt"), "w", newline="\n") as fh:
+            fh.write("".join(f"{n}\n" for n in names))
+    with open(os.path.join(base, "test_track.txt"), "w", newline="\n") as fh:
+        fh.write("".join(lines))
+    return base
+
+
+def _reference_veri_tracks(base):
+    """Our own re-statement of the reference's reading of test_track.txt, as an oracle."""
+    tracks = []
+    with open(os.path.join(base, "test_track.txt")) as fh:
+        for line in fh:
+            tokens = line.split(" ")
+            tracks.append(tuple(os.path.join(base, "image_test", t)
+                                for t in tokens[1:len(tokens) - 1]))
+    return tracks
+
+
+@pytest.mark.parametrize("last_line_newline", [True, False])
+def test_veri_query_track_first_vs_longest_and_last_token(tmp_path, caplog, last_line_newline):
+    base = _veri_layout(str(tmp_path), last_line_newline)
+
+    def img(*names):
+        return tuple(os.path.join(base, "image_test", n) for n in names)
+
+    a = img("0002_c001_00000100_0.jpg", "0002_c001_00000101_0.jpg")
+    with caplog.at_level(logging.WARNING, logger="vkd_torchreid.data.veri"):
+        longest = VeRi.load(str(tmp_path))
+    assert "lose their last image" not in caplog.text
+    assert VeRi.load(str(tmp_path), veri_query_track="longest") == longest
+    # 'longest': sorted, de-duplicated, nothing dropped
+    b_longest = img(*(f"0002_c001_0000020{i}_0.jpg" for i in range(4)))
+    line3 = img("0003_c002_00000300_0.jpg", "0003_c002_00000301_0.jpg",
+                "0003_c002_00000302_0.jpg")
+    line4 = img("0003_c003_00000400_0.jpg", "0003_c003_00000401_0.jpg")
+    assert longest.gallery == [(a, 2, 0), (b_longest, 2, 0), (line3, 3, 1), (line4, 3, 2)]
+    assert longest.query == [(b_longest, 2, 0), (line3, 3, 1), (line4, 3, 2)]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vkd_torchreid.data.veri"):
+        first = VeRi.load(str(tmp_path), veri_query_track="first")
+    # 'first': the reference's reading, file order, duplicate kept, last token dropped
+    b_first = img("0002_c001_00000200_0.jpg", "0002_c001_00000202_0.jpg",
+                  "0002_c001_00000201_0.jpg", "0002_c001_00000202_0.jpg",
+                  "0002_c001_00000203_0.jpg")
+    assert first.gallery == [(a, 2, 0), (b_first, 2, 0), (line3[:2], 3, 1), (line4[:1], 3, 2)]
+    assert [p for p, _, _ in first.gallery] == _reference_veri_tracks(base)
+    assert first.query == [(a, 2, 0), (line3[:2], 3, 1), (line4[:1], 3, 2)]
+    assert "2 of 4 lines do not end with a space" in caplog.text
+    assert "0003_c002_00000302_0.jpg, 0003_c003_00000401_0.jpg" in caplog.text
+
+    for splits in (longest, first):  # unaffected by the option
+        assert splits.gallery_img == [(os.path.join(base, "image_test", n), int(n[:4]),
+                                       int(n[6:9]) - 1) for n in sorted(
+                                           os.listdir(os.path.join(base, "image_test")))]
+        assert [p for p, _, _ in splits.query_img] == [
+            os.path.join(base, "image_query", n) for n in ("0002_c001_00000150_0.jpg",
+                                                           "0003_c002_00000350_0.jpg",
+                                                           "0003_c003_00000450_0.jpg")]
+        assert splits.train == longest.train
+    assert first.train == [((os.path.join(base, "image_train", "0001_c001_00000010_0.jpg"),), 0, 0),
+                           ((os.path.join(base, "image_train", "0001_c002_00000020_0.jpg"),), 0, 1),
+                           ((os.path.join(base, "image_train", "0004_c001_00000030_0.jpg"),), 1, 0)]
+
+    with pytest.raises(ValueError, match=r"veri_query_track='x'.*'first', 'longest'"):
+        VeRi.load(str(tmp_path), veri_query_track="x")
+
+
+def test_veri_first_mode_errors_name_file_and_line(tmp_path):
+    base = _veri_layout(str(tmp_path))
+    track = os.path.join(base, "test_track.txt")
+    with open(track, "a") as fh:  # an image of another camera than the key's
+        fh.write("0002_c001_00000100_0.jpg 0002_c002_00000100_0.jpg \n")
+    with pytest.raises(ValueError, match=r"test_track.txt: line 5: image '0002_c002_00000100_0"):
+        VeRi.load(str(tmp_path), veri_query_track="first")
+    with open(track, "w") as fh:  # two spaces: an empty name, as the reference would read it
+        fh.write("0002_c001_00000100_0.jpg 0002_c001_00000100_0.jpg  0002_c001_00000101_0.jpg\n")
+    clear_cache()
+    with pytest.raises(ValueError, match=r"test_track.txt: line 1: bad image name ''"):
+        VeRi.load(str(tmp_path), veri_query_track="first")
 
 
 # ----------------------------------------------------------------------------- ATRW
@@ -410,3 +624,88 @@ def test_check_tool_missing_layout_is_one_error_line(tmp_path, where):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "missing" in lines[0]
     assert (root if where == "root" else os.path.join(root, "mars")) in lines[0]
+
+
+# ----------------------------------------------------------------------------- options via config
+
+def test_duke_and_veri_options_flow_through_config_and_datamanager(tmp_path):
+    from vkd_torchreid.config import build_config, datamanager_kwargs
+    from vkd_torchreid.data.manager import build_datamanager
+
+    from conftest import tiny_config
+
+    root = str(tmp_path / "data")
+    write_synthetic("vkd_duke", root, **SMALL)
+    write_synthetic("vkd_veri", root, **SMALL)
+    with open(os.path.join(root, "VeRi", "test_track.txt")) as fh:
+        track_lines = fh.read().split("\n")[:-1]
+    assert track_lines and not any(line.endswith(" ") for line in track_lines)
+
+    def dm_for(*opts):
+        cfg = tiny_config(root, str(tmp_path / "log"), "data.sources", "['vkd_duke']",
+                          "data.targets", "['vkd_duke', 'vkd_veri']", *opts)
+        return cfg, build_datamanager(cfg)
+
+    cfg, default = dm_for()
+    assert cfg.data.duke_tracklets == "folder" and cfg.data.veri_query_track == "longest"
+    assert datamanager_kwargs(cfg)["dataset_options"]["duke_tracklets"] == "folder"
+    cfg, ref = dm_for("data.duke_tracklets", "reference", "data.veri_query_track", "first")
+    options = datamanager_kwargs(cfg)["dataset_options"]
+    assert (options["duke_tracklets"], options["veri_query_track"]) == ("reference", "first")
+
+    # Duke: 2 consecutive tracklet folders per (identity, camera) merge into one
+    assert len(default.train_tracklets) == 24 and len(ref.train_tracklets) == 12
+    assert len(default.splits["vkd_duke"].gallery) == 20
+    assert len(ref.splits["vkd_duke"].gallery) == 12
+    assert default.num_train_pids == ref.num_train_pids == 4
+    # VeRi: synthetic lines have no trailing space -> 'first' drops each track's last image
+    d, r = default.splits["vkd_veri"], ref.splits["vkd_veri"]
+    assert [len(p) for p, _, _ in d.gallery] == [4] * 24
+    assert [len(p) for p, _, _ in r.gallery] == [3] * 24
+    assert [p[:3] for p, _, _ in d.gallery] == [p for p, _, _ in r.gallery]
+    assert [p for p, _, _ in r.query] == [p[:3] for p, _, _ in d.query]
+    assert r.gallery_img == d.gallery_img and len(d.gallery_img) == 96
+    assert ref.test_dataset["vkd_veri"]["gallery"] == r.gallery
+
+    for key, allowed in (("data.duke_tracklets", "'folder', 'reference'"),
+                         ("data.veri_query_track", "'first', 'longest'")):
+        with pytest.raises(ValueError) as info:
+            build_config("", [key, "x"])
+        message = str(info.value)
+        assert len(message.splitlines()) == 1 and key in message and allowed in message
+
+
+def test_check_tool_passes_duke_and_veri_options(tmp_path):
+    base, _ = _duke_layout(str(tmp_path))
+    _veri_layout(str(tmp_path))
+    splits, problems = check_dataset("vkd_duke", str(tmp_path), duke_tracklets="reference")
+    assert problems == [] and len(splits.train) == 4
+    proc = _run_tool("--dataset", "vkd_duke", "--root", str(tmp_path), "--no-decode",
+                     "--duke-tracklets", "reference")
+    assert proc.returncode == 0, proc.stderr
+    train_row = [line.split() for line in proc.stdout.splitlines() if line.startswith("train")]
+    assert train_row == [["train", "2", "4", "7", "2"]]
+    proc = _run_tool("--dataset", "vkd_veri", "--root", str(tmp_path), "--no-decode",
+                     "--veri-query-track", "first")
+    assert proc.returncode == 0, proc.stderr
+    gallery_row = [line.split() for line in proc.stdout.splitlines()
+                   if line.startswith("gallery ")]
+    assert gallery_row == [["gallery", "2", "4", "10", "3"]]
+    proc = _run_tool("--dataset", "vkd_duke", "--root", str(tmp_path),
+                     "--veri-query-track", "first")
+    assert proc.returncode == 2 and "veri_query_track" in proc.stderr
+
+
+def test_veri_first_mode_accepts_a_bare_vehicle_camera_key(tmp_path):
+    base = _veri_layout(str(tmp_path))
+    track = os.path.join(base, "test_track.txt")
+    with open(track, "w") as fh:  # key '<vid4>_c<cam3>' instead of an image name
+        fh.write("0002_c001 0002_c001_00000100_0.jpg 0002_c001_00000101_0.jpg \n")
+    clear_cache()
+    first = VeRi.load(str(tmp_path), veri_query_track="first")
+    assert [(len(p), vid, cam) for p, vid, cam in first.gallery] == [(2, 2, 0)]
+    with open(track, "w") as fh:
+        fh.write("car_c001 0002_c001_00000100_0.jpg \n")
+    clear_cache()
+    with pytest.raises(ValueError, match=r"line 1: bad track key 'car_c001'"):
+        VeRi.load(str(tmp_path), veri_query_track="first")

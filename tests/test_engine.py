@@ -223,3 +223,82 @@ def test_build_optim_uses_torchreid(mars_root):
     opt, sched = build_optim(cfg, model)
     assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-4
     assert isinstance(sched, torch.optim.lr_scheduler.MultiStepLR)
+
+
+def _save_network(model, path):
+    ckpt_io.atomic_save({"state_dict": model.state_dict(), "epoch": 1,
+                         "meta": {"stage": "teacher", "arch": model.arch,
+                                  "num_classes": model.num_classes}}, path)
+    return path
+
+
+def test_cross_distilled_student_starts_from_its_own_stage1(mars_root, tmp_path):
+    """r34 teacher -> r18 student: layers 1-3 are the student's stage-1 weights, layer4 and
+    the classifier are re-initialised, the teacher is the teacher's checkpoint."""
+    from vkd_torchreid.engine.build import build_engine
+
+    root, counts = mars_root
+    n = counts["train_ids"]
+    torch.manual_seed(1)
+    teacher = build_model("vkd_resnet34", n, loss="triplet", pretrained=False)
+    torch.manual_seed(2)
+    stage1 = build_model("vkd_resnet18", n, loss="triplet", pretrained=False)
+    with torch.no_grad():  # trained-looking head: not the freshly initialised values
+        stage1.bnneck.weight.fill_(3.0)
+        stage1.bnneck.running_mean.fill_(0.5)
+    t_path = _save_network(teacher, str(tmp_path / "teacher.pth"))
+    s_path = _save_network(stage1, str(tmp_path / "stage1.pth"))
+    cfg = tiny_config(root, str(tmp_path / "run"), "vkd.stage", "student",
+                      "vkd.teacher_checkpoint", t_path, "vkd.teacher_arch", "vkd_resnet34",
+                      "vkd.student_checkpoint", s_path)
+    engine = build_engine(cfg)
+    student, own = engine.model.state_dict(), stage1.state_dict()
+    assert engine.model.arch == "vkd_resnet18" and engine.teacher.arch == "vkd_resnet34"
+    early = [k for k in own if k.startswith(("backbone.conv1", "backbone.bn1",
+                                             "backbone.layer1", "backbone.layer2",
+                                             "backbone.layer3"))]
+    assert early and all(torch.equal(student[k], own[k]) for k in early)
+    layer4 = [k for k in own if k.startswith("backbone.layer4") and own[k].dim() == 4]  # convs
+    assert layer4 and all(not torch.equal(student[k], own[k]) for k in layer4)
+    assert torch.equal(student["bnneck.weight"], torch.ones_like(own["bnneck.weight"]))
+    assert torch.equal(student["bnneck.running_mean"], torch.zeros_like(own["bnneck.running_mean"]))
+    assert not torch.equal(student["classifier.weight"], own["classifier.weight"])
+    for k, v in engine.teacher.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, teacher.state_dict()[k])
+
+
+def test_cross_distillation_without_student_checkpoint_warns(mars_root, tmp_path, caplog):
+    from vkd_torchreid.engine.build import build_engine
+
+    root, counts = mars_root
+    teacher = build_model("vkd_resnet34", counts["train_ids"], loss="triplet", pretrained=False)
+    t_path = _save_network(teacher, str(tmp_path / "teacher.pth"))
+    cfg = tiny_config(root, str(tmp_path / "run"), "vkd.stage", "student",
+                      "vkd.teacher_checkpoint", t_path)
+    with caplog.at_level("WARNING"):
+        engine = build_engine(cfg)
+    assert engine.model.arch == "vkd_resnet18"  # model.name; the teacher's arch is its file's
+    assert engine.teacher.arch == "vkd_resnet34"
+    assert any("not from its own stage-1 model" in r.getMessage() for r in caplog.records)
+
+
+def test_control_never_runs_the_teacher(mars_root):
+    engine = _vkd_engine(alpha=0.0, beta=0.0)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the teacher ran")
+
+    engine.teacher.forward_features = boom
+    losses = engine.forward_backward(_batch())
+    assert set(losses) == {"loss_ce", "loss_tr", "loss"}
+    assert losses["loss"] == pytest.approx(losses["loss_ce"] + losses["loss_tr"], rel=1e-6)
+
+
+def test_generation_lr_has_the_reference_floor(mars_root):
+    from vkd_torchreid.engine.build import generation_lr
+
+    cfg = tiny_config(mars_root[0], "unused", "train.lr", "0.0001")
+    assert [generation_lr(cfg, g) for g in range(4)] == pytest.approx([1e-4, 1e-5, 1e-5, 1e-5])
+    cfg = tiny_config(mars_root[0], "unused", "train.lr", "0.01")
+    assert [generation_lr(cfg, g) for g in range(4)] == pytest.approx([1e-2, 1e-3, 1e-4, 1e-5])

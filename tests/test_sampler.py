@@ -33,7 +33,7 @@ def test_batch_is_p_identities_times_k_items():
     for batch in sampler:
         assert len(batch) == 8
         pids = [pid for pid, _, _ in batch]
-        assert sorted(set(pids)) == sorted(set(pids)) and len(set(pids)) == 4
+        assert len(set(pids)) == 4
         assert all(pids.count(p) == 2 for p in set(pids))
         for pid, camid, refs in batch:
             assert len(refs) == 6
@@ -61,6 +61,55 @@ def test_multiview_random_uses_a_permutation_of_tracklets():
     tracklets = [t for t, _ in refs]
     assert sorted(tracklets[:4]) == sorted(index.tracklets[1].tolist())
     assert tracklets[4:] == tracklets[:4]  # cycles over the same permutation
+
+
+def _reference_rule(tracklets, n, rng):
+    """The reference's multi-view draw, written from its description: a random permutation of
+    the identity's tracklets (cameras ignored), frame i from tracklet perm[i % T], a random
+    frame of it."""
+    perm = rng.permutation(len(tracklets))
+    out = []
+    for i in range(n):
+        t = int(perm[i % len(perm)])
+        out.append((t, int(rng.randint(0, len(tracklets[t])))))
+    return out
+
+
+def _unbalanced_identity():
+    """One identity: five tracklets in camera 0, one in camera 1 (lengths differ)."""
+    data = [(tuple(f"c0_t{t}_f{f}.jpg" for f in range(5 + t)), 0, 0) for t in range(5)]
+    data.append((tuple(f"c1_f{f}.jpg" for f in range(3)), 0, 1))
+    return data
+
+
+def test_multiview_random_equals_the_reference_rule_on_unbalanced_tracklets():
+    data = _unbalanced_identity()
+    index = IdentityIndex(data)
+    np.random.seed(7)
+    ours = [sample_item(index, 0, 8, "multiview_random")[2] for _ in range(200)]
+    rng = np.random.RandomState(7)  # same stream as the global RNG seeded with 7
+    reference = [tuple(_reference_rule([d[0] for d in data], 8, rng)) for _ in range(200)]
+    assert ours == reference
+
+
+def test_views_spread_reference_vs_camera_balanced_on_unbalanced_tracklets():
+    """Camera 1 holds one of six tracklets: the reference rule gives it 8/6 of 8 frames on
+    average (one tracklet of six, cycled), camera balancing gives it half of them."""
+    data = _unbalanced_identity()
+    index = IdentityIndex(data)
+    np.random.seed(8)
+    share = {}
+    for strategy in ("multiview_random", "multiview"):
+        refs = [sample_item(index, 0, 8, strategy)[2] for _ in range(3000)]
+        per_item = [sum(data[t][2] == 1 for t, _ in r) for r in refs]
+        share[strategy] = np.mean(per_item)
+        if strategy == "multiview_random":
+            assert set(per_item) == {1, 2}  # T = 6 tracklets cycled over N = 8 frames
+            # every tracklet is used once or twice per item, never more
+            assert all(max(np.bincount([t for t, _ in r], minlength=6)) <= 2 for r in refs)
+        else:
+            assert set(per_item) == {4}
+    assert share["multiview_random"] == pytest.approx(8 / 6, abs=0.03)
 
 
 def test_temporal_and_tracklet_stay_in_one_tracklet_with_chunks():

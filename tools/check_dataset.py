@@ -2,6 +2,7 @@
 
     python tools/check_dataset.py --dataset vkd_mars --root reid-data
     python tools/check_dataset.py --dataset vkd_atrw --root reid-data --atrw-views side
+    python tools/check_dataset.py --dataset vkd_duke --root reid-data --duke-tracklets reference
 
 Exit status: 0 healthy, 1 some images are missing or corrupt (each is listed), 2 the dataset
 folder or an annotation file is missing or malformed (one ``error:`` line on stderr).
@@ -27,6 +28,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-decode", action="store_true",
                         help="only check that image files exist (much faster)")
     parser.add_argument("--atrw-views", default=None, help="ATRW training views (vkd_atrw)")
+    parser.add_argument("--duke-tracklets", default=None, choices=("folder", "reference"),
+                        help="Duke tracklets: one per folder, or the reference's merged "
+                             "consecutive folders (vkd_duke)")
+    parser.add_argument("--veri-query-track", default=None, choices=("first", "longest"),
+                        help="VeRi video query: the longest track, or the first as the "
+                             "reference (vkd_veri)")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.root):  # fail fast, before importing torch
         print(f"error: missing root folder {args.root}", file=sys.stderr)
@@ -34,7 +41,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from vkd_torchreid.data.check import check_dataset, format_statistics
 
-    options = {} if args.atrw_views is None else {"atrw_views": args.atrw_views}
+    options = {key: value for key, value in (("atrw_views", args.atrw_views),
+                                             ("duke_tracklets", args.duke_tracklets),
+                                             ("veri_query_track", args.veri_query_track))
+               if value is not None}
     try:
         splits, problems = check_dataset(args.dataset, args.root, decode=not args.no_decode,
                                          **options)

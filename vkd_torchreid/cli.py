@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import random
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ logger = logging.getLogger("vkd_torchreid")
 
 EXIT_ERROR = 2
 LOG_FILE = "train.log"
+_LOG_BUFFER = 100_000  # records held before the log file exists
 CONFIG_FILE = "config.yaml"
 
 
@@ -68,18 +70,42 @@ def teardown_logging() -> None:
             handler.close()
 
 
-def setup_logging(save_dir: str) -> None:
-    """Logs to stdout and ``<save_dir>/train.log`` until :func:`teardown_logging`."""
-    os.makedirs(save_dir, exist_ok=True)
+def _add_handler(handler: logging.Handler) -> None:
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           "%H:%M:%S"))
+    handler._vkd = True  # type: ignore[attr-defined]
+    logging.getLogger().addHandler(handler)
+
+
+def setup_logging(save_dir: str = "") -> None:
+    """Logs to stdout, and to ``<save_dir>/train.log`` until :func:`teardown_logging`.
+
+    Without ``save_dir`` the records are held in memory until :func:`attach_log_file`: a run
+    checks its data and checkpoints before it writes anything into its save dir, and its log
+    file still holds what happened meanwhile.
+    """
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     teardown_logging()
-    for handler in (logging.StreamHandler(sys.stdout),
-                    logging.FileHandler(os.path.join(save_dir, LOG_FILE), encoding="utf-8")):
-        handler.setFormatter(fmt)
-        handler._vkd = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    _add_handler(logging.StreamHandler(sys.stdout))
+    if save_dir:
+        attach_log_file(save_dir)
+    else:
+        _add_handler(logging.handlers.MemoryHandler(_LOG_BUFFER, flushLevel=logging.CRITICAL + 1))
+
+
+def attach_log_file(save_dir: str) -> None:
+    """Starts ``<save_dir>/train.log`` with the records held since :func:`setup_logging`."""
+    os.makedirs(save_dir, exist_ok=True)
+    root = logging.getLogger()
+    buffers = [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)
+               and getattr(h, "_vkd", False)]
+    file_handler = logging.FileHandler(os.path.join(save_dir, LOG_FILE), encoding="utf-8")
+    _add_handler(file_handler)
+    for buffer in buffers:
+        buffer.setTarget(file_handler)
+        root.removeHandler(buffer)
+        buffer.close()  # flushes the held records into the file
 
 
 def set_seed(seed: int) -> None:
@@ -118,20 +144,28 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> int:
                         "--resume and --eval-only do not apply to it")
     # Each demo run writes into its own timestamped folder: nothing to overwrite.
     resume = "" if demo else resolve_resume(args, save_dir)
-    setup_logging(save_dir)
+    setup_logging()
+    set_seed(cfg.train.seed)
+    start = time.time()
+    job: Any = None
+    if args.eval_only or cfg.test.evaluate:
+        job = build.prepare_evaluation(cfg, trust=args.trust_checkpoint)
+    elif not demo:
+        job = build.prepare_training(cfg, resume=resume, trust=args.trust_checkpoint)
+    # Data, checkpoints, architectures and class counts are checked: now the save dir.
+    attach_log_file(save_dir)
     with open(os.path.join(save_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
         fh.write(cfg.dump())
-    set_seed(cfg.train.seed)
     if demo:
         from vkd_torchreid.demo import run_demo
 
         run_demo(cfg, trust=args.trust_checkpoint)
         return 0
-    start = time.time()
-    if args.eval_only or cfg.test.evaluate:
-        results = build.evaluate(cfg, trust=args.trust_checkpoint)
+    if isinstance(job, build.TrainingJob):
+        results = job.run().results
     else:
-        results = build.train(cfg, resume=resume, trust=args.trust_checkpoint).results
+        job.run(**build.run_kwargs(cfg, save_dir), test_only=True)
+        results = job.results
     logger.info("results: %s", results)
     logger.info("done in %.1f min; outputs in %s", (time.time() - start) / 60, save_dir)
     return 0

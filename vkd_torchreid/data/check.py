@@ -51,7 +51,8 @@ def check_dataset(name: str, root: str, decode: bool = True,
         name: a registered dataset name (``vkd_mars``, ``vkd_duke``, ``vkd_veri``, ``vkd_atrw``).
         root: the parent folder of the dataset folder.
         decode: also decode every image (slower); otherwise only check that files exist.
-        **options: dataset options (``mars_query_in_gallery``, ``atrw_views``).
+        **options: dataset options (``mars_query_in_gallery``, ``atrw_views``,
+            ``duke_tracklets``, ``veri_query_track``).
 
     Returns:
         (splits, problems): problems is empty for a healthy dataset.

@@ -3,8 +3,16 @@
 - train: one tracklet per (vehicle, camera), its images sorted by name (= by time);
 - gallery: one tracklet per line of ``test_track.txt``; ``gallery_img``: every test image;
 - ``query_img``: every official query image;
-- ``query`` (video queries): for each query image, the gallery track of the same vehicle and
-  camera (the longest if several); queries without such a track are skipped with a warning.
+- ``query`` (video queries): for each query image, a gallery track of the same vehicle and
+  camera; queries without such a track are skipped with a warning.
+
+Option ``veri_query_track``:
+
+- ``longest`` (default): the video query is the longest such track; a track's images are the
+  names after its key token, sorted and de-duplicated;
+- ``first`` (the VKD reference): the first such line of ``test_track.txt``; every track is read
+  as the reference reads it, ``line.split(' ')[1:-1]``: file order, duplicates kept, and the
+  line's last image dropped when the line does not end with a space (a warning counts them).
 """
 from __future__ import annotations
 
@@ -28,9 +36,13 @@ from vkd_torchreid.data.base import (
 
 logger = logging.getLogger(__name__)
 
+#: Values of the ``veri_query_track`` option.
+QUERY_TRACKS = ("first", "longest")
 #: ``<vid4>_c<cam3>_<time>_<n>.jpg``
 IMAGE_NAME = re.compile(r"^(\d{4})_c(\d{3})_(\d+)_(\d+)\.jpg$")
 NAME_FORM = "<vid4>_c<cam3>_<time>_<n>.jpg"
+#: A ``test_track.txt`` key: vehicle and camera first (an image name or ``<vid4>_c<cam3>``).
+TRACK_KEY = re.compile(r"^(\d{4})_c(\d{3})(?:_|$)")
 
 
 def parse_name(name: str, path: str, line: int) -> Tuple[int, int]:
@@ -42,9 +54,10 @@ def parse_name(name: str, path: str, line: int) -> Tuple[int, int]:
 
 
 class VeRi(VKDVideoDataset):
-    """VeRi-776 under ``root/VeRi``."""
+    """VeRi-776 under ``root/VeRi`` (option ``veri_query_track``)."""
 
     dataset_dir = "VeRi"
+    OPTIONS = ("veri_query_track",)
     ERASE_RATIO = (0.7, 1.4)
     INPUT_SIZE = (224, 224)
     LAYOUT = """\
@@ -56,8 +69,12 @@ VeRi/
   test_track.txt   one gallery track a line: a key token, then its image names"""
 
     @classmethod
-    def parse(cls, dataset_dir: str, **unused: Any) -> Splits:
+    def parse(cls, dataset_dir: str, veri_query_track: str = "longest",
+              **unused: Any) -> Splits:
         """Reads VeRi-776 at ``dataset_dir``."""
+        if veri_query_track not in QUERY_TRACKS:
+            raise ValueError(f"veri_query_track={veri_query_track!r}: expected one of "
+                             f"{', '.join(repr(m) for m in QUERY_TRACKS)}")
         dirs = {k: require_dir(os.path.join(dataset_dir, f"image_{k}"), cls.LAYOUT)
                 for k in ("train", "query", "test")}
         files = {k: require_file(os.path.join(dataset_dir, f"{k}.txt"), cls.LAYOUT)
@@ -71,14 +88,18 @@ VeRi/
 
         query_img = cls._images(files["name_query"], dirs["query"])
         gallery_img = cls._images(files["name_test"], dirs["test"])
-        gallery = cls._tracks(files["test_track"], dirs["test"])
+        if veri_query_track == "first":
+            gallery = cls._reference_tracks(files["test_track"], dirs["test"])
+        else:
+            gallery = cls._tracks(files["test_track"], dirs["test"])
 
-        longest: Dict[Tuple[int, int], Tracklet] = {}
+        chosen: Dict[Tuple[int, int], Tracklet] = {}
         for track in gallery:
             key = (track[1], track[2])
-            if key not in longest or len(track[0]) > len(longest[key][0]):
-                longest[key] = track
-        query = [longest[(vid, cam)] for _, vid, cam in query_img if (vid, cam) in longest]
+            if key not in chosen or (veri_query_track == "longest"
+                                     and len(track[0]) > len(chosen[key][0])):
+                chosen[key] = track
+        query = [chosen[(vid, cam)] for _, vid, cam in query_img if (vid, cam) in chosen]
         if len(query) < len(query_img):
             logger.warning("%s: %d of %d query images have no gallery track of the same "
                            "vehicle and camera; they have no video query",
@@ -113,4 +134,53 @@ VeRi/
             names.sort()
             vid, cam = parse_name(names[0], path, i)
             tracks.append((tuple(os.path.join(image_dir, n) for n in names), vid, cam))
+        return tracks
+
+    @staticmethod
+    def _reference_tracks(path: str, image_dir: str) -> List[Tracklet]:
+        """One tracklet per line, read as the reference reads it: ``line.split(' ')[1:-1]``.
+
+        The key (first token) gives vehicle and camera; the last token is dropped, which loses
+        the line's last image unless the line ends with a space. File order and duplicates are
+        kept. Blank lines are skipped; a line left without images is skipped with a warning.
+        """
+        tracks: List[Tracklet] = []
+        lost: List[str] = []
+        emptied: List[int] = []
+        lines = 0
+        with open(path, encoding="utf-8") as fh:
+            for i, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                lines += 1
+                tokens = raw.split(" ")
+                key = tokens[0].strip()
+                # The reference reads vehicle and camera from the key's first two fields: an
+                # image name or a bare '<vid4>_c<cam3>' key both work.
+                match = TRACK_KEY.match(key)
+                if match is None or int(match.group(2)) < 1:
+                    raise ValueError(f"{path}: line {i}: bad track key {key!r}; expected "
+                                     f"<vid4>_c<cam3>[...]")
+                vid, cam = int(match.group(1)), int(match.group(2)) - 1
+                names = tokens[1:len(tokens) - 1]
+                last = tokens[-1].rstrip("\r\n") if len(tokens) > 1 else ""
+                if last:
+                    parse_name(last, path, i)
+                    lost.append(last)
+                for name in names:
+                    if parse_name(name, path, i) != (vid, cam):
+                        raise ValueError(f"{path}: line {i}: image {name!r} is not of the "
+                                         f"vehicle and camera of the key {key!r}")
+                if not names:
+                    emptied.append(i)
+                    continue
+                tracks.append((tuple(os.path.join(image_dir, n) for n in names), vid, cam))
+        if lost:
+            logger.warning("%s: %d of %d lines do not end with a space; read as the reference "
+                           "reads them (veri_query_track='first'), they lose their last image "
+                           "(first ones: %s)", path, len(lost), lines, ", ".join(lost[:5]))
+        if emptied:
+            logger.warning("%s: %d lines have no image left after the key (first lines: %s); "
+                           "they are not gallery tracks", path, len(emptied),
+                           ", ".join(map(str, emptied[:5])))
         return tracks

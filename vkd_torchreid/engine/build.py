@@ -18,7 +18,8 @@ from vkd_torchreid.engine import checkpoint as ckpt_io
 from vkd_torchreid.engine.base import EngineOptions, VKDEngineBase
 from vkd_torchreid.engine.teacher import TeacherEngine
 from vkd_torchreid.engine.vkd import DistillOptions, VKDEngine
-from vkd_torchreid.models import build_model, build_student, load_weights, reference_arch
+from vkd_torchreid.models import build_model, build_student, load_weights
+from vkd_torchreid.models.weights import load_network_state, read_network
 
 logger = logging.getLogger(__name__)
 
@@ -58,48 +59,86 @@ def _model_kwargs(cfg: CfgNode) -> Dict[str, Any]:
             "pretrained_path": cfg.model.pretrained_path}
 
 
+def load_network(cfg: CfgNode, path: str, key: str, num_classes: int, arch: str = "",
+                 trust: bool = False) -> nn.Module:
+    """A trained network from a checkpoint: ours, torchreid's, or a released reference
+    experiment folder.
+
+    Args:
+        path: the checkpoint; ``key`` names the config key it came from, for messages.
+        num_classes: identities of the training set; the checkpoint must have as many.
+        arch: the architecture the config expects; empty: the one the checkpoint declares
+            (our checkpoints and reference folders do), else ``model.name``.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+        ValueError: one line naming the file and both values when its architecture or number
+            of classes differs from what the run needs.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
+    ckpt = read_network(path, trust=trust)
+    if arch and ckpt.arch and ckpt.arch != arch:
+        raise ValueError(f"{key} {path} holds a {ckpt.arch} network but the run needs a {arch}")
+    if ckpt.num_classes is not None and ckpt.num_classes != num_classes:
+        raise ValueError(f"{key} {path} has {ckpt.num_classes} classes but the training set "
+                         f"has {num_classes} identities")
+    arch = arch or ckpt.arch or cfg.model.name
+    model = build_model(arch, num_classes, pretrained=False, **_model_kwargs(cfg))
+    try:
+        load_network_state(model, ckpt)
+    except ValueError as exc:
+        raise ValueError(f"{key} {path} does not fit a {arch} with {num_classes} classes: "
+                         f"{exc}") from exc
+    return model
+
+
 def build_teacher(cfg: CfgNode, num_classes: int, path: str = "", arch: str = "",
                   trust: bool = False) -> nn.Module:
     """The frozen teacher of the VKD stage, loaded from ``vkd.teacher_checkpoint`` (or ``path``).
 
-    The checkpoint may be ours, torchreid's, or a released reference experiment folder. Its
-    backbone is ``arch``, else ``vkd.teacher_arch``, else ``model.name``, or the one a
-    reference folder declares.
-
-    Raises:
-        FileNotFoundError: the checkpoint does not exist.
-        ValueError: its backbone or number of classes does not match.
+    Its backbone is ``arch``, else ``vkd.teacher_arch``, else the one the checkpoint declares,
+    else ``model.name`` (see :func:`load_network`).
     """
-    path = path or cfg.vkd.teacher_checkpoint
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"teacher checkpoint not found: {path} (vkd.teacher_checkpoint)")
-    arch = arch or cfg.vkd.teacher_arch or cfg.model.name
-    if os.path.isdir(path):
-        ref_arch, ref_classes = reference_arch(path)
-        if cfg.vkd.teacher_arch and ref_arch != cfg.vkd.teacher_arch:
-            raise ValueError(f"teacher {path} is a {ref_arch} but vkd.teacher_arch is "
-                             f"{cfg.vkd.teacher_arch}")
-        if ref_classes != num_classes:
-            raise ValueError(f"teacher {path} has {ref_classes} classes but the training set "
-                             f"has {num_classes} identities")
-        arch = ref_arch
-    teacher = build_model(arch, num_classes, pretrained=False, **_model_kwargs(cfg))
-    try:
-        load_weights(teacher, path, trust=trust)
-    except ValueError as exc:
-        raise ValueError(f"teacher checkpoint {path} does not fit a {arch} with {num_classes} "
-                         f"classes (vkd.teacher_arch / model.name, training identities): "
-                         f"{exc}") from exc
-    return teacher
+    return load_network(cfg, path or cfg.vkd.teacher_checkpoint, "vkd.teacher_checkpoint",
+                        num_classes, arch or cfg.vkd.teacher_arch, trust)
 
 
-def new_student(cfg: CfgNode, teacher: nn.Module) -> nn.Module:
-    """The student of one generation: a re-initialised copy of the teacher, or ``model.name``
-    built fresh when it names another backbone (cross-distillation)."""
-    arch = "" if cfg.model.name == getattr(teacher, "arch", "") else cfg.model.name
-    return build_student(teacher, arch=arch, reinit_last_block=cfg.vkd.reinit_layer4,
+def new_student(cfg: CfgNode, teacher: nn.Module, generation: int = 0,
+                trust: bool = False) -> nn.Module:
+    """The student of one generation, re-initialised as the reference does (layer4 and the
+    classifier; see :func:`vkd_torchreid.models.build_student`), starting from:
+
+    - ``vkd.student_checkpoint`` (first generation only): the student's own stage-1 model,
+      as the reference's ``--student`` for cross-distillation;
+    - else a copy of the teacher when ``model.name`` is the teacher's backbone;
+    - else a fresh ``model.name`` from ImageNet, which is not the paper's setting (warned).
+    """
+    num_classes = teacher.num_classes
+    if generation == 0 and cfg.vkd.student_checkpoint:
+        base = load_network(cfg, cfg.vkd.student_checkpoint, "vkd.student_checkpoint",
+                            num_classes, cfg.model.name, trust)
+        arch = ""
+    else:
+        base = teacher
+        arch = "" if cfg.model.name == teacher.arch else cfg.model.name
+        if arch:
+            logger.warning(
+                "cross-distillation without vkd.student_checkpoint: the %s student starts from "
+                "%s, not from its own stage-1 model as in the paper; set "
+                "vkd.student_checkpoint to its teacher-stage run for the paper's setting",
+                arch, "ImageNet weights" if cfg.model.pretrained else "a random init")
+    return build_student(base, arch=arch, reinit_last_block=cfg.vkd.reinit_layer4,
                          pretrained=cfg.model.pretrained,
                          pretrained_path=cfg.model.pretrained_path)
+
+
+def generation_lr(cfg: CfgNode, generation: int) -> float:
+    """The learning rate of a generation: ``max(lr * decay^g, floor)``, as the reference."""
+    if generation == 0:
+        return cfg.train.lr
+    return max(cfg.train.lr * cfg.vkd.generation_lr_decay ** generation,
+               cfg.vkd.generation_lr_floor)
 
 
 def build_engine(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None,
@@ -116,9 +155,8 @@ def build_engine(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None,
         optimizer, scheduler = build_optim(cfg, model)
         return TeacherEngine(dm, model, optimizer, scheduler, engine_options(cfg))
     teacher = teacher if teacher is not None else build_teacher(cfg, num_classes, trust=trust)
-    student = new_student(cfg, teacher)
-    lr = cfg.train.lr * cfg.vkd.generation_lr_decay ** generation
-    optimizer, scheduler = build_optim(cfg, student, lr=lr)
+    student = new_student(cfg, teacher, generation, trust)
+    optimizer, scheduler = build_optim(cfg, student, lr=generation_lr(cfg, generation))
     return VKDEngine(dm, student, teacher, optimizer, scheduler,
                      engine_options(cfg, generation), distill_options(cfg))
 
@@ -147,46 +185,71 @@ class RunResult:
     results: Dict[str, Any]
 
 
-def train(cfg: CfgNode, resume: str = "", trust: bool = False,
-          datamanager: Optional[VKDDataManager] = None) -> RunResult:
-    """Trains the stage of the config (all generations for the student) and evaluates it.
+@dataclasses.dataclass
+class TrainingJob:
+    """A training run whose data and models are built and checked, and nothing written yet.
+
+    :func:`prepare_training` builds it (every bad dataset, checkpoint, architecture or class
+    count raises there); :meth:`run` trains, writing into ``data.save_dir``.
+    """
+
+    cfg: CfgNode
+    engine: VKDEngineBase  # the engine of the first (or resumed) generation
+    first_generation: int
+    start_epoch: int
+    trust: bool = False
+
+    def run(self) -> RunResult:
+        cfg, engine = self.cfg, self.engine
+        save_dir, generations = cfg.data.save_dir, cfg.vkd.generations
+        if cfg.vkd.stage == "teacher":
+            engine.run(**run_kwargs(cfg, save_dir, self.start_epoch))
+            return RunResult(engine, engine.results)
+        g, start = self.first_generation, self.start_epoch
+        while True:
+            engine.run(**run_kwargs(cfg, generation_dir(save_dir, g, generations), start))
+            g, start = g + 1, 0
+            if g >= generations:
+                return RunResult(engine, engine.results)
+            # the final student of a generation is the next one's teacher
+            engine = build_engine(cfg, engine.datamanager, teacher=copy.deepcopy(engine.model),
+                                  generation=g, trust=self.trust)
+
+
+def prepare_training(cfg: CfgNode, resume: str = "", trust: bool = False,
+                     datamanager: Optional[VKDDataManager] = None) -> TrainingJob:
+    """Builds the data, the models and the engine of a run without writing anything.
 
     Args:
         resume: checkpoint to resume from (a generation's checkpoint for the student stage).
         trust: allow legacy pickled checkpoints.
     """
     dm = datamanager or build_datamanager(cfg)
-    save_dir = cfg.data.save_dir
-    if cfg.vkd.stage == "teacher":
-        engine = build_engine(cfg, dm, trust=trust)
-        start = engine.resume(resume, trust=trust) if resume else 0
-        engine.run(**run_kwargs(cfg, save_dir, start))
-        return RunResult(engine, engine.results)
-
-    generations = cfg.vkd.generations
     first_gen, teacher = 0, None
-    if resume:
+    if resume and cfg.vkd.stage == "student":
         state = ckpt_io.load_checkpoint(resume, trust=trust)
         first_gen = int(state.get("meta", {}).get("generation", 0))
         if first_gen > 0:  # the previous generation's final student is this one's teacher
-            prev = os.path.join(generation_dir(save_dir, first_gen - 1, generations),
+            prev = os.path.join(generation_dir(cfg.data.save_dir, first_gen - 1,
+                                               cfg.vkd.generations),
                                 "model", ckpt_io.LATEST_NAME)
             teacher = build_teacher(cfg, dm.num_train_pids, path=prev, arch=cfg.model.name,
                                     trust=trust)
-    engine: Optional[VKDEngineBase] = None
-    for g in range(first_gen, generations):
-        engine = build_engine(cfg, dm, teacher=teacher, generation=g, trust=trust)
-        start = engine.resume(resume, trust=trust) if (resume and g == first_gen) else 0
-        engine.run(**run_kwargs(cfg, generation_dir(save_dir, g, generations), start))
-        teacher = copy.deepcopy(engine.model)
-    assert engine is not None
-    return RunResult(engine, engine.results)
+    engine = build_engine(cfg, dm, teacher=teacher, generation=first_gen, trust=trust)
+    start = engine.resume(resume, trust=trust) if resume else 0
+    return TrainingJob(cfg, engine, first_gen, start, trust)
 
 
-def evaluate(cfg: CfgNode, trust: bool = False,
-             datamanager: Optional[VKDDataManager] = None) -> Dict[str, Any]:
-    """Evaluates ``model.load_weights`` (ours, torchreid's, or a released reference
-    experiment folder) with the protocols of ``data.targets``; writes ``results.json``."""
+def train(cfg: CfgNode, resume: str = "", trust: bool = False,
+          datamanager: Optional[VKDDataManager] = None) -> RunResult:
+    """Trains the stage of the config (all generations for the student) and evaluates it."""
+    return prepare_training(cfg, resume, trust, datamanager).run()
+
+
+def prepare_evaluation(cfg: CfgNode, trust: bool = False,
+                       datamanager: Optional[VKDDataManager] = None) -> VKDEngineBase:
+    """An engine holding ``model.load_weights`` (ours, torchreid's, or a released reference
+    experiment folder), checked and loaded, nothing written yet."""
     path = cfg.model.load_weights
     if not path:
         raise ValueError("evaluation needs the weights to evaluate: set model.load_weights "
@@ -194,12 +257,21 @@ def evaluate(cfg: CfgNode, trust: bool = False,
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights not found: {path} (model.load_weights)")
     dm = datamanager or build_datamanager(cfg)
-    arch, num_classes = cfg.model.name, dm.num_train_pids
-    if os.path.isdir(path):
-        arch, num_classes = reference_arch(path)
-    model = build_model(arch, num_classes, pretrained=False, **_model_kwargs(cfg))
-    load_weights(model, path, trust=trust)
+    ckpt = read_network(path, trust=trust)
+    # Test identities are not training classes: the classifier's size is the checkpoint's.
+    arch = ckpt.arch or cfg.model.name
+    model = build_model(arch, ckpt.num_classes or dm.num_train_pids, pretrained=False,
+                        **_model_kwargs(cfg))
+    load_network_state(model, ckpt)
     engine = TeacherEngine(dm, model, None, None, engine_options(cfg))
     engine.stage = cfg.vkd.stage
+    return engine
+
+
+def evaluate(cfg: CfgNode, trust: bool = False,
+             datamanager: Optional[VKDDataManager] = None) -> Dict[str, Any]:
+    """Evaluates ``model.load_weights`` with the protocols of ``data.targets``; writes
+    ``results.json``."""
+    engine = prepare_evaluation(cfg, trust, datamanager)
     engine.run(**run_kwargs(cfg, cfg.data.save_dir), test_only=True)
     return engine.results

@@ -68,23 +68,32 @@ class VKDEngine(VKDEngineBase):
         super().set_model_mode(mode, names)
         freeze_teacher(self.teacher, self.distill.teacher_bn)
 
+    @property
+    def uses_teacher(self) -> bool:
+        """False for the paper's control (alpha = beta = 0): the teacher is never run."""
+        return self.distill.alpha > 0 or self.distill.beta > 0
+
     def forward_train(self, imgs: torch.Tensor) -> Dict[str, torch.Tensor]:
         b, n = imgs.shape[:2]
-        with torch.inference_mode():
-            t_emb, t_logits = self.teacher.forward_features(imgs)
-        # Inference tensors cannot enter autograd: plain copies are the (constant) targets.
-        t_emb, t_logits = t_emb.clone(), t_logits.clone()
+        out: Dict[str, torch.Tensor] = {}
+        if self.uses_teacher:
+            with torch.inference_mode():
+                t_emb, t_logits = self.teacher.forward_features(imgs)
+            # Inference tensors cannot enter autograd: plain copies are the (constant) targets.
+            out = {"t_emb": t_emb.clone(), "t_logits": t_logits.clone()}
         m = self.distill.student_frames
         pick = torch.rand(b, n, device=imgs.device).argsort(dim=1)[:, :m]
         student_imgs = self._format(imgs[torch.arange(b, device=imgs.device)[:, None], pick])
         s_emb, s_logits = self.model.forward_features(student_imgs)
-        return {"emb": s_emb, "logits": s_logits, "t_emb": t_emb, "t_logits": t_logits}
+        return {"emb": s_emb, "logits": s_logits, **out}
 
     def compute_losses(self, outputs: Dict[str, torch.Tensor],
                        pids: torch.Tensor) -> Dict[str, torch.Tensor]:
         o, d = self.options, self.distill
         ce = L.cross_entropy(outputs["logits"], pids, label_smooth=o.label_smooth)
         tr = L.triplet_loss(outputs["emb"], pids, margin=o.triplet_margin)
+        if not self.uses_teacher:  # the control: the student's own losses only
+            return {"loss_ce": ce, "loss_tr": tr, "loss": o.weight_x * ce + o.weight_t * tr}
         if d.logits_loss == "kl":
             kd = L.kd_loss(outputs["logits"], outputs["t_logits"], tau=d.tau)
         else:

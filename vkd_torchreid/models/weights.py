@@ -21,6 +21,7 @@ Reference key names (``model/net.py``, ``model/cbam/bam.py``) and ours:
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
@@ -220,7 +221,8 @@ def reference_arch(folder_or_file: str) -> Tuple[str, int]:
     return arch, int(weight.shape[0])
 
 
-def _read_state(path: str, trust: bool = False) -> StateDict:
+def _read_checkpoint(path: str, trust: bool = False) -> Tuple[StateDict, Dict[str, Any]]:
+    """The state dict (``module.`` prefixes stripped) and the ``meta`` dict of a checkpoint."""
     # imported here: vkd_torchreid.engine imports this package (avoids an import cycle)
     from vkd_torchreid.engine.checkpoint import load_checkpoint
 
@@ -230,7 +232,64 @@ def _read_state(path: str, trust: bool = False) -> StateDict:
                                               for v in state.values()):
         raise ValueError(f"{path} holds no state dict (a dict of tensors, or a checkpoint "
                          "with a 'state_dict')")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return state, meta if isinstance(meta, dict) else {}
+
+
+def _read_state(path: str, trust: bool = False) -> StateDict:
+    return _read_checkpoint(path, trust)[0]
+
+
+@dataclasses.dataclass
+class NetworkCheckpoint:
+    """A network's weights read once, in our key names, with what the file says it is.
+
+    Attributes:
+        source: the file the weights came from (inside a reference folder: its ``chk/`` file).
+        state: the state dict in our key names.
+        arch: our model name, as declared (our checkpoints' ``meta``, a reference folder's
+            ``params/hparams.json``) or inferred (reference key names); None if unknown
+            (torchreid checkpoints, bare state dicts).
+        num_classes: the classifier's number of classes, None if it has no classifier.
+    """
+
+    source: str
+    state: StateDict
+    arch: Optional[str]
+    num_classes: Optional[int]
+
+
+def read_network(path: str, trust: bool = False) -> NetworkCheckpoint:
+    """Reads a network checkpoint of any kind :func:`load_weights` accepts.
+
+    Raises:
+        FileNotFoundError: no such path, or no checkpoint in a reference folder.
+        ValueError: not a state dict, or a reference folder without usable hparams.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights not found: {path}")
+    arch: Optional[str] = None
+    source = path
+    if os.path.isdir(path):
+        arch, _ = _hparams(path)
+        source = reference_checkpoint_file(path)
+    state, meta = _read_checkpoint(source, trust=trust)
+    if is_reference_state(state):
+        inferred = _arch_from_reference_keys(state)
+        if arch is not None and inferred is not None and inferred != arch:
+            raise ValueError(f"{source} holds a reference {inferred} network but "
+                             f"{os.path.join(path, HPARAMS)} declares a {arch}")
+        arch = arch or inferred
+        if arch is None:
+            raise ValueError(f"cannot infer the architecture of {source}; pass the "
+                             f"experiment folder with {HPARAMS}")
+        state = reference_to_ours(state, arch)
+    elif isinstance(meta.get("arch"), str):
+        arch = meta["arch"]
+    classes = state.get("classifier.weight")
+    num_classes = int(classes.shape[0]) if classes is not None and classes.dim() == 2 else None
+    return NetworkCheckpoint(source, state, arch, num_classes)
 
 
 def _mismatch_report(model: VKDNet, state: StateDict) -> Tuple[List[str], List[str], List[str]]:
@@ -256,28 +315,19 @@ def load_weights(model: VKDNet, path: str, strict: bool = True, trust: bool = Fa
     Raises:
         FileNotFoundError: no such file / no checkpoint in the folder.
         ValueError: the weights do not fit the model (message lists the first missing and
-            unexpected keys and the shape mismatches; a different number of classes is named
-            as such).
+            unexpected keys and the shape mismatches; a different architecture or number of
+            classes is named as such).
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights not found: {path}")
-    source = path
-    if os.path.isdir(path):
-        arch, _ = _hparams(path)
-        if arch != model.arch:
-            raise ValueError(f"{path} is a {arch} experiment, the model is a {model.arch}")
-        source = reference_checkpoint_file(path)
-    state = _read_state(source, trust=trust)
-    if is_reference_state(state):
-        ref_arch = _arch_from_reference_keys(state)
-        if ref_arch is not None and ref_arch != model.arch:
-            raise ValueError(f"{source} holds a reference {ref_arch} network, the model is "
-                             f"a {model.arch}")
-        state = reference_to_ours(state, model.arch)
-    classes = state.get("classifier.weight")
-    if classes is not None and classes.dim() == 2 and classes.shape[0] != model.num_classes:
-        msg = (f"{source}: checkpoint has {classes.shape[0]} classes, model has "
-               f"{model.num_classes}")
+    load_network_state(model, read_network(path, trust=trust), strict=strict)
+
+
+def load_network_state(model: VKDNet, ckpt: NetworkCheckpoint, strict: bool = True) -> None:
+    """Loads what :func:`read_network` read into ``model`` (see :func:`load_weights`)."""
+    source, state = ckpt.source, ckpt.state
+    if ckpt.arch is not None and ckpt.arch != model.arch:
+        raise ValueError(f"{source} holds a {ckpt.arch} network, the model is a {model.arch}")
+    if ckpt.num_classes is not None and ckpt.num_classes != model.num_classes:
+        msg = f"{source}: checkpoint has {ckpt.num_classes} classes, model has {model.num_classes}"
         if strict:
             raise ValueError(msg)
         logger.warning("%s; classifier not loaded", msg)
