@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from vkd_torchreid.apps import paper_configs
 from vkd_torchreid.config import build_config, get_default_config, merge_from_file
 from vkd_torchreid.data.manager import build_datamanager
 from vkd_torchreid.models import build_model
@@ -31,19 +32,79 @@ def synthetic_root(tmp_path_factory):
 
 
 def test_there_is_a_config_per_paper_experiment():
+    """Every experiment of the reference's commands.txt, plus ATRW, ablations and the demo."""
     names = {os.path.basename(p)[:-5] for p in CONFIGS}
     for ds in ("mars", "duke", "veri"):
-        assert {f"teacher_{ds}_r50", f"vkd_{ds}_r50"} <= names
-    for arch in ("r34", "r101", "r50bam", "densenet121", "mobilenetv2"):
-        assert {f"teacher_mars_{arch}", f"vkd_mars_{arch}"} <= names
+        for arch in ("r18", "r34", "r50", "r101", "r50bam", "densenet121", "mobilenetv2"):
+            assert f"teacher_{ds}_{arch}" in names
+        for arch in ("r34", "r50", "r101", "r50bam", "densenet121", "mobilenetv2"):
+            assert f"vkd_{ds}_{arch}" in names
+        for pair in ("r101_to_r34", "r101_to_r50bam", "r101_to_mobilenetv2", "r101_to_r50",
+                     "r50_to_r34"):
+            assert f"vkd_{ds}_{pair}" in names
+        assert f"control_{ds}_r50" in names
     for arch in ("r50", "r101"):
         assert {f"teacher_atrw_{arch}", f"vkd_atrw_{arch}"} <= names
-    for pair in ("r101_to_r34", "r101_to_r50bam", "r101_to_mobilenetv2", "r101_to_r50",
-                 "r50_to_r34"):
-        assert f"vkd_mars_{pair}" in names
-    for ablation in ("temporal", "mse", "no_kd", "no_dp", "no_tr", "no_ce"):
+    for ablation in ("temporal", "mse", "no_kd", "no_dp", "no_tr", "no_ce", "no_reinit",
+                     "multiview"):
         assert f"vkd_mars_r50_{ablation}" in names
     assert "demo" in names
+
+
+def test_generated_configs_are_the_table():
+    """configs/ holds exactly what the table renders (re-run tools/make_configs.py)."""
+    for name, description, cfg in paper_configs.experiments():
+        path = os.path.join(REPO, "configs", f"{name}.yaml")
+        assert Path(path).read_text(encoding="utf-8") == paper_configs.render(description, cfg), (
+            f"{path} differs from vkd_torchreid/apps/paper_configs.py; run tools/make_configs.py")
+
+
+def _load(name, *opts):
+    return build_config(os.path.join(REPO, "configs", f"{name}.yaml"), list(opts))
+
+
+@pytest.mark.parametrize("ds", ["mars", "duke", "veri"])
+def test_paper_configs_are_the_reference(ds):
+    """Reference views everywhere, the reference's dataset reading, schedules of
+    commands.txt, cross-distillation from the student's own stage-1 run, the control."""
+    for name in (p for p in map(lambda p: os.path.basename(p)[:-5], EXPERIMENTS)
+                 if p.startswith(("vkd_", "control_")) and f"_{ds}_" in p):
+        cfg = _load(name)
+        assert cfg.vkd.view_strategy == ("multiview" if name.endswith("_multiview") else
+                                          "temporal" if name.endswith("_temporal") else
+                                          "multiview_random"), name
+        assert (cfg.train.max_epoch, list(cfg.train.stepsize)) == (500, [300, 450]), name
+        assert (cfg.train.batch_size, cfg.sampler.num_instances) == (48, 4), name
+    for name in (f"teacher_{ds}_{a}" for a in paper_configs.TEACHERS):
+        cfg = _load(name)
+        expected = ([200, 250] if ds == "veri" else [50, 100, 150, 200, 250]
+                    if name.endswith("_r18") else [100, 200])
+        assert list(cfg.train.stepsize) == expected and cfg.train.max_epoch == 300, name
+        assert (cfg.train.batch_size, cfg.video.seq_len) == ((72, 1) if ds == "veri" else (32, 8))
+    for name in (n for n, _, _ in paper_configs.experiments() if f"_{ds}_" in n):
+        cfg = _load(name)
+        assert cfg.data.duke_tracklets == ("reference" if ds == "duke" else "folder"), name
+        assert cfg.data.veri_query_track == ("first" if ds == "veri" else "longest"), name
+    for t, s in paper_configs.CROSS:
+        cfg = _load(f"vkd_{ds}_{t}_to_{s}")
+        assert cfg.model.name == paper_configs.ARCHS[s]
+        assert cfg.vkd.teacher_arch == paper_configs.ARCHS[t]
+        assert cfg.vkd.student_checkpoint == _load(f"teacher_{ds}_{s}").data.save_dir + \
+            "/model/latest.pth.tar"
+        assert cfg.vkd.teacher_checkpoint == _load(f"teacher_{ds}_{t}").data.save_dir + \
+            "/model/latest.pth.tar"
+    control, student = _load(f"control_{ds}_r50"), _load(f"vkd_{ds}_r50")
+    assert (control.vkd.alpha, control.vkd.beta) == (0.0, 0.0)
+    differ = [k for k in ("vkd", "train", "model", "video", "sampler", "loss")
+              if control[k] != student[k]]
+    assert differ == ["vkd"]
+    assert {k for k in control.vkd if control.vkd[k] != student.vkd[k]} == {"alpha", "beta"}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[os.path.basename(p) for p in EXPERIMENTS])
+def test_config_loads_and_validates(path, tmp_path):
+    cfg = build_config(path, ["data.save_dir", str(tmp_path)])
+    assert cfg.data.sources and cfg.model.name.startswith("vkd_")
 
 
 @pytest.mark.parametrize("path", BASES, ids=[os.path.basename(p) for p in BASES])
@@ -55,8 +116,9 @@ def test_partial_bases_merge_with_known_keys_and_are_inherited(path):
     assert children, f"no experiment inherits {path}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[os.path.basename(p) for p in EXPERIMENTS])
-def test_config_loads_validates_and_builds(path, synthetic_root, tmp_path):
+def test_config_builds_data_and_models(path, synthetic_root, tmp_path):
     cfg = build_config(path, ["data.root", synthetic_root, "data.save_dir", str(tmp_path),
                               "model.pretrained", "False", "data.workers", "0"])
     dm = build_datamanager(cfg)

@@ -1,0 +1,1 @@
+"""Applications built on the library: the paper's experiment configs, studies, the demo."""
