@@ -147,6 +147,7 @@ def get_default_config() -> CN:
     cfg.demo = CN()  # tools/main.py --config-file configs/demo.yaml
     cfg.demo.enabled = False
     cfg.demo.ids = 64  # identities of the synthetic world (half train, half test)
+    cfg.demo.train_ids = 0  # training identities of the world; 0: half of demo.ids
     cfg.demo.cams = 4
     cfg.demo.tracklets = 2  # per identity and camera
     cfg.demo.frames = 12
@@ -397,6 +398,8 @@ def _validate_demo(d: CN) -> None:
         raise _fail("demo.ids", d.ids, "at least 4 identities (half train, half test)")
     if d.cams < 2:
         raise _fail("demo.cams", d.cams, "at least 2 cameras")
+    if not 0 <= d.train_ids < d.ids:
+        raise _fail("demo.train_ids", d.train_ids, f"0 (half) or 1..{d.ids - 1} (< demo.ids)")
     _positive("demo.patience", d.patience, strict=False)
     _positive("demo.min_delta", d.min_delta, strict=False)
     if sorted(d.student_stepsize) != list(d.student_stepsize):

@@ -53,7 +53,8 @@ def ensure_data(cfg: CfgNode) -> Tuple[str, str]:
         if not os.path.isdir(os.path.join(root, "mars")):
             logger.info("writing the synthetic dataset to %s", root)
             write_synthetic(DATASET, root, ids=d.ids, cams=d.cams, tracklets=d.tracklets,
-                            frames=d.frames, seed=d.seed, first_pid=first_pid)
+                            frames=d.frames, seed=d.seed, first_pid=first_pid,
+                            train_ids=d.train_ids)
     return roots
 
 
@@ -117,7 +118,7 @@ def train_epochs(engine: VKDEngineBase, epochs: int, val_dm: Optional[VKDDataMan
     return {"epoch": epoch, "val_mAP": best_map, "plateau_reached": plateau}, curve
 
 
-def _last_drop(cfg: CfgNode) -> int:
+def last_drop(cfg: CfgNode) -> int:
     """The epoch of the last learning-rate drop within the run (0 if none)."""
     drops = [e for e in cfg.train.stepsize if e < cfg.train.max_epoch]
     return max(drops, default=0)
@@ -146,7 +147,7 @@ def run_demo(cfg: CfgNode, trust: bool = False) -> Dict[str, Any]:
     teacher_engine.save_dir = tcfg.data.save_dir
     teacher_info, teacher_curve = train_epochs(teacher_engine, d.teacher_max_epoch, val_dm,
                                                d.val_every, d.patience, cfg.train.print_freq,
-                                               d.min_delta, _last_drop(tcfg))
+                                               d.min_delta, last_drop(tcfg))
     rows = {"teacher": _final(teacher_engine, tcfg.data.save_dir)}
     teacher = copy.deepcopy(teacher_engine.model)
 

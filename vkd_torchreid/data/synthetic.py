@@ -317,7 +317,7 @@ _WRITERS = {"mars": _mars, "DukeMTMC-VideoReID": _duke, "VeRi": _veri, "atrw": _
 
 def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, tracklets: int = 2,
                     frames: int = 8, seed: int = 0, height: int = 128,
-                    width: int = 64, first_pid: int = 1) -> Dict[str, int]:
+                    width: int = 64, first_pid: int = 1, train_ids: int = 0) -> Dict[str, int]:
     """Writes a tiny dataset under ``root/<dataset_dir>`` in the real on-disk layout.
 
     Args:
@@ -333,6 +333,8 @@ def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, trackl
         height, width: frame size.
         first_pid: the first identity number; worlds with disjoint identities but the same
             cameras (the demo's validation world) use the same ``seed`` and another range.
+        train_ids: identities of the training split (0: half of ``ids``); the rest are test
+            identities (a study needs many test queries more than many training identities).
 
     Returns:
         counts: ``train_ids``, ``test_ids``, ``cams``, ``images``, ``train_tracklets``,
@@ -351,7 +353,9 @@ def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, trackl
     if ids < 2 or cams < 2 or tracklets < 1 or frames < 1 or height < 8 or width < 8:
         raise ValueError("write_synthetic needs ids >= 2, cams >= 2, tracklets >= 1, "
                          "frames >= 1 and frames of at least 8 x 8 pixels")
-    n_train = max(1, ids // 2)
+    n_train = train_ids or max(1, ids // 2)
+    if not 0 < n_train < ids:
+        raise ValueError(f"train_ids={train_ids}: expected 1..{ids - 1} (ids={ids})")
     train_ids = list(range(first_pid, first_pid + n_train))
     test_ids = list(range(first_pid + n_train, first_pid + ids))
     base = os.path.join(root, folder)
