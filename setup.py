@@ -19,6 +19,7 @@ setup(
         "torchreid>=0.2.5",
         "yacs>=0.1.8",
         "opencv-python>=4.5",
+        "Pillow>=9.1",
         "gdown>=4.0",  # torchreid imports it at start-up but does not declare it
         "scipy>=1.7",
         "tensorboard>=2.10",

@@ -15,6 +15,7 @@ from vkd_torchreid.data.transforms import (
     normalize_batch,
     pad_random_crop,
     random_erase_,
+    resize,
 )
 
 
@@ -50,6 +51,70 @@ def test_read_roundtrip_and_errors(tmp_path):
     with pytest.raises(CorruptImageError, match="empty"):
         read_image(str(empty))
     assert time.perf_counter() - start < 2
+
+
+def _smooth_image(h, w, seed=0):
+    """A natural-looking frame: smooth colour regions (bilinear upsampled noise) plus grain."""
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    coarse = (rng.rand(h // 8 + 2, w // 8 + 2, 3) * 200 + 20).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR), dtype=np.float64)
+    return np.clip(smooth + rng.randn(h, w, 3) * 6, 0, 255).astype(np.uint8)
+
+
+def _sharp_image(h, w, seed=0):
+    """Hard edges: random black/white 5-pixel blocks per channel, with a 3-pixel checkerboard
+    in the top half (the worst case for a resize that does not antialias)."""
+    rng = np.random.RandomState(seed)
+    blocks = rng.randint(0, 2, (h // 5 + 1, w // 5 + 1, 3)).astype(np.uint8) * 255
+    img = np.repeat(np.repeat(blocks, 5, 0), 5, 1)[:h, :w].copy()
+    y, x = np.mgrid[:h // 2, :w]
+    img[:h // 2] = (((y // 3 + x // 3) % 2) * 255).astype(np.uint8)[..., None]
+    return img
+
+
+def _pil_bicubic(img, height, width):
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.BICUBIC))
+
+
+@pytest.mark.parametrize("src,dst", [((400, 170), (256, 128)), ((300, 300), (224, 224)),
+                                     ((128, 64), (256, 128)), ((250, 130), (256, 128))])
+@pytest.mark.parametrize("kind", ["smooth", "sharp"])
+def test_resize_equals_pil_bicubic(src, dst, kind):
+    """Bit-exact with the reference's PIL bicubic (antialiased when shrinking), on natural
+    and on hard-edged frames, shrinking and enlarging."""
+    img = (_smooth_image if kind == "smooth" else _sharp_image)(*src)
+    out = resize(img, *dst)
+    assert out.shape == (*dst, 3) and out.dtype == np.uint8
+    assert out.flags.c_contiguous and out.flags.writeable  # pad/crop, flip and np.stack use it
+    assert np.array_equal(out, _pil_bicubic(img, *dst))
+    if src[0] > dst[0]:  # the antialiasing is there: not a plain (aliasing) cubic
+        import cv2
+
+        aliased = cv2.resize(img, dst[::-1], interpolation=cv2.INTER_CUBIC)
+        assert np.abs(aliased.astype(int) - out.astype(int)).max() > 8
+
+
+def test_resize_equals_torchvision_reference_transform():
+    """The reference's ``T.Resize(size, interpolation=3)`` on a PIL image gives the same."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    img = _sharp_image(400, 170, seed=3)
+    ref = T.Resize((256, 128), interpolation=T.InterpolationMode.BICUBIC)(Image.fromarray(img))
+    assert np.array_equal(resize(img, 256, 128), np.asarray(ref))
+    flipped = img[:, ::-1]  # a strided view in: same as its contiguous copy
+    assert np.array_equal(resize(flipped, 256, 128), resize(flipped.copy(), 256, 128))
+
+
+def test_resize_same_size_is_the_same_object():
+    img = _smooth_image(256, 128)
+    assert resize(img, 256, 128) is img
+    out = resize(img, 128, 256)  # same pixel count, other shape: resized
+    assert out is not img and out.shape == (128, 256, 3)
 
 
 def test_pad_random_crop_equals_pad_then_crop():

@@ -7,7 +7,10 @@
   teacher forward + student forward/backward, no loss, no optimizer), for fp32 NCHW,
   channels_last, and channels_last + bfloat16 autocast; also the teacher-stage step.
 - loader: frames/s of the VKD train loader on a synthetic MARS next to a plain PIL +
-  torchvision-transforms pipeline of the same augmentations, for 0, 1 and 2 workers.
+  torchvision-transforms pipeline of the same augmentations, for 0, 1 and 2 workers
+  (``--loader-workers``), and ms per frame of ``resize`` alone, for each source frame size
+  (``--source-sizes 256x128,400x170,128x64``, height x width; resized to ``--height`` x
+  ``--width``).
 - eval: ranking time of MARS-sized random matrices, ours (both AP modes) vs torchreid's
   Python evaluate_rank (measured on a query slice and scaled: it is linear in queries).
 - extract: test-time frames/s of feature extraction, fp32 and the fast settings.
@@ -26,7 +29,7 @@ import sys
 import tempfile
 import time
 import types
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -41,6 +44,8 @@ from vkd_torchreid.models import build_model
 MODES = {"fp32": (False, ""), "channels_last": (True, ""), "bf16": (True, "bf16")}
 MARS_SHAPES = {"i2v": (1980, 11310), "v2v_no_query": (1980, 9330)}
 TORCHREID_SLICE = 200
+RESIZE_FRAMES = 64  # decoded frames per repetition of the resize micro-benchmark
+RESIZE_MIN_REPS = 7
 
 
 def timeit(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
@@ -148,21 +153,37 @@ def _pil_pipeline(args: argparse.Namespace, paths: List[List[str]]) -> Callable[
     return PilFrames
 
 
-def bench_loader(args: argparse.Namespace) -> Dict[str, Any]:
+def _resize_ms(paths: List[str], height: int, width: int, reps: int) -> float:
+    """Median ms per frame of ``resize`` alone on decoded frames (decoding is not timed)."""
+    from vkd_torchreid.data.io import read_image
+    from vkd_torchreid.data.transforms import resize
+
+    frames = [read_image(p) for p in paths[:RESIZE_FRAMES]]
+
+    def run() -> None:
+        for img in frames:
+            resize(img, height, width)
+
+    return 1000 * timeit(run, max(reps, RESIZE_MIN_REPS)) / len(frames)
+
+
+def _bench_loader_source(args: argparse.Namespace, root: str,
+                         src: Tuple[int, int]) -> Dict[str, Any]:
+    """Loader frames/s (ours and PIL) and resize ms/frame for synthetic frames of size ``src``."""
     from vkd_torchreid.data.manager import SamplingOptions, VKDDataManager
     from vkd_torchreid.data.synthetic import write_synthetic
     from vkd_torchreid.data.transforms import AugmentOptions
 
-    root = tempfile.mkdtemp(prefix="vkd_bench_")
     # One epoch = exactly loader_batches batches of P identities, and every rep consumes a
     # whole epoch: abandoning an iterator mid-epoch would make persistent workers decode
     # prefetched batches that nobody reads.
     ids = 2 * args.p * args.loader_batches
     write_synthetic("vkd_mars", root, ids=ids, cams=4, tracklets=2, frames=16, seed=0,
-                    height=args.src_height, width=args.src_width)
-    out: Dict[str, Any] = {"ours_fps": {}, "pil_fps": {}}
+                    height=src[0], width=src[1])
+    out: Dict[str, Any] = {"source": list(src), "ours_fps": {}, "pil_fps": {}}
     b = args.p * args.k
-    for workers in (0, 1, 2):
+    label = f"{src[0]}x{src[1]}"
+    for workers in args.loader_workers:
         dm = VKDDataManager(root, "vkd_mars", augment=AugmentOptions(args.height, args.width),
                             sampling=SamplingOptions(stage="student", batch_size=b,
                                                      num_instances=args.k, seq_len=args.n,
@@ -172,6 +193,10 @@ def bench_loader(args: argparse.Namespace) -> Dict[str, Any]:
         frames = batches * b * args.n
 
         assert len(loader) == batches, (len(loader), batches)
+        if "resize_ms" not in out:
+            all_paths = [p for tracklet in loader.dataset.paths for p in tracklet]
+            out["resize_ms"] = _resize_ms(all_paths, args.height, args.width, args.reps)
+            print(f"loader source {label}: resize {out['resize_ms']:.3f} ms/frame", flush=True)
 
         def ours(loader: Any = loader) -> None:
             for _ in loader:
@@ -189,9 +214,31 @@ def bench_loader(args: argparse.Namespace) -> Dict[str, Any]:
                 pass
 
         out["pil_fps"][str(workers)] = len(paths) * args.n / timeit(plain, args.reps)
-        print(f"loader workers={workers}: ours {out['ours_fps'][str(workers)]:8.0f} frames/s   "
+        print(f"loader source {label} workers={workers}: "
+              f"ours {out['ours_fps'][str(workers)]:8.0f} frames/s   "
               f"PIL {out['pil_fps'][str(workers)]:8.0f} frames/s", flush=True)
     out["ratio"] = {w: out["ours_fps"][w] / out["pil_fps"][w] for w in out["ours_fps"]}
+    return out
+
+
+def bench_loader(args: argparse.Namespace) -> Dict[str, Any]:
+    sources = args.source_sizes or [(args.src_height, args.src_width)]
+    sources = list(dict.fromkeys(sources))  # each size once, in the given order
+    out: Dict[str, Any] = {"target": [args.height, args.width], "sources": {}}
+    with tempfile.TemporaryDirectory(prefix="vkd_bench_") as root:
+        for src in sources:
+            out["sources"][f"{src[0]}x{src[1]}"] = _bench_loader_source(
+                args, os.path.join(root, f"{src[0]}x{src[1]}"), src)
+    # The first source's figures also at the top level, where they were before.
+    first = out["sources"][f"{sources[0][0]}x{sources[0][1]}"]
+    out.update({k: first[k] for k in ("ours_fps", "pil_fps", "ratio")})
+    cols = "".join(f"  {f'ours w={w}':>10s} {f'PIL w={w}':>9s}" for w in args.loader_workers)
+    print(f"loader to {args.height}x{args.width} (frames/s; resize alone in ms/frame)")
+    print(f"{'source':>9s}  {'resize ms':>9s}{cols}")
+    for key, r in out["sources"].items():
+        row = "".join(f"  {r['ours_fps'][str(w)]:10.0f} {r['pil_fps'][str(w)]:9.0f}"
+                      for w in args.loader_workers)
+        print(f"{key:>9s}  {r['resize_ms']:9.3f}{row}", flush=True)
     return out
 
 
@@ -245,6 +292,34 @@ def bench_extract(args: argparse.Namespace) -> Dict[str, Any]:
     return out
 
 
+def _sizes(text: str) -> List[Tuple[int, int]]:
+    """``'256x128,400x170'`` -> ``[(256, 128), (400, 170)]`` (height x width)."""
+    sizes = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            h, w = (int(v) for v in part.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected HEIGHTxWIDTH, e.g. 400x170") from None
+        if h < 8 or w < 8:
+            raise argparse.ArgumentTypeError(f"{part!r}: frames of at least 8x8 pixels")
+        sizes.append((h, w))
+    if not sizes:
+        raise argparse.ArgumentTypeError("expected HEIGHTxWIDTH[,HEIGHTxWIDTH...]")
+    return sizes
+
+
+def _workers(text: str) -> List[int]:
+    """``'0,2'`` -> ``[0, 2]``."""
+    try:
+        counts = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected worker counts, e.g. 0,1,2") from None
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected worker counts >= 0, e.g. 0,1,2")
+    return list(dict.fromkeys(counts))
+
+
 BENCHES = {"step": bench_step, "loader": bench_loader, "eval": bench_eval,
            "extract": bench_extract}
 
@@ -262,8 +337,15 @@ def main(argv: List[str]) -> int:
     parser.add_argument("-m", type=int, default=2, help="student frames per item (M)")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--src-height", type=int, default=256, help="synthetic frame height")
-    parser.add_argument("--src-width", type=int, default=128, help="synthetic frame width")
+    parser.add_argument("--src-height", type=int, default=256,
+                        help="synthetic frame height (without --source-sizes)")
+    parser.add_argument("--src-width", type=int, default=128,
+                        help="synthetic frame width (without --source-sizes)")
+    parser.add_argument("--source-sizes", type=_sizes, default=None, metavar="HxW[,HxW...]",
+                        help="loader: synthetic frame sizes to benchmark in turn, e.g. "
+                             "256x128,400x170,128x64 (default: --src-height x --src-width)")
+    parser.add_argument("--loader-workers", type=_workers, default=[0, 1, 2], metavar="N[,N...]",
+                        help="loader: worker counts (default 0,1,2)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--loader-batches", type=int, default=4)
     parser.add_argument("--extract-items", type=int, default=32)

@@ -1,8 +1,9 @@
 """The reference augmentations, done fast: geometry on uint8 frames, normalisation and random
 erasing once per batch.
 
-Per frame (in the loader workers): bicubic resize, pad + random crop, horizontal flip, all on
-``uint8 [H, W, 3]`` arrays with OpenCV/numpy. Per batch (in the collate function, still in
+Per frame (in the loader workers): bicubic resize with Pillow (antialiased when shrinking, as
+the reference's ``T.Resize(size, interpolation=3)`` on PIL images), then numpy pad + random crop,
+horizontal flip, all on ``uint8 [H, W, 3]`` arrays. Per batch (in the collate function, still in
 the workers): one float conversion and ImageNet normalisation of ``[B, V, H, W, 3]``, then
 random erasing of each frame (value 0 after normalisation, as torchvision's RandomErasing
 placed after Normalize in the reference).
@@ -16,9 +17,9 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from vkd_torchreid.config import ERASE_RATIO_DISTS
 
@@ -48,11 +49,20 @@ class AugmentOptions:
     erase_ratio_dist: str = "uniform"
 
 
+_BICUBIC = getattr(Image, "Resampling", Image).BICUBIC  # Image.BICUBIC before Pillow 9.1
+
+
 def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bicubic resize of ``[H, W, 3]`` uint8 to ``[height, width, 3]`` (no-op if equal)."""
+    """Bicubic resize of ``[H, W, 3]`` uint8 to ``[height, width, 3]``.
+
+    Pillow's bicubic, as the reference's ``T.Resize(size, interpolation=3)`` on PIL images:
+    it antialiases when shrinking (OpenCV's ``INTER_CUBIC`` does not). The result is a new
+    writable, C-contiguous array; a frame already at the size is returned as it is (no copy).
+    """
     if img.shape[0] == height and img.shape[1] == width:
         return img
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_CUBIC)
+    out = Image.fromarray(img).resize((width, height), _BICUBIC)
+    return np.array(out)  # np.asarray would be read-only (a view of Pillow's bytes)
 
 
 def pad_random_crop(img: np.ndarray, pad: int, rng: Any = np.random) -> np.ndarray:
