@@ -1,0 +1,53 @@
+"""The study tool: a tiny seeded study end to end, resumed without retraining, summarised."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from vkd_torchreid.apps import study
+from vkd_torchreid.config import build_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_STUDY = [
+    "data.height", "32", "data.width", "16", "data.workers", "0", "train.batch_size", "8",
+    "sampler.num_instances", "2", "video.seq_len", "4", "test.batch_size", "8",
+    "train.stepsize", "[1]", "train.amp", "", "test.amp", "", "train.print_freq", "1000",
+    "demo.ids", "14", "demo.train_ids", "6", "demo.cams", "2", "demo.tracklets", "1",
+    "demo.frames", "4", "demo.teacher_max_epoch", "2", "demo.val_every", "1",
+    "demo.patience", "1", "demo.student_epoch", "1", "demo.student_stepsize", "[]",
+]
+
+
+@pytest.mark.slow
+def test_study_runs_resumes_and_summarises(tmp_path):
+    cfg = build_config(os.path.join(REPO, "configs", "study.yaml"),
+                       ["data.root", str(tmp_path / "data"), *TINY_STUDY])
+    out = str(tmp_path / "out")
+    summary = study.run_study(cfg, out, seeds=[1, 2], variants=["vkd", "control"])
+    assert set(summary["runs"]) == {"teacher", "vkd", "control"}
+    for row in summary["runs"].values():
+        assert row["seeds"] == [1, 2]
+        values = [row["per_seed"][s]["I2V"]["rank1"] for s in (1, 2)]
+        stats = row["I2V_rank1"]
+        assert stats["mean"] == pytest.approx(sum(values) / 2)
+        assert stats["min"] == min(values) and stats["max"] == max(values)
+    with open(os.path.join(out, "seed1", "vkd", "results.json"), encoding="utf-8") as fh:
+        assert json.load(fh)["stage"] == "student"
+    with open(os.path.join(out, "seed1", "teacher", "selection.json"), encoding="utf-8") as fh:
+        assert 1 <= json.load(fh)["selected"]["epoch"] <= 2
+    # a second sitting trains nothing again: every results.json stays as it was
+    stamps = {p: os.path.getmtime(p) for p in _results(out)}
+    again = study.run_study(cfg, out, seeds=[1, 2], variants=["vkd", "control"])
+    assert {p: os.path.getmtime(p) for p in _results(out)} == stamps
+    assert again["runs"]["vkd"]["per_seed"] == summary["runs"]["vkd"]["per_seed"]
+    with open(os.path.join(out, "summary.md"), encoding="utf-8") as fh:
+        assert "| control | 2 |" in fh.read()
+    with pytest.raises(ValueError, match="unknown study variant"):
+        study.run_study(cfg, out, seeds=[1], variants=["nope"])
+
+
+def _results(out):
+    return [os.path.join(root, "results.json") for root, _, files in os.walk(out)
+            if "results.json" in files]
