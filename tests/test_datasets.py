@@ -629,7 +629,7 @@ def test_check_tool_missing_layout_is_one_error_line(tmp_path, where):
 # ----------------------------------------------------------------------------- options via config
 
 def test_duke_and_veri_options_flow_through_config_and_datamanager(tmp_path):
-    from vkd_torchreid.config import build_config, datamanager_kwargs
+    from vkd_torchreid.config import build_config
     from vkd_torchreid.data.manager import build_datamanager
 
     from conftest import tiny_config
@@ -648,9 +648,9 @@ def test_duke_and_veri_options_flow_through_config_and_datamanager(tmp_path):
 
     cfg, default = dm_for()
     assert cfg.data.duke_tracklets == "folder" and cfg.data.veri_query_track == "longest"
-    assert datamanager_kwargs(cfg)["dataset_options"]["duke_tracklets"] == "folder"
+    assert default.dataset_options["duke_tracklets"] == "folder"
     cfg, ref = dm_for("data.duke_tracklets", "reference", "data.veri_query_track", "first")
-    options = datamanager_kwargs(cfg)["dataset_options"]
+    options = ref.dataset_options
     assert (options["duke_tracklets"], options["veri_query_track"]) == ("reference", "first")
 
     # Duke: 2 consecutive tracklet folders per (identity, camera) merge into one

@@ -6,9 +6,11 @@ import json
 import os
 import types
 
+import numpy as np
 import torch
 
-from vkd_torchreid import cli, demo
+from vkd_torchreid import cli
+from vkd_torchreid.engine.callbacks import EarlyStopping, Validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DEMO = [
@@ -33,7 +35,7 @@ def test_demo_runs_twice_into_fresh_run_dirs(tmp_path, capsys):
     assert cli.main(argv) == 0  # a second run: existing data reused, a new run folder
     runs = sorted(glob.glob(str(tmp_path / "log" / "run-*")))
     assert len(runs) == 2
-    with open(os.path.join(runs[0], "results.json"), encoding="utf-8") as fh:
+    with open(os.path.join(runs[0], "summary.json"), encoding="utf-8") as fh:
         summary = json.load(fh)
     assert set(summary["table"]) == {"teacher", "student", "teacher_control"}
     for row in summary["table"].values():
@@ -46,36 +48,81 @@ def test_demo_runs_twice_into_fresh_run_dirs(tmp_path, capsys):
 
 
 class _FakeEngine:
-    """Just enough of an engine for ``train_epochs``: a scalar model, no data."""
+    """Just enough of an engine for the selection callbacks: a scalar model that remembers
+    the epoch it was trained to."""
 
     stage = "teacher"
 
     def __init__(self):
         self.model = torch.nn.Linear(1, 1, bias=False)
         self.completed_epochs = 0
-        self.epoch = 0
+        self.stop_reason = ""
 
-    def train(self, print_freq=10):
+    def request_stop(self, reason):
+        self.stop_reason = reason
+
+
+def _select(curve, epochs, every=1, patience=2, min_delta=0.01, min_epochs=0):
+    """Runs Validation + EarlyStopping as the engine's loop does; returns (stopping info,
+    validated epochs, the epoch held by the model at the end)."""
+    fake = types.SimpleNamespace(datamanager=types.SimpleNamespace(targets=["t"]))
+    fake.evaluate = lambda model: {"t": {"V2V": {"mAP": curve[int(model.weight.item())]}}}
+    validation = Validation(fake, every)
+    stopping = EarlyStopping(validation, patience, min_delta, min_epochs)
+    engine = _FakeEngine()
+    for epoch in range(epochs):
         with torch.no_grad():
-            self.model.weight.fill_(float(self.epoch + 1))
-        self.completed_epochs = self.epoch + 1
+            engine.model.weight.fill_(float(epoch + 1))
+        engine.completed_epochs = epoch + 1
+        for callback in (validation, stopping):
+            callback.on_epoch_end(engine)
+        if engine.stop_reason:
+            break
+    stopping.on_train_end(engine)
+    return stopping.info, [e for e, _ in validation.curve], int(engine.model.weight.item())
 
 
-def test_early_stopping_keeps_the_best_and_waits_for_the_last_lr_drop(monkeypatch):
+def _previous_rule(curve, epochs, every, patience, min_delta, min_epochs):
+    """The demo's selection loop before the callbacks, restated: (stop epoch, best epoch)."""
+    best, best_epoch, reference, waited = -1.0, None, -1.0, 0
+    for epoch in range(1, epochs + 1):
+        if epoch % every:
+            continue
+        m = curve[epoch]
+        if m > best:
+            best, best_epoch = m, epoch
+        if m > reference + min_delta:
+            reference, waited = m, 0
+        elif epoch > min_epochs:
+            waited += 1
+            if patience and waited >= patience:
+                return epoch, best_epoch
+    return None, best_epoch or epochs
+
+
+def test_early_stopping_keeps_the_best_and_waits_for_the_last_lr_drop():
     curve = {1: 0.10, 2: 0.30, 3: 0.305, 4: 0.29, 5: 0.30, 6: 0.308, 7: 0.30, 8: 0.30}
-    monkeypatch.setattr(demo, "_validate", lambda engine, dm: curve[engine.epoch + 1])
-    engine = _FakeEngine()
-    info, seen = demo.train_epochs(engine, 8, types.SimpleNamespace(), 1, 2, 10,
-                                   min_delta=0.01, min_epochs=0)
+    info, seen, held = _select(curve, 8)
     # 0.305 and 0.29 are not 1 point above 0.30: stops at epoch 4, keeps epoch 3 (the best)
-    assert [e for e, _ in seen] == [1, 2, 3, 4] and info["plateau_reached"]
-    assert info["epoch"] == 3 and engine.model.weight.item() == 3.0
-    engine = _FakeEngine()
-    info, seen = demo.train_epochs(engine, 8, types.SimpleNamespace(), 1, 2, 10,
-                                   min_delta=0.01, min_epochs=5)
+    assert seen == [1, 2, 3, 4] and info["plateau_reached"]
+    assert info["epoch"] == 3 and held == 3
+    info, seen, held = _select(curve, 8, min_epochs=5)
     # before epoch 5 (the last lr drop) nothing counts; 6 (0.308, the new best) and 7 are not
     # 1 point above 0.30: stop at 7
-    assert [e for e, _ in seen][-1] == 7 and info["epoch"] == 6
-    engine = _FakeEngine()
-    info, _ = demo.train_epochs(engine, 3, types.SimpleNamespace(), 1, 5, 10, min_delta=0.01)
-    assert not info["plateau_reached"] and info["epoch"] == 3
+    assert seen[-1] == 7 and info["epoch"] == 6 and held == 6
+    info, _, held = _select(curve, 3, patience=5)
+    assert not info["plateau_reached"] and info["epoch"] == 3 and held == 3
+
+
+def test_early_stopping_selects_what_the_previous_loop_selected():
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        epochs, every = int(rng.integers(3, 30)), int(rng.integers(1, 4))
+        patience, min_epochs = int(rng.integers(1, 4)), int(rng.integers(0, 10))
+        curve = dict(enumerate(np.round(rng.uniform(0, 0.5, epochs + 1), 2).tolist()))
+        stop, best = _previous_rule(curve, epochs, every, patience, 0.01, min_epochs)
+        info, seen, held = _select(curve, epochs, every, patience, 0.01, min_epochs)
+        assert info["plateau_reached"] == (stop is not None), trial
+        if stop is not None:
+            assert seen[-1] == stop, trial
+        assert info["epoch"] == held == (best if seen else epochs), trial

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from vkd_torchreid.config import get_default_config
 from vkd_torchreid.engine import DistillOptions, EngineOptions, TeacherEngine, VKDEngine
 from vkd_torchreid.engine import checkpoint as ckpt_io
-from vkd_torchreid.engine.build import build_optim, train
+from vkd_torchreid.engine.build import train
+from vkd_torchreid.engine.optim import build_optim
 from vkd_torchreid.models import build_model
 
 from conftest import tiny_config
@@ -35,14 +37,24 @@ def _batch(b=8, n=4, classes=4, seed=0):
     return {"img": img, "pid": pids, "camid": torch.zeros(b, dtype=torch.int64)}
 
 
-def _vkd_engine(teacher_bn="batch", alpha=0.1, beta=1e-4, lr=1e-3):
+def _options(**vkd):
+    cfg = get_default_config()
+    cfg.use_gpu = False
+    cfg.vkd.student_frames = 2
+    for k, v in vkd.items():
+        cfg.vkd[k] = v
+    return EngineOptions.from_config(cfg), DistillOptions.from_config(cfg)
+
+
+def _vkd_engine(teacher_bn="batch", alpha=0.1, beta=1e-4, lr=1e-3, milestones=()):
     torch.manual_seed(0)
     teacher = build_model("vkd_resnet18", 4, loss="triplet", pretrained=False)
     student = build_model("vkd_resnet18", 4, loss="triplet", pretrained=False)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
-    return VKDEngine(_fake_dm(), student, teacher, opt, None, EngineOptions(use_gpu=False),
-                     DistillOptions(student_frames=2, alpha=alpha, beta=beta,
-                                    teacher_bn=teacher_bn))
+    sched = (torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.5)
+             if milestones else None)
+    return VKDEngine(_fake_dm(), student, teacher, opt, sched,
+                     *_options(alpha=alpha, beta=beta, teacher_bn=teacher_bn))
 
 
 def test_vkd_loss_goes_down_on_a_fixed_batch():
@@ -51,8 +63,7 @@ def test_vkd_loss_goes_down_on_a_fixed_batch():
     batch = _batch()
     torch.manual_seed(1)
     losses = []
-    for step in range(30):
-        engine.epoch, engine.batch_idx = 0, step
+    for _ in range(30):
         losses.append(engine.forward_backward(batch))
     assert set(losses[0]) == {"loss_ce", "loss_tr", "loss_kd", "loss_dp", "loss"}
     first = np.mean([x["loss"] for x in losses[:3]])
@@ -66,7 +77,6 @@ def test_teacher_is_bitwise_frozen_and_not_registered(bn):
     before = {k: v.clone() for k, v in engine.teacher.state_dict().items()}
     engine.set_model_mode("train")
     for step in range(3):
-        engine.epoch, engine.batch_idx = 0, step
         engine.forward_backward(_batch(seed=step))
     after = engine.teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -93,7 +103,6 @@ def test_student_sees_m_of_the_teachers_frames():
     spy("teacher", engine.teacher)
     spy("student", engine.model)
     engine.set_model_mode("train")
-    engine.epoch = engine.batch_idx = 0
     engine.forward_backward(_batch())
     t, s = seen["teacher"], seen["student"]
     assert t.shape[:2] == (8, 4) and s.shape[:2] == (8, 2)
@@ -109,7 +118,6 @@ def test_nan_loss_stops_without_update():
     before = {k: v.clone() for k, v in engine.model.named_parameters()}
     batch = _batch()
     batch["img"][0, 0, 0, 0, 0] = float("nan")
-    engine.epoch = engine.batch_idx = 0
     from vkd_torchreid.engine import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match=r"loss_\w+=nan.*step 1"):
@@ -119,8 +127,7 @@ def test_nan_loss_stops_without_update():
 
 
 def test_checkpoint_is_weights_only_and_atomic(tmp_path, monkeypatch):
-    engine = _vkd_engine()
-    engine.scheduler = torch.optim.lr_scheduler.MultiStepLR(engine.optimizer, [2, 4])
+    engine = _vkd_engine(milestones=(2, 4))
     np.random.seed(3)
     path = str(tmp_path / "ck.pth")
     ckpt_io.atomic_save(engine.checkpoint_state(3, np.float32(0.5)), path)
@@ -144,11 +151,8 @@ def test_checkpoint_is_weights_only_and_atomic(tmp_path, monkeypatch):
 
 
 def test_resume_restores_everything(tmp_path):
-    engine = _vkd_engine()
-    engine.scheduler = torch.optim.lr_scheduler.MultiStepLR(engine.optimizer, [1, 2], gamma=0.5)
-    engine._scheds["model"] = engine.scheduler
+    engine = _vkd_engine(milestones=(1, 2))
     engine.set_model_mode("train")
-    engine.epoch = engine.batch_idx = 0
     engine.forward_backward(_batch())
     engine.scheduler.step()
     np.random.seed(7)
@@ -156,9 +160,7 @@ def test_resume_restores_everything(tmp_path):
     path = str(tmp_path / "ck.pth")
     ckpt_io.atomic_save(engine.checkpoint_state(5, 0.1), path)
     expected = (np.random.rand(), torch.rand(1).item())
-    other = _vkd_engine()
-    other.scheduler = torch.optim.lr_scheduler.MultiStepLR(other.optimizer, [1, 2], gamma=0.5)
-    other._scheds["model"] = other.scheduler
+    other = _vkd_engine(milestones=(1, 2))
     assert other.resume(path) == 5
     assert (np.random.rand(), torch.rand(1).item()) == expected
     for k, v in engine.model.state_dict().items():

@@ -233,14 +233,23 @@ def test_atrw_plain_protocol_by_hand():
     #         q8, q9 -> each other first -> 1; q5 has pid -1 -> skipped
     # cross:  q2 [3, 4, 1, 0] -> (1/3 + 2/4) / 2 = 5/12; q4 [2, 3, 1, 0] -> 1/2
     #         q6, q7 have no valid match -> skipped
+    # MARS' trapezoid AP (mAP_mars): a match at 0-based position r after i matches adds
+    # (recall step) x (i / r + (i + 1) / (r + 1)) / 2: q0, q1 -> 1/4, q3 -> 1/8, q8, q9 -> 1;
+    # q2 -> 1/2 * (1/3) / 2 + 1/2 * (1/3 + 2/4) / 2 = 7/24, q4 (one match at 1) -> 1/4.
     out = atrw_plain_protocol(*atrw_case())
     assert set(out) == {"single", "cross"}
-    assert out["single"] == pytest.approx({"mAP": 3.25 / 5, "rank1": 2 / 5, "rank5": 1.0})
-    assert out["cross"] == pytest.approx({"mAP": 11 / 24, "rank1": 0.0, "rank5": 1.0})
+    assert out["single"] == pytest.approx({"mAP": 3.25 / 5, "mAP_mars": 2.625 / 5,
+                                           "rank1": 2 / 5, "rank5": 1.0, "rank10": 1.0,
+                                           "rank20": 1.0})
+    assert out["cross"] == pytest.approx({"mAP": 11 / 24, "mAP_mars": 13 / 48, "rank1": 0.0,
+                                          "rank5": 1.0, "rank10": 1.0, "rank20": 1.0})
     # max_frame_gap=1: 0 and 1 now find each other first (AP (1 + 2/3) / 2 = 5/6), 6 and 7 too
-    out = atrw_plain_protocol(*atrw_case(), max_frame_gap=1)
-    assert out["single"] == pytest.approx({"mAP": 47 / 60, "rank1": 4 / 5, "rank5": 1.0})
-    assert out["cross"] == pytest.approx({"mAP": 35 / 48, "rank1": 0.5, "rank5": 1.0})
+    out = atrw_plain_protocol(*atrw_case(), max_frame_gap=1, ranks=(1, 5))
+    assert {k: out["single"][k] for k in ("mAP", "rank1", "rank5")} == pytest.approx(
+        {"mAP": 47 / 60, "rank1": 4 / 5, "rank5": 1.0})
+    assert {k: out["cross"][k] for k in ("mAP", "rank1", "rank5")} == pytest.approx(
+        {"mAP": 35 / 48, "rank1": 0.5, "rank5": 1.0})
+    assert set(out["cross"]) == {"rank1", "rank5", "mAP", "mAP_mars"}
 
 
 def test_atrw_set_without_queries_is_left_out(caplog):

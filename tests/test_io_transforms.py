@@ -1,12 +1,14 @@
 """Image decoding errors and the augmentation pipeline (against torchvision's definitions)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 import pytest
 import torch
 
+from vkd_torchreid.config import get_default_config
 from vkd_torchreid.data.io import CorruptImageError, read_image, write_jpeg
 from vkd_torchreid.data.transforms import (
     AugmentOptions,
@@ -17,6 +19,8 @@ from vkd_torchreid.data.transforms import (
     random_erase_,
     resize,
 )
+
+from conftest import tiny_config
 
 
 def _image(h=40, w=20):
@@ -154,7 +158,8 @@ def test_random_erasing_boxes_follow_scale_and_ratio():
         assert erased[f].sum() == h * w  # one rectangle
 
 
-_COLLATE_OPTS = AugmentOptions(height=32, width=16, pad=2, erase_prob=0.0)
+_COLLATE_OPTS = dataclasses.replace(AugmentOptions.from_config(get_default_config()), height=32,
+                                    width=16, pad=2, erase_prob=0.0)
 
 
 def _items(num_items: int, frames: int, camid: int, seed: int):
@@ -180,17 +185,15 @@ def test_deferred_collate_equals_in_worker_collate():
     raw = deferred_collate(items)
     assert raw["img"].dtype == torch.uint8 and raw["img"].shape == (3, 2, 32, 16, 3)
     done = deferred_collate.finish(raw)
-    assert "deferred" not in done and torch.equal(done["img"], direct["img"])
+    assert done["img"].dtype == torch.float32 and torch.equal(done["img"], direct["img"])
 
 
 def test_worker_loader_batches_equal_in_process_batches(mars_root):
-    from vkd_torchreid.data.manager import SamplingOptions, VKDDataManager
+    from vkd_torchreid.data.manager import VKDDataManager
 
     def first_batches(workers):
-        dm = VKDDataManager(mars_root[0], "vkd_mars", augment=AugmentOptions(32, 16),
-                            sampling=SamplingOptions(stage="teacher", batch_size=4,
-                                                     num_instances=2, seq_len=4,
-                                                     workers=workers), use_gpu=False)
+        dm = VKDDataManager.from_config(tiny_config(mars_root[0], "unused", "data.workers",
+                                                    str(workers), "train.batch_size", "4"))
         loader = dm.test_loader["vkd_mars"]["gallery"]
         assert len(loader) > 0 and loader.dataset is not None
         return [b["img"] for b in loader]

@@ -36,6 +36,7 @@ import torch
 
 import vkd_torchreid
 from vkd_torchreid.compat import torchreid_evaluate_rank
+from vkd_torchreid.config import get_default_config
 from vkd_torchreid.engine import DistillOptions, EngineOptions, TeacherEngine, VKDEngine
 from vkd_torchreid.engine.extract import autocast, to_device
 from vkd_torchreid.evaluation import evaluate_rank
@@ -80,6 +81,15 @@ def _batch(args: argparse.Namespace, n: int) -> Dict[str, torch.Tensor]:
             "camid": torch.zeros(b, dtype=torch.int64)}
 
 
+def _options(use_gpu: bool, amp: str = "", channels_last: bool = False,
+             m: int = 2) -> Tuple[EngineOptions, DistillOptions]:
+    """The engines' options from the default config with these settings."""
+    cfg = get_default_config()
+    cfg.use_gpu, cfg.train.amp, cfg.train.channels_last = use_gpu, amp, channels_last
+    cfg.vkd.student_frames = m
+    return EngineOptions.from_config(cfg), DistillOptions.from_config(cfg)
+
+
 def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     use_gpu = torch.cuda.is_available() and not args.cpu
@@ -88,12 +98,10 @@ def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
         torch.manual_seed(0)
         teacher = build_model(args.model, args.classes, loss="triplet", pretrained=False)
         student = build_model(args.model, args.classes, loss="triplet", pretrained=False)
-        opts = EngineOptions(use_gpu=use_gpu, amp=amp, channels_last=cl)
+        opts, distill = _options(use_gpu, amp, cl, args.m)
         engine = VKDEngine(_fake_dm(), student, teacher,
-                           torch.optim.Adam(student.parameters(), lr=1e-4), None, opts,
-                           DistillOptions(student_frames=args.m))
+                           torch.optim.Adam(student.parameters(), lr=1e-4), None, opts, distill)
         engine.set_model_mode("train")
-        engine.epoch = engine.batch_idx = 0
         batch = _batch(args, args.n)
         vkd_s = timeit(functools.partial(engine.forward_backward, batch), args.reps)
 
@@ -114,9 +122,8 @@ def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(args.model, args.classes, loss="triplet", pretrained=False)
     engine = TeacherEngine(_fake_dm(), model, torch.optim.Adam(model.parameters(), lr=1e-4),
-                           None, EngineOptions(use_gpu=use_gpu))
+                           None, _options(use_gpu)[0])
     engine.set_model_mode("train")
-    engine.epoch = engine.batch_idx = 0
     batch = _batch(args, args.n)
     t_s = timeit(lambda: engine.forward_backward(batch), args.reps)
 
@@ -170,9 +177,9 @@ def _resize_ms(paths: List[str], height: int, width: int, reps: int) -> float:
 def _bench_loader_source(args: argparse.Namespace, root: str,
                          src: Tuple[int, int]) -> Dict[str, Any]:
     """Loader frames/s (ours and PIL) and resize ms/frame for synthetic frames of size ``src``."""
-    from vkd_torchreid.data.manager import SamplingOptions, VKDDataManager
+    from vkd_torchreid.config import build_config
+    from vkd_torchreid.data.manager import VKDDataManager
     from vkd_torchreid.data.synthetic import write_synthetic
-    from vkd_torchreid.data.transforms import AugmentOptions
 
     # One epoch = exactly loader_batches batches of P identities, and every rep consumes a
     # whole epoch: abandoning an iterator mid-epoch would make persistent workers decode
@@ -184,10 +191,11 @@ def _bench_loader_source(args: argparse.Namespace, root: str,
     b = args.p * args.k
     label = f"{src[0]}x{src[1]}"
     for workers in args.loader_workers:
-        dm = VKDDataManager(root, "vkd_mars", augment=AugmentOptions(args.height, args.width),
-                            sampling=SamplingOptions(stage="student", batch_size=b,
-                                                     num_instances=args.k, seq_len=args.n,
-                                                     workers=workers), use_gpu=False)
+        dm = VKDDataManager.from_config(build_config("", [
+            "data.root", root, "data.height", str(args.height), "data.width", str(args.width),
+            "vkd.stage", "student", "vkd.teacher_checkpoint", "(unused)",
+            "train.batch_size", str(b), "sampler.num_instances", str(args.k),
+            "video.seq_len", str(args.n), "data.workers", str(workers), "use_gpu", "False"]))
         loader = dm.train_loader
         batches = args.loader_batches
         frames = batches * b * args.n

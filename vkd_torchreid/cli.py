@@ -58,6 +58,8 @@ def config_from_args(args: argparse.Namespace) -> CfgNode:
             opts += ["data.targets", str(args.sources)]
     if args.targets:
         opts += ["data.targets", str(args.targets)]
+    if args.trust_checkpoint:
+        opts += ["model.trust_checkpoint", "True"]
     return build_config(args.config_file, opts + list(args.opts or []))
 
 
@@ -114,10 +116,19 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_resume(args: argparse.Namespace, save_dir: str) -> str:
-    """The checkpoint to resume from ('' for a fresh run); refuses to clobber a finished one."""
+def resolve_resume(args: argparse.Namespace, cfg: CfgNode) -> str:
+    """The checkpoint to resume from ('' for a fresh run); refuses to clobber a finished one.
+
+    ``--resume PATH`` and ``model.resume PATH`` are the same; ``--resume`` alone takes the
+    latest checkpoint of the save dir.
+    """
     from vkd_torchreid.engine.checkpoint import find_latest
 
+    save_dir = cfg.data.save_dir
+    if not args.resume and cfg.model.resume:
+        if not os.path.isfile(cfg.model.resume):
+            raise UserError(f"model.resume: checkpoint not found: {cfg.model.resume}")
+        return cfg.model.resume
     if args.resume == "latest":
         path = find_latest(save_dir)
         if path is None:
@@ -139,19 +150,19 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> int:
 
     save_dir = cfg.data.save_dir
     demo = bool(cfg.get("demo") and cfg.demo.enabled)
-    if demo and (args.resume or args.eval_only):
+    if demo and (args.resume or args.eval_only or cfg.model.resume):
         raise UserError("the demo (demo.enabled True) always starts fresh in a new run folder; "
-                        "--resume and --eval-only do not apply to it")
+                        "--resume, model.resume and --eval-only do not apply to it")
     # Each demo run writes into its own timestamped folder: nothing to overwrite.
-    resume = "" if demo else resolve_resume(args, save_dir)
+    resume = "" if demo else resolve_resume(args, cfg)
     setup_logging()
     set_seed(cfg.train.seed)
     start = time.time()
     job: Any = None
     if args.eval_only or cfg.test.evaluate:
-        job = build.prepare_evaluation(cfg, trust=args.trust_checkpoint)
+        job = build.prepare_evaluation(cfg)
     elif not demo:
-        job = build.prepare_training(cfg, resume=resume, trust=args.trust_checkpoint)
+        job = build.prepare_training(cfg, resume=resume)
     # Data, checkpoints, architectures and class counts are checked: now the save dir.
     attach_log_file(save_dir)
     with open(os.path.join(save_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
@@ -159,13 +170,11 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> int:
     if demo:
         from vkd_torchreid.demo import run_demo
 
-        run_demo(cfg, trust=args.trust_checkpoint)
+        run_demo(cfg)
         return 0
-    if isinstance(job, build.TrainingJob):
-        results = job.run().results
-    else:
-        job.run(**build.run_kwargs(cfg, save_dir), test_only=True)
-        results = job.results
+    results = job.run()
+    if isinstance(results, build.RunResult):
+        results = results.results
     logger.info("results: %s", results)
     logger.info("done in %.1f min; outputs in %s", (time.time() - start) / 60, save_dir)
     return 0

@@ -11,6 +11,9 @@ from typing import Any, Dict, Iterable, Sequence
 
 from yacs.config import CfgNode as CN
 
+from vkd_torchreid.evaluation import METRICS
+from vkd_torchreid.utils.progress import PROGRESS_MODES
+
 #: Names accepted by ``vkd.view_strategy`` for the student stage.
 VIEW_STRATEGIES = ("multiview", "multiview_random", "temporal")
 #: Stages of the method.
@@ -47,7 +50,10 @@ def get_default_config() -> CN:
     cfg.model.pretrained = True  # ImageNet weights from the torch hub cache or pretrained_path
     cfg.model.pretrained_path = ""  # file or folder with torchvision ImageNet weights
     cfg.model.load_weights = ""  # weights to start from (ours, torchreid's, or the reference's)
-    cfg.model.resume = ""  # checkpoint to resume training from
+    cfg.model.resume = ""  # checkpoint to resume training from (as --resume PATH)
+    # Allow legacy pickled checkpoints (torch.load(weights_only=False)); --trust-checkpoint
+    # sets it. Only for files whose source you trust.
+    cfg.model.trust_checkpoint = False
     cfg.model.last_stride = 1
 
     cfg.data = CN()
@@ -89,7 +95,6 @@ def get_default_config() -> CN:
     cfg.train.lr = 1e-4
     cfg.train.weight_decay = 1e-5
     cfg.train.max_epoch = 300
-    cfg.train.start_epoch = 0
     cfg.train.batch_size = 32  # P x K items (8 x 4 for the teacher on MARS)
     cfg.train.lr_scheduler = "multi_step"
     cfg.train.stepsize = [100, 200]
@@ -124,6 +129,7 @@ def get_default_config() -> CN:
     cfg.test.visrank = False
     cfg.test.visrank_topk = 10
     cfg.test.amp = ""  # autocast mode for feature extraction
+    cfg.test.progress = "auto"  # extraction progress bar: 'auto' (on a terminal), 'always', 'never'
 
     cfg.vkd = CN()
     cfg.vkd.stage = "teacher"
@@ -186,11 +192,24 @@ def _unknown_key_error(cfg: CN, key: str) -> KeyError:
     return KeyError(f"unknown config key {key!r}; sections: {', '.join(sorted(cfg.keys()))}")
 
 
+#: Keys that existed and were removed: what to do instead.
+REMOVED_KEYS: Dict[str, str] = {
+    "train.start_epoch": "a run continues from the epoch of its checkpoint: use --resume "
+                         "[PATH] or model.resume PATH",
+}
+
+
+def _removed(key: str) -> KeyError:
+    return KeyError(f"config key {key} was removed: {REMOVED_KEYS[key]}")
+
+
 def _check_keys(default: CN, other: CN, prefix: str = "") -> None:
     for k, v in other.items():
         full = f"{prefix}{k}"
         if k == "_BASE_":
             continue
+        if full in REMOVED_KEYS:
+            raise _removed(full)
         if k not in default:
             raise _unknown_key_error(get_default_config(), full)
         if isinstance(v, dict) and isinstance(default[k], CN):
@@ -244,6 +263,8 @@ def merge_from_list(cfg: CN, opts: Sequence[str]) -> CN:
     if len(opts) % 2:
         raise ValueError(f"overrides come in KEY VALUE pairs, got an odd list: {list(opts)}")
     for key in opts[0::2]:
+        if key in REMOVED_KEYS:
+            raise _removed(key)
         node = cfg
         parts = key.split(".")
         for part in parts[:-1]:
@@ -304,7 +325,8 @@ def validate_config(cfg: CN) -> CN:
     _one_of("data.duke_tracklets", cfg.data.duke_tracklets, DUKE_TRACKLETS)
     _one_of("data.veri_query_track", cfg.data.veri_query_track, VERI_QUERY_TRACKS)
     _one_of("data.random_erase_ratio_dist", cfg.data.random_erase_ratio_dist, ERASE_RATIO_DISTS)
-    _one_of("test.dist_metric", cfg.test.dist_metric, ("cosine", "euclidean"))
+    _one_of("test.dist_metric", cfg.test.dist_metric, METRICS)
+    _one_of("test.progress", cfg.test.progress, PROGRESS_MODES)
     _one_of("train.optim", cfg.train.optim, ("adam", "amsgrad", "sgd", "rmsprop", "radam"))
     _one_of("train.lr_scheduler", cfg.train.lr_scheduler, ("multi_step", "single_step", "cosine"))
     _one_of("model.last_stride", cfg.model.last_stride, (1, 2))
@@ -342,7 +364,7 @@ def validate_config(cfg: CN) -> CN:
                     f"a multiple of sampler.num_instances={k} (P x K items)")
     for key in ("vkd.alpha", "vkd.beta", "train.weight_decay", "loss.triplet.weight_t",
                 "loss.triplet.weight_x", "loss.triplet.margin", "data.random_erase_prob",
-                "data.flip_prob", "data.pad", "train.start_epoch"):
+                "data.flip_prob", "data.pad"):
         _positive(key, get_key(cfg, key), strict=False)
     for key in ("data.random_erase_prob", "data.flip_prob"):
         if get_key(cfg, key) > 1:
@@ -374,6 +396,8 @@ def validate_config(cfg: CN) -> CN:
     ratio = cfg.data.random_erase_ratio
     if ratio and (len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]):
         raise _fail("data.random_erase_ratio", ratio, "[] or [low, high] with 0 < low <= high")
+    if cfg.test.visrank_topk < 1:
+        raise _fail("test.visrank_topk", cfg.test.visrank_topk, "an integer >= 1")
     if any(r < 1 for r in cfg.test.ranks):
         raise _fail("test.ranks", cfg.test.ranks, "ranks >= 1")
     if sorted(cfg.train.stepsize) != list(cfg.train.stepsize):
@@ -415,62 +439,3 @@ def build_config(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     validate_config(cfg)
     cfg.freeze()
     return cfg
-
-
-def datamanager_kwargs(cfg: CN) -> Dict[str, Any]:
-    """Keyword arguments of :class:`vkd_torchreid.data.manager.VKDDataManager` from a config."""
-    from vkd_torchreid.data.manager import SamplingOptions
-    from vkd_torchreid.data.transforms import AugmentOptions
-
-    augment = AugmentOptions(
-        height=cfg.data.height, width=cfg.data.width,
-        norm_mean=tuple(cfg.data.norm_mean), norm_std=tuple(cfg.data.norm_std),
-        pad=cfg.data.pad, flip_prob=cfg.data.flip_prob, erase_prob=cfg.data.random_erase_prob,
-        erase_scale=tuple(cfg.data.random_erase_scale),
-        erase_ratio=tuple(cfg.data.random_erase_ratio) or None,
-        erase_ratio_dist=cfg.data.random_erase_ratio_dist,
-    )
-    sampling = SamplingOptions(
-        stage=cfg.vkd.stage, view_strategy=cfg.vkd.view_strategy,
-        train_sampler=cfg.sampler.train_sampler, batch_size=cfg.train.batch_size,
-        num_instances=cfg.sampler.num_instances, seq_len=cfg.video.seq_len,
-        test_seq_len=cfg.video.test_seq_len or cfg.video.seq_len,
-        test_batch_size=cfg.test.batch_size, sample_method=cfg.video.sample_method,
-        workers=cfg.data.workers, skip_corrupt=cfg.data.skip_corrupt,
-    )
-    return {
-        "root": cfg.data.root,
-        "sources": list(cfg.data.sources),
-        "targets": list(cfg.data.targets) or None,
-        "augment": augment,
-        "sampling": sampling,
-        "dataset_options": {"mars_query_in_gallery": cfg.data.mars_query_in_gallery,
-                            "atrw_views": cfg.data.atrw_views,
-                            "duke_tracklets": cfg.data.duke_tracklets,
-                            "veri_query_track": cfg.data.veri_query_track},
-        "use_gpu": cfg.use_gpu,
-    }
-
-
-def optimizer_kwargs(cfg: CN) -> Dict[str, Any]:
-    """Keyword arguments of torchreid's ``build_optimizer`` from a config."""
-    return {
-        "optim": cfg.train.optim,
-        "lr": cfg.train.lr,
-        "weight_decay": cfg.train.weight_decay,
-        "adam_beta1": cfg.train.adam_beta1,
-        "adam_beta2": cfg.train.adam_beta2,
-    }
-
-
-def lr_scheduler_kwargs(cfg: CN) -> Dict[str, Any]:
-    """Keyword arguments of torchreid's ``build_lr_scheduler`` from a config."""
-    stepsize = list(cfg.train.stepsize)
-    if cfg.train.lr_scheduler == "single_step":
-        stepsize = stepsize[0] if stepsize else 1
-    return {
-        "lr_scheduler": cfg.train.lr_scheduler,
-        "stepsize": stepsize,
-        "gamma": cfg.train.gamma,
-        "max_epoch": cfg.train.max_epoch,
-    }

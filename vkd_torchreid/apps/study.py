@@ -29,10 +29,10 @@ from yacs.config import CfgNode
 from vkd_torchreid import demo
 from vkd_torchreid.cli import set_seed
 from vkd_torchreid.config import merge_from_list
-from vkd_torchreid.data.manager import build_datamanager
 from vkd_torchreid.engine import build
 from vkd_torchreid.engine import checkpoint as ckpt_io
-from vkd_torchreid.engine.base import RESULTS_FILE, write_json
+from vkd_torchreid.engine.evaluator import RESULTS_FILE
+from vkd_torchreid.utils.jsonio import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +70,14 @@ def _done(path: str) -> Optional[Dict[str, Any]]:
 
 def train_teacher(cfg: CfgNode, seed: int, out: str, val_root: str) -> str:
     """Trains and selects the teacher of one seed (the demo's rule); returns its checkpoint."""
-    d = cfg.demo
     save = run_dir(out, TEACHER, seed)
     ckpt = os.path.join(save, "model", ckpt_io.LATEST_NAME)
     if _done(save) is not None and os.path.isfile(ckpt):
         return ckpt
-    tcfg = _with(cfg, ["vkd.stage", "teacher", "train.max_epoch", str(d.teacher_max_epoch),
+    tcfg = _with(cfg, ["vkd.stage", "teacher", "train.max_epoch", str(cfg.demo.teacher_max_epoch),
                        "train.seed", str(seed), "data.save_dir", save])
     set_seed(seed)
-    engine = build.build_engine(tcfg, build_datamanager(tcfg))
-    engine.save_dir = save
-    val_dm = build_datamanager(_with(tcfg, ["data.root", val_root]))
-    info, curve = demo.train_epochs(engine, d.teacher_max_epoch, val_dm, d.val_every,
-                                    d.patience, cfg.train.print_freq, d.min_delta,
-                                    demo.last_drop(tcfg))
-    ckpt_io.atomic_save(engine.checkpoint_state(engine.completed_epochs, 0.0), ckpt)
-    engine.test(save_dir=save)
+    _, info, curve = demo.train_teacher(tcfg, val_root)
     write_json({"selected": info, "validation_curve": curve},
                os.path.join(save, "selection.json"))
     return ckpt
@@ -102,8 +94,7 @@ def train_student(cfg: CfgNode, variant: str, seed: int, out: str, teacher_ckpt:
                        "vkd.teacher_checkpoint", teacher_ckpt, "data.save_dir", save,
                        *VARIANTS[variant]])
     set_seed(seed)
-    job = build.prepare_training(scfg)
-    job.run()
+    build.prepare_training(scfg).run()
 
 
 def run_study(cfg: CfgNode, out: str, seeds: Sequence[int],

@@ -45,19 +45,29 @@ _READ_ERRORS = (CorruptImageError, FileNotFoundError)
 
 @dataclasses.dataclass(frozen=True)
 class SamplingOptions:
-    """What a batch holds and how the loaders run."""
+    """What a batch holds and how the loaders run (values from the config: :meth:`from_config`)."""
 
-    stage: str = "teacher"  # 'teacher': N frames of one tracklet; 'student': view_strategy
-    view_strategy: str = "multiview_random"
-    train_sampler: str = MULTIVIEW_SAMPLER
-    batch_size: int = 32  # P x K items
-    num_instances: int = 4  # K
-    seq_len: int = 8  # N
-    test_seq_len: int = 8  # frames per test tracklet ('evenly')
-    test_batch_size: int = 32
-    sample_method: str = "evenly"  # test time: 'evenly' or 'all'
-    workers: int = 4
-    skip_corrupt: bool = False
+    stage: str  # 'teacher': N frames of one tracklet; 'student': view_strategy
+    view_strategy: str
+    train_sampler: str
+    batch_size: int  # P x K items
+    num_instances: int  # K
+    seq_len: int  # N
+    test_seq_len: int  # frames per test tracklet ('evenly')
+    test_batch_size: int
+    sample_method: str  # test time: 'evenly' or 'all'
+    workers: int
+    skip_corrupt: bool
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SamplingOptions:
+        return cls(
+            stage=cfg.vkd.stage, view_strategy=cfg.vkd.view_strategy,
+            train_sampler=cfg.sampler.train_sampler, batch_size=cfg.train.batch_size,
+            num_instances=cfg.sampler.num_instances, seq_len=cfg.video.seq_len,
+            test_seq_len=cfg.video.test_seq_len or cfg.video.seq_len,
+            test_batch_size=cfg.test.batch_size, sample_method=cfg.video.sample_method,
+            workers=cfg.data.workers, skip_corrupt=cfg.data.skip_corrupt)
 
     @property
     def strategy(self) -> str:
@@ -162,7 +172,7 @@ class VKDDataManager(VideoDataManager):
         root: ``data.root``, the folder holding the dataset folders.
         sources: training dataset name(s) (``vkd_mars``...).
         targets: test dataset name(s); default: the sources.
-        augment: input size and augmentation.
+        augment: input size and augmentation (see :meth:`AugmentOptions.from_config`).
         sampling: batch composition and loader settings.
         dataset_options: options of our datasets (``mars_query_in_gallery``, ``atrw_views``).
         use_gpu: pin memory for CUDA.
@@ -171,13 +181,10 @@ class VKDDataManager(VideoDataManager):
     data_type = "video"
 
     def __init__(self, root: str, sources: Union[str, Sequence[str]],
-                 targets: Union[str, Sequence[str], None] = None,
-                 augment: Optional[AugmentOptions] = None,
-                 sampling: Optional[SamplingOptions] = None,
+                 targets: Union[str, Sequence[str], None],
+                 augment: AugmentOptions, sampling: SamplingOptions,
                  dataset_options: Optional[Dict[str, Any]] = None,
                  use_gpu: bool = True) -> None:
-        augment = augment or AugmentOptions()
-        sampling = sampling or SamplingOptions()
         tr_data.datamanager.DataManager.__init__(
             self, sources=list([sources] if isinstance(sources, str) else sources),
             targets=None if targets is None else list([targets] if isinstance(targets, str)
@@ -197,7 +204,7 @@ class VKDDataManager(VideoDataManager):
         self._num_train_cams = len({cam for _, _, cam in train})
         first = self._dataset_class(self.sources[0])
         self.erase_ratio = augment.erase_ratio or first.ERASE_RATIO
-        self.train_loader = self._train_loader(train)
+        self._train: Optional[Loader] = None  # built on first use: evaluation never needs it
 
         self.test_loader: Dict[str, Dict[str, Optional[Loader]]] = {}
         self.test_dataset: Dict[str, Dict[str, Any]] = {}
@@ -242,6 +249,14 @@ class VKDDataManager(VideoDataManager):
         loader = DataLoader(dataset, num_workers=workers, pin_memory=self.use_gpu,
                             collate_fn=collate, **kwargs)
         return FinishingLoader(loader, collate) if workers > 0 else loader
+
+    @property
+    def train_loader(self) -> Loader:
+        """The multi-view training loader, built on first access (an evaluation-only run
+        never builds it, so train-time settings cannot stop it)."""
+        if self._train is None:
+            self._train = self._train_loader(self.train_tracklets)
+        return self._train
 
     def _train_loader(self, train: List[tuple]) -> Loader:
         s = self.sampling
@@ -300,8 +315,21 @@ class VKDDataManager(VideoDataManager):
         return batch["img"][0, 0].contiguous()
 
 
-def build_datamanager(cfg: Any) -> VKDDataManager:
-    """A :class:`VKDDataManager` from a config (see ``config.datamanager_kwargs``)."""
-    from vkd_torchreid.config import datamanager_kwargs
+    @classmethod
+    def from_config(cls, cfg: Any) -> VKDDataManager:
+        """The data manager of a config (``data``, ``sampler``, ``video``, ``train``, ``test``
+        and ``vkd`` sections)."""
+        d = cfg.data
+        return cls(root=d.root, sources=list(d.sources), targets=list(d.targets) or None,
+                   augment=AugmentOptions.from_config(cfg),
+                   sampling=SamplingOptions.from_config(cfg),
+                   dataset_options={"mars_query_in_gallery": d.mars_query_in_gallery,
+                                    "atrw_views": d.atrw_views,
+                                    "duke_tracklets": d.duke_tracklets,
+                                    "veri_query_track": d.veri_query_track},
+                   use_gpu=bool(cfg.use_gpu) and torch.cuda.is_available())
 
-    return VKDDataManager(**datamanager_kwargs(cfg))
+
+def build_datamanager(cfg: Any) -> VKDDataManager:
+    """A :class:`VKDDataManager` from a config (:meth:`VKDDataManager.from_config`)."""
+    return VKDDataManager.from_config(cfg)

@@ -23,8 +23,6 @@ from PIL import Image
 
 from vkd_torchreid.config import ERASE_RATIO_DISTS
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 ERASE_ATTEMPTS = 10  # torchvision's RandomErasing tries this many boxes before giving up
 _UINT8_MAX = 255.0
 _NORM_FRAMES = 2  # frames normalised per step (cache-sized)
@@ -32,21 +30,31 @@ _NORM_FRAMES = 2  # frames normalised per step (cache-sized)
 
 @dataclasses.dataclass(frozen=True)
 class AugmentOptions:
-    """Input size and the reference augmentations (DESIGN.md)."""
+    """Input size and the reference augmentations (values from the config:
+    :meth:`from_config`)."""
 
-    height: int = 256
-    width: int = 128
-    norm_mean: Tuple[float, float, float] = IMAGENET_MEAN
-    norm_std: Tuple[float, float, float] = IMAGENET_STD
-    pad: int = 10
-    flip_prob: float = 0.5
-    erase_prob: float = 0.5
-    erase_scale: Tuple[float, float] = (0.02, 0.4)
+    height: int
+    width: int
+    norm_mean: Tuple[float, float, float]
+    norm_std: Tuple[float, float, float]
+    pad: int
+    flip_prob: float
+    erase_prob: float
+    erase_scale: Tuple[float, float]
     #: None: the dataset's own default (people 0.3-3.3, vehicles and animals 0.7-1.4).
-    erase_ratio: Optional[Tuple[float, float]] = None
+    erase_ratio: Optional[Tuple[float, float]]
     #: Aspect-ratio draw of an erased box: 'uniform' in the range (torchvision 0.4, which
     #: the reference used) or 'log' (log-uniform, torchvision >= 0.5).
-    erase_ratio_dist: str = "uniform"
+    erase_ratio_dist: str
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> AugmentOptions:
+        d = cfg.data
+        return cls(height=d.height, width=d.width, norm_mean=tuple(d.norm_mean),
+                   norm_std=tuple(d.norm_std), pad=d.pad, flip_prob=d.flip_prob,
+                   erase_prob=d.random_erase_prob, erase_scale=tuple(d.random_erase_scale),
+                   erase_ratio=tuple(d.random_erase_ratio) or None,
+                   erase_ratio_dist=d.random_erase_ratio_dist)
 
 
 _BICUBIC = getattr(Image, "Resampling", Image).BICUBIC  # Image.BICUBIC before Pillow 9.1

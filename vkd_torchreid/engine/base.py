@@ -1,35 +1,34 @@
 """What both VKD engines share, on top of torchreid's ``Engine``.
 
-torchreid's ``Engine.run`` loop (epochs, evaluation frequency, TensorBoard, ETA printing) is
-reused as is. Replaced: ``test`` (our protocols: I2V/V2V/I2I/V2I with our fast ranking and
-``results.json``), ``save_model`` (atomic, ``weights_only``-safe checkpoints, with RNG state),
-and ``train`` gains an end-of-epoch hook (latest checkpoint, skipped-frame report).
+Reused from torchreid: the per-epoch loop over batches (``Engine.train``: timing, progress
+lines, TensorBoard scalars, the scheduler step), model registration and ``set_model_mode``.
+Our own: the run loop (torchreid's has no callbacks and cannot stop early; ours calls the
+end-of-epoch callbacks of :mod:`vkd_torchreid.engine.callbacks`), ``test`` (the
+:class:`~vkd_torchreid.engine.evaluator.Evaluator`: our protocols, fast ranking,
+``results.json``), ``save_model`` (atomic, ``weights_only``-safe checkpoints with the RNG
+state), a NaN guard and a clean stop on SIGINT/SIGTERM.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
 import signal
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from vkd_torchreid import evaluation
-from vkd_torchreid.compat import Engine, re_ranking, visualize_ranked_results
-from vkd_torchreid.data.base import MODES, first_frames
+from vkd_torchreid.compat import Engine
 from vkd_torchreid.engine import checkpoint as ckpt_io
-from vkd_torchreid.engine.extract import Features, autocast, concat, extract, to_device
+from vkd_torchreid.engine.callbacks import Callback, default_callbacks
+from vkd_torchreid.engine.evaluator import Evaluator
+from vkd_torchreid.engine.extract import autocast, to_device
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-LOSSES_FILE = "losses.jsonl"
 CHECKPOINT_DIR = "model"
 
 
@@ -43,30 +42,45 @@ class StopTraining(KeyboardInterrupt):
 
 @dataclasses.dataclass(frozen=True)
 class EngineOptions:
-    """Settings shared by both engines (see ``config.engine_options``)."""
+    """How both engines train (values from the config: :meth:`from_config`)."""
 
-    use_gpu: bool = True
-    amp: str = ""  # '', 'bf16', 'fp16' for training
-    channels_last: bool = False
-    test_amp: str = ""
-    test_chunk: int = 256  # frames per forward pass at test time
-    dist_metric: str = "cosine"
-    ranks: Tuple[int, ...] = (1, 5, 10, 20)
-    label_smooth: float = 0.0
-    triplet_margin: Any = "soft"  # 'soft' or a float
-    weight_x: float = 1.0
-    weight_t: float = 1.0
-    generation: int = 0
-    progress: bool = False
+    use_gpu: bool
+    amp: str  # '', 'bf16', 'fp16'
+    channels_last: bool
+    label_smooth: float
+    triplet_margin: Any  # 'soft' or a float
+    weight_x: float
+    weight_t: float
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> EngineOptions:
+        margin: Any = "soft" if cfg.loss.triplet.soft_margin else float(cfg.loss.triplet.margin)
+        return cls(
+            use_gpu=bool(cfg.use_gpu) and torch.cuda.is_available(), amp=cfg.train.amp,
+            channels_last=cfg.train.channels_last,
+            label_smooth=cfg.loss.softmax.epsilon if cfg.loss.softmax.label_smooth else 0.0,
+            triplet_margin=margin, weight_x=cfg.loss.triplet.weight_x,
+            weight_t=cfg.loss.triplet.weight_t)
 
 
 class VKDEngineBase(Engine):
-    """Common machinery; subclasses implement :meth:`forward_train` and :meth:`compute_losses`."""
+    """Common machinery; subclasses implement :meth:`forward_train` and :meth:`compute_losses`.
+
+    Args:
+        datamanager: the VKD data manager (its ``train_loader``).
+        model: the network being trained.
+        optimizer, scheduler: its optimiser and learning-rate scheduler.
+        options: see :class:`EngineOptions`.
+        evaluator: the test path (``test`` needs it).
+        generation: 0 for the teacher stage and the first student generation.
+        callbacks: run after every epoch, in order (default: :func:`default_callbacks`).
+    """
 
     stage = ""
 
     def __init__(self, datamanager: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, options: EngineOptions) -> None:
+                 scheduler: Any, options: EngineOptions, evaluator: Optional[Evaluator] = None,
+                 generation: int = 0, callbacks: Optional[Sequence[Callback]] = None) -> None:
         super().__init__(datamanager, use_gpu=options.use_gpu)
         self.options = options
         self.device = torch.device("cuda" if self.use_gpu else "cpu")
@@ -75,12 +89,18 @@ class VKDEngineBase(Engine):
         self.scheduler = scheduler
         self.register_model("model", self.model, optimizer, scheduler)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=options.amp == "fp16")
-        self.generation = options.generation
+        self.evaluator = evaluator
+        self.generation = generation
+        self.callbacks: List[Callback] = list(default_callbacks() if callbacks is None
+                                              else callbacks)
         self.save_dir = "log"
+        self.batch_idx = 0
+        self.max_epoch = 0
         self.completed_epochs = 0
         self.global_step = 0
         self.skipped_frames: List[str] = []
         self.results: Dict[str, Any] = {}
+        self.stop_reason = ""
         self._stop_signal: Optional[int] = None
         self._latest_epoch = -1
         self._epoch_sums: Dict[str, float] = {}
@@ -139,32 +159,36 @@ class VKDEngineBase(Engine):
 
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0,
               open_layers: Optional[Sequence[str]] = None) -> None:
+        """One epoch (torchreid's loop over batches), its loss sums starting from zero."""
         self.skipped_frames = []
         self._epoch_sums, self._epoch_steps = {}, 0
         super().train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
-        self.completed_epochs = self.epoch + 1
-        self._log_epoch_losses()
-        if self.skipped_frames:
-            logger.warning("epoch %d: %d unreadable frame(s) were replaced by other frames of "
-                           "their tracklets: %s", self.epoch + 1, len(self.skipped_frames),
-                           ", ".join(sorted(set(self.skipped_frames))[:10]))
-        self.save_latest()
 
-    def _log_epoch_losses(self) -> None:
-        """Appends the epoch's mean losses to ``<save_dir>/losses.jsonl`` (one line per epoch)."""
+    def epoch_summary(self) -> Dict[str, Any]:
+        """The last epoch: its number, generation, steps, learning rate and mean losses."""
         steps = max(self._epoch_steps, 1)
-        row = {"epoch": self.completed_epochs, "generation": self.generation,
-               "steps": self._epoch_steps, "lr": self.get_current_lr(),
-               **{k: v / steps for k, v in self._epoch_sums.items()}}
-        os.makedirs(self.save_dir, exist_ok=True)
-        with open(os.path.join(self.save_dir, LOSSES_FILE), "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-        logger.info("epoch %d: %s", self.completed_epochs, "  ".join(
-            f"{k} {v:.4f}" for k, v in row.items() if k.startswith("loss")))
+        return {"epoch": self.completed_epochs, "generation": self.generation,
+                "steps": self._epoch_steps, "lr": self.get_current_lr(),
+                **{k: v / steps for k, v in self._epoch_sums.items()}}
 
-    def run(self, save_dir: str = "log", **kwargs: Any) -> None:
-        """torchreid's ``Engine.run``; SIGINT/SIGTERM stop it cleanly with a checkpoint."""
+    def request_stop(self, reason: str) -> None:
+        """Asks the run loop to stop after the current epoch (callbacks use it)."""
+        self.stop_reason = reason
+
+    def _callbacks(self, hook: str) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self)
+
+    def run(self, save_dir: str = "log", max_epoch: int = 0, start_epoch: int = 0,
+            print_freq: int = 10, test_only: bool = False) -> None:
+        """Trains epochs ``start_epoch .. max_epoch - 1`` with the callbacks, then tests.
+
+        SIGINT/SIGTERM stop it at the next batch after writing the latest checkpoint.
+        """
         self.save_dir = save_dir
+        if test_only:
+            self.test(save_dir)
+            return
         previous = {}
 
         def _handler(signum: int, _frame: Any) -> None:
@@ -174,8 +198,28 @@ class VKDEngineBase(Engine):
             # Outside the main thread signals cannot be caught: leave them alone.
             with contextlib.suppress(ValueError):
                 previous[sig] = signal.signal(sig, _handler)
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=save_dir)
+        self.start_epoch, self.max_epoch, self.stop_reason = start_epoch, max_epoch, ""
         try:
-            super().run(save_dir=save_dir, **kwargs)
+            self._callbacks("on_train_start")
+            for epoch in range(start_epoch, max_epoch):
+                self.epoch = epoch
+                self._callbacks("on_epoch_start")
+                self.train(print_freq=print_freq)
+                self.completed_epochs = epoch + 1
+                self._callbacks("on_epoch_end")
+                if self.stop_reason:
+                    logger.info("%s: stopping after epoch %d (%s)", self.stage,
+                                self.completed_epochs, self.stop_reason)
+                    break
+            self._callbacks("on_train_end")
+            self.save_latest()  # a callback may have restored another epoch's state
+            if max_epoch > 0:
+                rank1 = self.test(save_dir)
+                self.save_model(self.completed_epochs - 1, rank1, save_dir)
         except StopTraining:
             path = self.save_latest()
             logger.warning("stopped by signal %s; checkpoint of the last completed epoch at %s",
@@ -184,6 +228,8 @@ class VKDEngineBase(Engine):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.writer.close()
+            self.writer = None
 
     # ------------------------------------------------------------------ checkpoints
     def model_meta(self) -> Dict[str, Any]:
@@ -249,107 +295,20 @@ class VKDEngineBase(Engine):
         return self.completed_epochs
 
     # ------------------------------------------------------------------ evaluation
-    def test(self, dist_metric: str = "cosine", normalize_feature: bool = False,
-             visrank: bool = False, visrank_topk: int = 10, save_dir: str = "",
-             use_metric_cuhk03: bool = False, ranks: Sequence[int] = (1, 5, 10, 20),
-             rerank: bool = False) -> float:
-        """Evaluates every target with its protocol; writes ``results.json``; returns rank-1."""
-        if use_metric_cuhk03:
-            raise NotImplementedError("the cuhk03 metric does not apply to VKD datasets")
-        self.set_model_mode("eval")
+    def test(self, save_dir: str = "") -> float:
+        """Evaluates every target with the Evaluator; writes ``results.json`` into
+        ``save_dir`` (default: the run's); returns the first protocol's rank-1."""
+        if self.evaluator is None:
+            raise RuntimeError(f"this {type(self).__name__} has no Evaluator to test with")
         save_dir = save_dir or self.save_dir
-        results: Dict[str, Any] = {"stage": self.stage, "generation": self.generation,
-                                   "epoch": self.completed_epochs}
-        rank1 = 0.0
-        for i, name in enumerate(self.datamanager.targets):
-            per_mode = self.evaluate_dataset(name, dist_metric, tuple(ranks), rerank,
-                                             visrank, visrank_topk, save_dir)
-            results[name] = per_mode
-            for mode, metrics in per_mode.items():
-                logger.info("%s %-10s %s", name, mode, "  ".join(
-                    f"{k} {v:.1%}" for k, v in metrics.items()))
-                if self.writer is not None:
+        per_dataset = self.evaluator.evaluate(self.model, save_dir)
+        if self.writer is not None:
+            for name, per_protocol in per_dataset.items():
+                for protocol, metrics in per_protocol.items():
                     for k, v in metrics.items():
-                        self.writer.add_scalar(f"Test/{name}/{mode}/{k}", v, self.epoch)
-            if i == 0 and per_mode:
-                rank1 = next(iter(per_mode.values()))["rank1"]
-        self.results = results
-        if save_dir:
-            write_json(results, os.path.join(save_dir, RESULTS_FILE))
-        return rank1
-
-    def _features(self, loader: Any, desc: str) -> Features:
-        return extract(self.model, loader, self.device, self.options.test_amp,
-                       self.options.channels_last, self.options.test_chunk,
-                       self.options.progress, desc)
-
-    def dataset_features(self, name: str) -> Dict[str, Features]:
-        """Features of every split the protocol of ``name`` needs, each extracted once."""
-        loaders = self.datamanager.test_loader[name]
-        items = self.datamanager.test_dataset[name]
-        feats: Dict[str, Features] = {}
-        for kind in ("query", "gallery", "gallery_img"):
-            if loaders.get(kind) is not None:
-                feats[kind] = self._features(loaders[kind], f"{name} {kind}")
-        if loaders.get("query_img") is not None:
-            # MARS/Duke image queries are the first frames of the query tracklets: reuse them.
-            if "query" in feats and list(items["query_img"]) == first_frames(items["query"]):
-                q = feats["query"]
-                feats["query_img"] = Features(q.first, q.first, q.pids, q.camids)
-            elif list(items["query_img"]) == list(items.get("gallery_img") or []):
-                feats["query_img"] = feats["gallery_img"]
-            else:
-                feats["query_img"] = self._features(loaders["query_img"], f"{name} query_img")
-        return feats
-
-    def evaluate_dataset(self, name: str, dist_metric: str = "cosine",
-                         ranks: Tuple[int, ...] = (1, 5, 10, 20), rerank: bool = False,
-                         visrank: bool = False, visrank_topk: int = 10,
-                         save_dir: str = "") -> Dict[str, Dict[str, float]]:
-        """Metrics of every evaluation mode of dataset ``name``."""
-        protocol = self.datamanager.protocols[name]
-        feats = self.dataset_features(name)
-        if protocol.junk == "atrw":
-            meta = self.datamanager.test_meta(name)
-            g = feats["gallery_img"]
-            out = evaluation.atrw_plain_protocol(
-                g.emb.numpy(), g.pids, meta["frame_group"], meta["frame"], meta["query_type"])
-            return {f"I2I_{k}": v for k, v in out.items()}
-        results: Dict[str, Dict[str, float]] = {}
-        for mode in protocol.modes:
-            q_kind, g_kind = MODES[mode]
-            q, g = feats[q_kind], feats[g_kind]
-            if protocol.query_in_gallery:
-                g = concat(feats["query" if g_kind == "gallery" else "query_img"], g)
-            distmat = evaluation.compute_distance_matrix(q.emb, g.emb, metric=dist_metric)
-            if rerank:
-                qq = evaluation.compute_distance_matrix(q.emb, q.emb, metric=dist_metric)
-                gg = evaluation.compute_distance_matrix(g.emb, g.emb, metric=dist_metric)
-                distmat = re_ranking(distmat, qq, gg)
-            results[mode] = evaluation.rank_all(distmat, q.pids, g.pids, q.camids, g.camids,
-                                                ranks=ranks)
-            if visrank:
-                self._visrank(name, mode, distmat, q_kind, g_kind, visrank_topk, save_dir)
-        return results
-
-    def _visrank(self, name: str, mode: str, distmat: np.ndarray, q_kind: str, g_kind: str,
-                 topk: int, save_dir: str) -> None:
-        items = self.datamanager.test_dataset[name]
-        protocol = self.datamanager.protocols[name]
-        gallery = list(items[g_kind])
-        if protocol.query_in_gallery:
-            gallery = list(items["query" if g_kind == "gallery" else "query_img"]) + gallery
-        visualize_ranked_results(
-            distmat, (list(items[q_kind]), gallery), "video",
-            width=self.datamanager.width, height=self.datamanager.height,
-            save_dir=os.path.join(save_dir, f"visrank_{name}_{mode}"), topk=topk)
-
-
-def write_json(obj: Any, path: str) -> None:
-    """Writes JSON atomically (temporary file, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+                        self.writer.add_scalar(f"Test/{name}/{protocol}/{k}", v,
+                                               self.completed_epochs)
+        self.results = self.evaluator.write_results(per_dataset, save_dir, self.stage,
+                                                    self.generation, self.completed_epochs)
+        first = next(iter(per_dataset.values()), {})
+        return next(iter(first.values()), {}).get("rank1", 0.0)

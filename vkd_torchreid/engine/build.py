@@ -1,57 +1,29 @@
-"""From a config to models, optimisers and engines; the generation loop of the VKD stage."""
+"""From a config to models and engines; a training run (with its generations) and an
+evaluation, each checked and built before anything is written."""
 from __future__ import annotations
 
 import copy
 import dataclasses
 import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from vkd_torchreid.compat import build_lr_scheduler, build_optimizer
-from vkd_torchreid.config import lr_scheduler_kwargs, optimizer_kwargs
-from vkd_torchreid.data.manager import VKDDataManager, build_datamanager
+from vkd_torchreid.data.manager import VKDDataManager
 from vkd_torchreid.engine import checkpoint as ckpt_io
 from vkd_torchreid.engine.base import EngineOptions, VKDEngineBase
+from vkd_torchreid.engine.callbacks import Callback, default_callbacks
+from vkd_torchreid.engine.evaluator import Evaluator
+from vkd_torchreid.engine.optim import build_optim, generation_lr
 from vkd_torchreid.engine.teacher import TeacherEngine
 from vkd_torchreid.engine.vkd import DistillOptions, VKDEngine
 from vkd_torchreid.models import build_model, build_student, load_weights
-from vkd_torchreid.models.weights import load_network_state, read_network
+from vkd_torchreid.models.weights import NetworkCheckpoint, load_network_state, read_network
 
 logger = logging.getLogger(__name__)
-
-
-def engine_options(cfg: CfgNode, generation: int = 0) -> EngineOptions:
-    """:class:`EngineOptions` from a config."""
-    margin: Any = "soft" if cfg.loss.triplet.soft_margin else float(cfg.loss.triplet.margin)
-    return EngineOptions(
-        use_gpu=bool(cfg.use_gpu) and torch.cuda.is_available(),
-        amp=cfg.train.amp, channels_last=cfg.train.channels_last, test_amp=cfg.test.amp,
-        test_chunk=cfg.video.test_chunk, dist_metric=cfg.test.dist_metric,
-        ranks=tuple(cfg.test.ranks),
-        label_smooth=cfg.loss.softmax.epsilon if cfg.loss.softmax.label_smooth else 0.0,
-        triplet_margin=margin, weight_x=cfg.loss.triplet.weight_x,
-        weight_t=cfg.loss.triplet.weight_t, generation=generation,
-    )
-
-
-def distill_options(cfg: CfgNode) -> DistillOptions:
-    """:class:`DistillOptions` from the ``vkd`` section."""
-    v = cfg.vkd
-    return DistillOptions(student_frames=v.student_frames, tau=v.tau, alpha=v.alpha, beta=v.beta,
-                          logits_loss=v.logits_loss, teacher_bn=v.teacher_bn)
-
-
-def build_optim(cfg: CfgNode, model: nn.Module, lr: Optional[float] = None) -> Tuple[Any, Any]:
-    """torchreid's optimizer and LR scheduler for ``model`` (``lr`` overrides train.lr)."""
-    kwargs = optimizer_kwargs(cfg)
-    if lr is not None:
-        kwargs["lr"] = lr
-    optimizer = build_optimizer(model, **kwargs)
-    return optimizer, build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
 
 
 def _model_kwargs(cfg: CfgNode) -> Dict[str, Any]:
@@ -59,8 +31,8 @@ def _model_kwargs(cfg: CfgNode) -> Dict[str, Any]:
             "pretrained_path": cfg.model.pretrained_path}
 
 
-def load_network(cfg: CfgNode, path: str, key: str, num_classes: int, arch: str = "",
-                 trust: bool = False) -> nn.Module:
+def load_network(cfg: CfgNode, path: str, key: str, num_classes: int,
+                 arch: str = "") -> nn.Module:
     """A trained network from a checkpoint: ours, torchreid's, or a released reference
     experiment folder.
 
@@ -77,7 +49,7 @@ def load_network(cfg: CfgNode, path: str, key: str, num_classes: int, arch: str 
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
-    ckpt = read_network(path, trust=trust)
+    ckpt = read_network(path, trust=cfg.model.trust_checkpoint)
     if arch and ckpt.arch and ckpt.arch != arch:
         raise ValueError(f"{key} {path} holds a {ckpt.arch} network but the run needs a {arch}")
     if ckpt.num_classes is not None and ckpt.num_classes != num_classes:
@@ -93,19 +65,17 @@ def load_network(cfg: CfgNode, path: str, key: str, num_classes: int, arch: str 
     return model
 
 
-def build_teacher(cfg: CfgNode, num_classes: int, path: str = "", arch: str = "",
-                  trust: bool = False) -> nn.Module:
+def build_teacher(cfg: CfgNode, num_classes: int, path: str = "", arch: str = "") -> nn.Module:
     """The frozen teacher of the VKD stage, loaded from ``vkd.teacher_checkpoint`` (or ``path``).
 
     Its backbone is ``arch``, else ``vkd.teacher_arch``, else the one the checkpoint declares,
     else ``model.name`` (see :func:`load_network`).
     """
     return load_network(cfg, path or cfg.vkd.teacher_checkpoint, "vkd.teacher_checkpoint",
-                        num_classes, arch or cfg.vkd.teacher_arch, trust)
+                        num_classes, arch or cfg.vkd.teacher_arch)
 
 
-def new_student(cfg: CfgNode, teacher: nn.Module, generation: int = 0,
-                trust: bool = False) -> nn.Module:
+def new_student(cfg: CfgNode, teacher: nn.Module, generation: int = 0) -> nn.Module:
     """The student of one generation, re-initialised as the reference does (layer4 and the
     classifier; see :func:`vkd_torchreid.models.build_student`), starting from:
 
@@ -117,7 +87,7 @@ def new_student(cfg: CfgNode, teacher: nn.Module, generation: int = 0,
     num_classes = teacher.num_classes
     if generation == 0 and cfg.vkd.student_checkpoint:
         base = load_network(cfg, cfg.vkd.student_checkpoint, "vkd.student_checkpoint",
-                            num_classes, cfg.model.name, trust)
+                            num_classes, cfg.model.name)
         arch = ""
     else:
         base = teacher
@@ -133,48 +103,38 @@ def new_student(cfg: CfgNode, teacher: nn.Module, generation: int = 0,
                          pretrained_path=cfg.model.pretrained_path)
 
 
-def generation_lr(cfg: CfgNode, generation: int) -> float:
-    """The learning rate of a generation: ``max(lr * decay^g, floor)``, as the reference."""
-    if generation == 0:
-        return cfg.train.lr
-    return max(cfg.train.lr * cfg.vkd.generation_lr_decay ** generation,
-               cfg.vkd.generation_lr_floor)
-
-
 def build_engine(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None,
                  teacher: Optional[nn.Module] = None, generation: int = 0,
-                 trust: bool = False) -> VKDEngineBase:
-    """The engine of ``vkd.stage`` with its model(s), optimizer and scheduler."""
-    dm = datamanager or build_datamanager(cfg)
+                 callbacks: Optional[Sequence[Callback]] = None) -> VKDEngineBase:
+    """The engine of ``vkd.stage`` with its model(s), optimizer, scheduler and Evaluator.
+
+    ``callbacks`` default to :func:`~vkd_torchreid.engine.callbacks.default_callbacks` of
+    ``test.eval_freq`` / ``test.start_eval``.
+    """
+    dm = datamanager or VKDDataManager.from_config(cfg)
     num_classes = dm.num_train_pids
+    options = EngineOptions.from_config(cfg)
+    evaluator = Evaluator.from_config(cfg, dm)
+    if callbacks is None:
+        callbacks = default_callbacks(cfg.test.eval_freq, cfg.test.start_eval)
     if cfg.vkd.stage == "teacher":
         model = build_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained,
                             **_model_kwargs(cfg))
         if cfg.model.load_weights:
-            load_weights(model, cfg.model.load_weights, trust=trust)
+            load_weights(model, cfg.model.load_weights, trust=cfg.model.trust_checkpoint)
         optimizer, scheduler = build_optim(cfg, model)
-        return TeacherEngine(dm, model, optimizer, scheduler, engine_options(cfg))
-    teacher = teacher if teacher is not None else build_teacher(cfg, num_classes, trust=trust)
-    student = new_student(cfg, teacher, generation, trust)
+        return TeacherEngine(dm, model, optimizer, scheduler, options, evaluator,
+                             callbacks=callbacks)
+    teacher = teacher if teacher is not None else build_teacher(cfg, num_classes)
+    student = new_student(cfg, teacher, generation)
     optimizer, scheduler = build_optim(cfg, student, lr=generation_lr(cfg, generation))
-    return VKDEngine(dm, student, teacher, optimizer, scheduler,
-                     engine_options(cfg, generation), distill_options(cfg))
+    return VKDEngine(dm, student, teacher, optimizer, scheduler, options,
+                     DistillOptions.from_config(cfg), evaluator, generation, callbacks)
 
 
 def generation_dir(save_dir: str, generation: int, generations: int) -> str:
     """Save dir of one generation: the save dir itself when there is only one."""
     return save_dir if generations == 1 else os.path.join(save_dir, f"gen{generation + 1}")
-
-
-def run_kwargs(cfg: CfgNode, save_dir: str, start_epoch: int = 0) -> Dict[str, Any]:
-    """Arguments of torchreid's ``Engine.run`` from a config."""
-    return {
-        "save_dir": save_dir, "max_epoch": cfg.train.max_epoch, "start_epoch": start_epoch,
-        "print_freq": cfg.train.print_freq, "start_eval": cfg.test.start_eval,
-        "eval_freq": cfg.test.eval_freq, "dist_metric": cfg.test.dist_metric,
-        "normalize_feature": cfg.test.normalize_feature, "ranks": list(cfg.test.ranks),
-        "rerank": cfg.test.rerank,
-    }
 
 
 @dataclasses.dataclass
@@ -197,34 +157,33 @@ class TrainingJob:
     engine: VKDEngineBase  # the engine of the first (or resumed) generation
     first_generation: int
     start_epoch: int
-    trust: bool = False
 
     def run(self) -> RunResult:
         cfg, engine = self.cfg, self.engine
         save_dir, generations = cfg.data.save_dir, cfg.vkd.generations
-        if cfg.vkd.stage == "teacher":
-            engine.run(**run_kwargs(cfg, save_dir, self.start_epoch))
-            return RunResult(engine, engine.results)
         g, start = self.first_generation, self.start_epoch
         while True:
-            engine.run(**run_kwargs(cfg, generation_dir(save_dir, g, generations), start))
+            engine.run(generation_dir(save_dir, g, generations) if cfg.vkd.stage == "student"
+                       else save_dir, cfg.train.max_epoch, start, cfg.train.print_freq)
             g, start = g + 1, 0
-            if g >= generations:
+            if cfg.vkd.stage == "teacher" or g >= generations:
                 return RunResult(engine, engine.results)
             # the final student of a generation is the next one's teacher
             engine = build_engine(cfg, engine.datamanager, teacher=copy.deepcopy(engine.model),
-                                  generation=g, trust=self.trust)
+                                  generation=g, callbacks=engine.callbacks)
 
 
-def prepare_training(cfg: CfgNode, resume: str = "", trust: bool = False,
-                     datamanager: Optional[VKDDataManager] = None) -> TrainingJob:
+def prepare_training(cfg: CfgNode, resume: str = "",
+                     datamanager: Optional[VKDDataManager] = None,
+                     callbacks: Optional[Sequence[Callback]] = None) -> TrainingJob:
     """Builds the data, the models and the engine of a run without writing anything.
 
     Args:
         resume: checkpoint to resume from (a generation's checkpoint for the student stage).
-        trust: allow legacy pickled checkpoints.
+        callbacks: the engine's callbacks (default: ``default_callbacks`` of the config).
     """
-    dm = datamanager or build_datamanager(cfg)
+    dm = datamanager or VKDDataManager.from_config(cfg)
+    trust = cfg.model.trust_checkpoint
     first_gen, teacher = 0, None
     if resume and cfg.vkd.stage == "student":
         state = ckpt_io.load_checkpoint(resume, trust=trust)
@@ -233,45 +192,60 @@ def prepare_training(cfg: CfgNode, resume: str = "", trust: bool = False,
             prev = os.path.join(generation_dir(cfg.data.save_dir, first_gen - 1,
                                                cfg.vkd.generations),
                                 "model", ckpt_io.LATEST_NAME)
-            teacher = build_teacher(cfg, dm.num_train_pids, path=prev, arch=cfg.model.name,
-                                    trust=trust)
-    engine = build_engine(cfg, dm, teacher=teacher, generation=first_gen, trust=trust)
+            teacher = build_teacher(cfg, dm.num_train_pids, path=prev, arch=cfg.model.name)
+    engine = build_engine(cfg, dm, teacher=teacher, generation=first_gen, callbacks=callbacks)
     start = engine.resume(resume, trust=trust) if resume else 0
-    return TrainingJob(cfg, engine, first_gen, start, trust)
+    return TrainingJob(cfg, engine, first_gen, start)
 
 
-def train(cfg: CfgNode, resume: str = "", trust: bool = False,
+def train(cfg: CfgNode, resume: str = "",
           datamanager: Optional[VKDDataManager] = None) -> RunResult:
     """Trains the stage of the config (all generations for the student) and evaluates it."""
-    return prepare_training(cfg, resume, trust, datamanager).run()
+    return prepare_training(cfg, resume, datamanager).run()
 
 
-def prepare_evaluation(cfg: CfgNode, trust: bool = False,
-                       datamanager: Optional[VKDDataManager] = None) -> VKDEngineBase:
-    """An engine holding ``model.load_weights`` (ours, torchreid's, or a released reference
-    experiment folder), checked and loaded, nothing written yet."""
+@dataclasses.dataclass
+class EvaluationJob:
+    """An evaluation of ``model.load_weights`` whose data and weights are checked and loaded,
+    nothing written yet (:func:`prepare_evaluation`)."""
+
+    cfg: CfgNode
+    model: nn.Module
+    evaluator: Evaluator
+    checkpoint: NetworkCheckpoint
+
+    def run(self) -> Dict[str, Any]:
+        """Evaluates; writes ``<data.save_dir>/results.json``; returns what it wrote."""
+        save_dir = self.cfg.data.save_dir
+        per_dataset = self.evaluator.evaluate(self.model, save_dir)
+        return self.evaluator.write_results(per_dataset, save_dir, self.cfg.vkd.stage,
+                                            self.checkpoint.generation, self.checkpoint.epoch)
+
+
+def prepare_evaluation(cfg: CfgNode,
+                       datamanager: Optional[VKDDataManager] = None) -> EvaluationJob:
+    """Loads ``model.load_weights`` (ours, torchreid's, or a released reference experiment
+    folder) for evaluation; its architecture and class count are the checkpoint's where it
+    declares them (test identities are not training classes), else the config's."""
     path = cfg.model.load_weights
     if not path:
         raise ValueError("evaluation needs the weights to evaluate: set model.load_weights "
                          "(a checkpoint or a released reference experiment folder)")
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights not found: {path} (model.load_weights)")
-    dm = datamanager or build_datamanager(cfg)
-    ckpt = read_network(path, trust=trust)
-    # Test identities are not training classes: the classifier's size is the checkpoint's.
-    arch = ckpt.arch or cfg.model.name
-    model = build_model(arch, ckpt.num_classes or dm.num_train_pids, pretrained=False,
-                        **_model_kwargs(cfg))
+    dm = datamanager or VKDDataManager.from_config(cfg)
+    ckpt = read_network(path, trust=cfg.model.trust_checkpoint)
+    model = build_model(ckpt.arch or cfg.model.name, ckpt.num_classes or dm.num_train_pids,
+                        pretrained=False, **_model_kwargs(cfg))
     load_network_state(model, ckpt)
-    engine = TeacherEngine(dm, model, None, None, engine_options(cfg))
-    engine.stage = cfg.vkd.stage
-    return engine
+    evaluator = Evaluator.from_config(cfg, dm)
+    model = model.to(evaluator.device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return EvaluationJob(cfg, model, evaluator, ckpt)
 
 
-def evaluate(cfg: CfgNode, trust: bool = False,
-             datamanager: Optional[VKDDataManager] = None) -> Dict[str, Any]:
+def evaluate(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None) -> Dict[str, Any]:
     """Evaluates ``model.load_weights`` with the protocols of ``data.targets``; writes
-    ``results.json``."""
-    engine = prepare_evaluation(cfg, trust, datamanager)
-    engine.run(**run_kwargs(cfg, cfg.data.save_dir), test_only=True)
-    return engine.results
+    ``results.json``; returns its content."""
+    return prepare_evaluation(cfg, datamanager).run()

@@ -2,25 +2,33 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
 from vkd_torchreid import losses as L
 from vkd_torchreid.engine.base import EngineOptions, VKDEngineBase
+from vkd_torchreid.engine.callbacks import Callback
+from vkd_torchreid.engine.evaluator import Evaluator
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillOptions:
-    """The ``vkd`` section of the config that the training step uses."""
+    """The ``vkd`` section of the config that the training step uses (:meth:`from_config`)."""
 
-    student_frames: int = 2  # M
-    tau: float = 10.0
-    alpha: float = 0.1  # KD weight
-    beta: float = 1e-4  # distance-preservation weight
-    logits_loss: str = "kl"  # or 'mse'
-    teacher_bn: str = "batch"  # 'batch': batch statistics, running stats untouched; 'eval'
+    student_frames: int  # M
+    tau: float
+    alpha: float  # KD weight
+    beta: float  # distance-preservation weight
+    logits_loss: str  # 'kl' or 'mse'
+    teacher_bn: str  # 'batch': batch statistics, running stats untouched; 'eval'
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> DistillOptions:
+        v = cfg.vkd
+        return cls(student_frames=v.student_frames, tau=v.tau, alpha=v.alpha, beta=v.beta,
+                   logits_loss=v.logits_loss, teacher_bn=v.teacher_bn)
 
 
 def freeze_teacher(teacher: nn.Module, bn_mode: str) -> nn.Module:
@@ -53,8 +61,10 @@ class VKDEngine(VKDEngineBase):
 
     def __init__(self, datamanager: Any, student: nn.Module, teacher: nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler: Any, options: EngineOptions,
-                 distill: DistillOptions) -> None:
-        super().__init__(datamanager, student, optimizer, scheduler, options)
+                 distill: DistillOptions, evaluator: Optional[Evaluator] = None,
+                 generation: int = 0, callbacks: Optional[Sequence[Callback]] = None) -> None:
+        super().__init__(datamanager, student, optimizer, scheduler, options, evaluator,
+                         generation, callbacks)
         t_classes = getattr(teacher, "num_classes", None)
         s_classes = getattr(student, "num_classes", None)
         if t_classes != s_classes:

@@ -233,8 +233,11 @@ def _read_checkpoint(path: str, trust: bool = False) -> Tuple[StateDict, Dict[st
         raise ValueError(f"{path} holds no state dict (a dict of tensors, or a checkpoint "
                          "with a 'state_dict')")
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("epoch"), int):
+        meta.setdefault("epoch", ckpt["epoch"])
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    return state, meta if isinstance(meta, dict) else {}
+    return state, meta
 
 
 def _read_state(path: str, trust: bool = False) -> StateDict:
@@ -252,12 +255,15 @@ class NetworkCheckpoint:
             ``params/hparams.json``) or inferred (reference key names); None if unknown
             (torchreid checkpoints, bare state dicts).
         num_classes: the classifier's number of classes, None if it has no classifier.
+        epoch, generation: what our checkpoints record (0 when the file does not say).
     """
 
     source: str
     state: StateDict
     arch: Optional[str]
     num_classes: Optional[int]
+    epoch: int = 0
+    generation: int = 0
 
 
 def read_network(path: str, trust: bool = False) -> NetworkCheckpoint:
@@ -289,7 +295,8 @@ def read_network(path: str, trust: bool = False) -> NetworkCheckpoint:
         arch = meta["arch"]
     classes = state.get("classifier.weight")
     num_classes = int(classes.shape[0]) if classes is not None and classes.dim() == 2 else None
-    return NetworkCheckpoint(source, state, arch, num_classes)
+    return NetworkCheckpoint(source, state, arch, num_classes, int(meta.get("epoch", 0)),
+                             int(meta.get("generation", 0)))
 
 
 def _mismatch_report(model: VKDNet, state: StateDict) -> Tuple[List[str], List[str], List[str]]:

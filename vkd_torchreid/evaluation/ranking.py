@@ -226,8 +226,8 @@ def rank_all(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids:
 
 
 def atrw_plain_protocol(features: ArrayLike, pids: ArrayLike, frame_group: ArrayLike,
-                        frame: ArrayLike, query_type: ArrayLike, max_frame_gap: int = 3
-                        ) -> Dict[str, Dict[str, float]]:
+                        frame: ArrayLike, query_type: ArrayLike, max_frame_gap: int = 3,
+                        ranks: Sequence[int] = (1, 5, 10, 20)) -> Dict[str, Dict[str, float]]:
     """ATRW plain re-ID protocol: every test image queries all the other test images.
 
     Cosine distance of L2-normalised features. For a query, junk is itself and every image
@@ -237,7 +237,8 @@ def atrw_plain_protocol(features: ArrayLike, pids: ArrayLike, frame_group: Array
     query is left out (with a warning).
 
     Returns:
-        ``{"single": {"mAP", "rank1", "rank5"}, "cross": {...}}`` with values in [0, 1].
+        ``{"single": {"rank1", "rank5", ..., "mAP", "mAP_mars"}, "cross": {...}}`` with values
+        in [0, 1] (the official figures are mAP, top-1 and top-5).
     """
     pid = np.asarray(pids).reshape(-1)
     group = np.asarray(frame_group).reshape(-1)
@@ -251,14 +252,15 @@ def atrw_plain_protocol(features: ArrayLike, pids: ArrayLike, frame_group: Array
         near = (group[g] == group[q]) & (np.abs(fr[g] - fr[q]) <= max_frame_gap)
         return (g == q) | near
 
-    ranks, npos = _match_ranks(distmat[:, gal], pid, pid[gal], junk)
+    pos, npos = _match_ranks(distmat[:, gal], pid, pid[gal], junk)
     out: Dict[str, Dict[str, float]] = {}
     for name, kind in (("single", "sing"), ("cross", "multi")):
         keep = (qtype == kind) & (pid != -1) & (npos > 0)
         if not keep.any():
             logger.warning("ATRW %s: no query with a true match; left out", name)
             continue
-        cmc = _cmc(ranks[keep, 0], 5)
-        ap = _average_precision(ranks[keep], npos[keep], "standard")
-        out[name] = {"mAP": float(ap.mean()), "rank1": float(cmc[0]), "rank5": float(cmc[4])}
+        cmc = _cmc(pos[keep, 0], max(max(ranks, default=1), 1))
+        out[name] = {f"rank{r}": float(cmc[r - 1]) for r in ranks}
+        out[name]["mAP"] = float(_average_precision(pos[keep], npos[keep], "standard").mean())
+        out[name]["mAP_mars"] = float(_average_precision(pos[keep], npos[keep], "mars").mean())
     return out

@@ -1,0 +1,222 @@
+"""The test path: extraction, the protocols, ranking, re-ranking, ranked lists, results.json.
+
+One :class:`Evaluator` serves both engines' ``test``, ``--eval-only``, the demo's validation
+and the tools. For each target it extracts the features of every split once (per-frame
+features pooled per item; an item's first frame gives the image queries of MARS and Duke
+without decoding them again) and derives every protocol of the dataset from them.
+
+``results.json`` has one layout, written only here (later features add keys, never move
+them)::
+
+    {"stage": "teacher" | "student", "generation": 0, "epoch": 300, "world_size": 1,
+     "<dataset>": {"<protocol>": {"rank1", "rank5", "rank10", "rank20", "mAP", "mAP_mars"}}}
+
+Protocols are ``I2V``, ``V2V``, ``I2I``, ``V2I`` (ATRW: ``I2I_single``, ``I2I_cross``);
+values are fractions in [0, 1]; ``mAP`` is torchreid's step rule, ``mAP_mars`` MARS' trapezoid
+rule (the paper's).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vkd_torchreid import evaluation
+from vkd_torchreid.compat import re_ranking
+from vkd_torchreid.data.base import MODES, first_frames
+from vkd_torchreid.data.io import read_image
+from vkd_torchreid.engine.extract import Features, concat, extract
+from vkd_torchreid.utils.jsonio import write_json
+from vkd_torchreid.utils.progress import progress_enabled
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+#: Per dataset and protocol: protocol -> metric -> value in [0, 1].
+DatasetResults = Dict[str, Dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """The ``test`` section (and the extraction settings) the Evaluator uses."""
+
+    dist_metric: str
+    normalize_feature: bool
+    ranks: tuple
+    rerank: bool
+    visrank: bool
+    visrank_topk: int
+    amp: str
+    channels_last: bool
+    chunk: int
+    progress: bool
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> EvalOptions:
+        t = cfg.test
+        progress = progress_enabled(t.progress)
+        return cls(dist_metric=t.dist_metric, normalize_feature=t.normalize_feature,
+                   ranks=tuple(t.ranks), rerank=t.rerank, visrank=t.visrank,
+                   visrank_topk=t.visrank_topk, amp=t.amp,
+                   channels_last=cfg.train.channels_last, chunk=cfg.video.test_chunk,
+                   progress=progress)
+
+
+def results_record(per_dataset: Dict[str, DatasetResults], stage: str, generation: int = 0,
+                   epoch: int = 0, world_size: int = 1) -> Dict[str, Any]:
+    """The ``results.json`` dict (see the module docstring)."""
+    return {"stage": stage, "generation": int(generation), "epoch": int(epoch),
+            "world_size": int(world_size), **per_dataset}
+
+
+class Evaluator:
+    """Evaluates a model on the targets of a data manager with their protocols.
+
+    Args:
+        datamanager: a :class:`vkd_torchreid.data.manager.VKDDataManager` (``targets``,
+            ``test_loader``, ``test_dataset``, ``protocols``, ``test_meta``).
+        options: see :class:`EvalOptions`.
+        device: where the model runs.
+    """
+
+    def __init__(self, datamanager: Any, options: EvalOptions,
+                 device: Optional[torch.device] = None) -> None:
+        self.datamanager = datamanager
+        self.options = options
+        self.device = device or torch.device("cpu")
+
+    @classmethod
+    def from_config(cls, cfg: Any, datamanager: Any,
+                    device: Optional[torch.device] = None) -> Evaluator:
+        if device is None:
+            device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+        return cls(datamanager, EvalOptions.from_config(cfg), device)
+
+    # ------------------------------------------------------------------ features
+    def _extract(self, model: nn.Module, loader: Any, desc: str) -> Features:
+        o = self.options
+        return extract(model, loader, self.device, o.amp, o.channels_last, o.chunk,
+                       o.progress, desc)
+
+    def features(self, model: nn.Module, name: str) -> Dict[str, Features]:
+        """Features of every split the protocol of ``name`` needs, each extracted once."""
+        loaders = self.datamanager.test_loader[name]
+        items = self.datamanager.test_dataset[name]
+        feats: Dict[str, Features] = {}
+        for kind in ("query", "gallery", "gallery_img"):
+            if loaders.get(kind) is not None:
+                feats[kind] = self._extract(model, loaders[kind], f"{name} {kind}")
+        if loaders.get("query_img") is not None:
+            # MARS/Duke image queries are the first frames of the query tracklets: reuse them.
+            if "query" in feats and list(items["query_img"]) == first_frames(items["query"]):
+                q = feats["query"]
+                feats["query_img"] = Features(q.first, q.first, q.pids, q.camids)
+            elif list(items["query_img"]) == list(items.get("gallery_img") or []):
+                feats["query_img"] = feats["gallery_img"]
+            else:
+                feats["query_img"] = self._extract(model, loaders["query_img"],
+                                                   f"{name} query_img")
+        if self.options.normalize_feature:
+            feats = {k: _normalized(f) for k, f in feats.items()}
+        return feats
+
+    # ------------------------------------------------------------------ protocols
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, save_dir: str = "") -> Dict[str, DatasetResults]:
+        """Metrics of every target with its protocol (model in eval mode, restored after).
+
+        ``save_dir`` receives the ranked-list pictures when ``test.visrank`` is on.
+        """
+        was_training = model.training
+        model.eval()
+        try:
+            out = {name: self.evaluate_dataset(model, name, save_dir)
+                   for name in self.datamanager.targets}
+        finally:
+            model.train(was_training)
+        for name, per_protocol in out.items():
+            for protocol, metrics in per_protocol.items():
+                logger.info("%s %-10s %s", name, protocol, "  ".join(
+                    f"{k} {v:.1%}" for k, v in metrics.items()))
+        return out
+
+    def evaluate_dataset(self, model: nn.Module, name: str,
+                         save_dir: str = "") -> DatasetResults:
+        """Metrics of every protocol of dataset ``name``."""
+        o = self.options
+        protocol = self.datamanager.protocols[name]
+        feats = self.features(model, name)
+        if protocol.junk == "atrw":
+            meta = self.datamanager.test_meta(name)
+            g = feats["gallery_img"]
+            out = evaluation.atrw_plain_protocol(g.emb.numpy(), g.pids, meta["frame_group"],
+                                                 meta["frame"], meta["query_type"],
+                                                 ranks=o.ranks)
+            return {f"I2I_{k}": v for k, v in out.items()}
+        results: DatasetResults = {}
+        for mode in protocol.modes:
+            q_kind, g_kind = MODES[mode]
+            q, g = feats[q_kind], feats[g_kind]
+            if protocol.query_in_gallery:
+                g = concat(feats["query" if g_kind == "gallery" else "query_img"], g)
+            distmat = evaluation.compute_distance_matrix(q.emb, g.emb, metric=o.dist_metric)
+            if o.rerank:
+                qq = evaluation.compute_distance_matrix(q.emb, q.emb, metric=o.dist_metric)
+                gg = evaluation.compute_distance_matrix(g.emb, g.emb, metric=o.dist_metric)
+                distmat = re_ranking(distmat, qq, gg)
+            results[mode] = evaluation.rank_all(distmat, q.pids, g.pids, q.camids, g.camids,
+                                                ranks=o.ranks)
+            if o.visrank and save_dir:
+                self.visrank(name, mode, distmat, q, g,
+                             os.path.join(save_dir, f"visrank_{name}_{mode}"))
+        return results
+
+    def gallery_items(self, name: str, g_kind: str) -> List[Any]:
+        """The gallery items of a protocol in distance-matrix column order."""
+        items = self.datamanager.test_dataset[name]
+        gallery = list(items[g_kind])
+        if self.datamanager.protocols[name].query_in_gallery:
+            gallery = list(items["query" if g_kind == "gallery" else "query_img"]) + gallery
+        return gallery
+
+    def visrank(self, name: str, mode: str, distmat: np.ndarray, q: Features, g: Features,
+                folder: str) -> int:
+        """One ranked-list picture per query (top ``test.visrank_topk``, junk left out) in
+        ``folder``; returns how many were written."""
+        q_kind, g_kind = MODES[mode]
+        queries = list(self.datamanager.test_dataset[name][q_kind])
+        gallery = self.gallery_items(name, g_kind)
+        for i, query in enumerate(queries):
+            junk = (g.pids == q.pids[i]) & (g.camids == q.camids[i])
+            cols = evaluation.top_k(distmat, i, self.options.visrank_topk, exclude=junk)
+            ranked = [evaluation.RankedItem(read_image(_first_path(gallery[c])),
+                                            float(distmat[i, c]), bool(g.pids[c] == q.pids[i]),
+                                            str(int(g.pids[c]))) for c in cols]
+            evaluation.save_ranked_list(
+                os.path.join(folder, f"{i:05d}_pid{int(q.pids[i])}.png"),
+                read_image(_first_path(query)), ranked)
+        logger.info("ranked lists of %d %s %s queries in %s", len(queries), name, mode, folder)
+        return len(queries)
+
+    def write_results(self, per_dataset: Dict[str, DatasetResults], save_dir: str,
+                      stage: str, generation: int = 0, epoch: int = 0,
+                      world_size: int = 1) -> Dict[str, Any]:
+        """Writes ``<save_dir>/results.json`` (atomically); returns what it wrote."""
+        record = results_record(per_dataset, stage, generation, epoch, world_size)
+        write_json(record, os.path.join(save_dir, RESULTS_FILE))
+        return record
+
+
+def _first_path(item: Any) -> str:
+    paths = item[0]
+    return paths if isinstance(paths, str) else paths[0]
+
+
+def _normalized(f: Features) -> Features:
+    return Features(F.normalize(f.emb, dim=1), F.normalize(f.first, dim=1), f.pids, f.camids)
