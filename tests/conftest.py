@@ -18,7 +18,7 @@ TINY = ["data.height", "32", "data.width", "16", "data.workers", "0", "use_gpu",
 @pytest.fixture(scope="session")
 def mars_root(tmp_path_factory):
     """A small synthetic MARS written once per test session (do not modify it)."""
-    from vkd_torchreid.data.synthetic import write_synthetic
+    from vkd_torchreid.synthetic import write_synthetic
 
     root = tmp_path_factory.mktemp("mars_root")
     counts = write_synthetic("vkd_mars", str(root), ids=8, cams=3, tracklets=2, frames=8, seed=0)

@@ -21,7 +21,7 @@ import torch
 from vkd_torchreid import cli
 from vkd_torchreid import losses as L
 from vkd_torchreid.data import clear_cache
-from vkd_torchreid.engine import checkpoint as ckpt_io
+from vkd_torchreid.utils import checkpoint as ckpt_io
 
 from conftest import TINY
 
@@ -218,7 +218,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, mars_root, teache
 @pytest.fixture()
 def corrupt_root(tmp_path):
     """A small synthetic MARS with one training frame truncated (a real broken JPEG)."""
-    from vkd_torchreid.data.synthetic import write_synthetic
+    from vkd_torchreid.synthetic import write_synthetic
 
     root = str(tmp_path / "data")
     write_synthetic("vkd_mars", root, ids=8, cams=2, tracklets=1, frames=4, seed=3)
@@ -265,7 +265,7 @@ def test_identity_without_any_readable_frame_is_an_error(capsys, corrupt_root, t
 @pytest.fixture(scope="module")
 def signal_root(tmp_path_factory):
     """Enough identities for several batches per epoch."""
-    from vkd_torchreid.data.synthetic import write_synthetic
+    from vkd_torchreid.synthetic import write_synthetic
 
     root = str(tmp_path_factory.mktemp("signal_data"))
     write_synthetic("vkd_mars", root, ids=24, cams=3, tracklets=1, frames=6, seed=5)

@@ -94,12 +94,6 @@ def test_missing_config_file():
     ("video.seq_len", "0", "video.seq_len"),
     ("video.test_chunk", "0", "video.test_chunk"),
     ("loss.triplet.margin", "-0.3", "loss.triplet.margin"),
-    ("demo.ids", "2", "demo.ids"),
-    ("demo.cams", "1", "demo.cams"),
-    ("demo.val_every", "0", "demo.val_every"),
-    ("demo.patience", "-1", "demo.patience"),
-    ("demo.min_delta", "-0.1", "demo.min_delta"),
-    ("demo.student_stepsize", "[20, 10]", "demo.student_stepsize"),
 ])
 def test_invalid_values_name_the_key(key, value, match):
     cfg = get_default_config()
@@ -127,3 +121,18 @@ def test_fp16_needs_gpu():
 def test_odd_override_list():
     with pytest.raises(ValueError, match="KEY VALUE"):
         build_config("", ["train.lr"])
+
+
+@pytest.mark.parametrize("key,value", [
+    ("demo.ids", "2"), ("demo.cams", "1"), ("demo.val_every", "0"), ("demo.patience", "-1"),
+    ("demo.min_delta", "-0.1"), ("demo.student_stepsize", "[20, 10]"), ("demo.train_ids", "64"),
+])
+def test_demo_section_is_an_extension_that_validates_its_keys(key, value):
+    from vkd_torchreid.apps.demo import DEMO_CONFIG
+
+    assert "demo" not in get_default_config()  # the core schema has no demo section
+    with pytest.raises(KeyError, match="demo"):
+        build_config("", [key, value])
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        build_config("", [key, value], [DEMO_CONFIG])
+    assert build_config("", [], [DEMO_CONFIG]).demo.enabled is False

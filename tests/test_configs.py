@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vkd_torchreid.apps import paper_configs
+from vkd_torchreid.apps.demo import DEMO_CONFIG
 from vkd_torchreid.config import build_config, get_default_config, merge_from_file
 from vkd_torchreid.data.manager import build_datamanager
 from vkd_torchreid.models import build_model
@@ -22,7 +23,7 @@ BASES = [p for p in CONFIGS if os.path.basename(p).startswith("_")]
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
     """All four layouts under one data.root, with enough identities for every P x K."""
-    from vkd_torchreid.data.synthetic import write_synthetic
+    from vkd_torchreid.synthetic import write_synthetic
 
     root = str(tmp_path_factory.mktemp("all_layouts"))
     for name in ("vkd_mars", "vkd_duke", "vkd_veri", "vkd_atrw"):
@@ -103,7 +104,7 @@ def test_paper_configs_are_the_reference(ds):
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[os.path.basename(p) for p in EXPERIMENTS])
 def test_config_loads_and_validates(path, tmp_path):
-    cfg = build_config(path, ["data.save_dir", str(tmp_path)])
+    cfg = build_config(path, ["data.save_dir", str(tmp_path)], [DEMO_CONFIG])
     assert cfg.data.sources and cfg.model.name.startswith("vkd_")
 
 
@@ -120,7 +121,7 @@ def test_partial_bases_merge_with_known_keys_and_are_inherited(path):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[os.path.basename(p) for p in EXPERIMENTS])
 def test_config_builds_data_and_models(path, synthetic_root, tmp_path):
     cfg = build_config(path, ["data.root", synthetic_root, "data.save_dir", str(tmp_path),
-                              "model.pretrained", "False", "data.workers", "0"])
+                              "model.pretrained", "False", "data.workers", "0"], [DEMO_CONFIG])
     dm = build_datamanager(cfg)
     assert dm.num_train_pids > 0
     batch = next(iter(dm.train_loader.batch_sampler))

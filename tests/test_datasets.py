@@ -17,7 +17,7 @@ from vkd_torchreid.data import ATRW, DATASETS, DukeVideo, Mars, VeRi, clear_cach
 from vkd_torchreid.data.atrw import LEFT, RIGHT, UNKNOWN, flank
 from vkd_torchreid.data.check import check_dataset, format_statistics
 from vkd_torchreid.data.io import write_jpeg
-from vkd_torchreid.data.synthetic import atrw_keypoints, write_synthetic
+from vkd_torchreid.synthetic import atrw_keypoints, write_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK_TOOL = os.path.join(REPO, "tools", "check_dataset.py")
@@ -547,7 +547,7 @@ def test_synthetic_refuses_foreign_data_and_bad_sizes(tmp_path):
 def test_synthetic_identities_are_recognisable_across_cameras():
     """Even a crude colour profile of the body finds the same identity, seen from the same
     side, in another camera."""
-    from vkd_torchreid.data.synthetic import render
+    from vkd_torchreid.synthetic import render
 
     def feat(pid, cam):
         img = render(0, pid, cam, False, 1, 1, 64, 32, view=0)[0].astype(np.float32)
@@ -561,7 +561,7 @@ def test_synthetic_identities_are_recognisable_across_cameras():
 
 def test_synthetic_views_matter():
     """One view of a person matches several identities; front and back together far fewer."""
-    from vkd_torchreid.data.synthetic import VIEWS, render
+    from vkd_torchreid.synthetic import VIEWS, render
 
     def torso(pid, view):
         img = render(0, pid, 1, False, 1, 1, 64, 32, view=view)[0].astype(np.float32)

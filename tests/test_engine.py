@@ -11,10 +11,10 @@ import torch
 
 from vkd_torchreid.config import get_default_config
 from vkd_torchreid.engine import DistillOptions, EngineOptions, TeacherEngine, VKDEngine
-from vkd_torchreid.engine import checkpoint as ckpt_io
 from vkd_torchreid.engine.build import train
 from vkd_torchreid.engine.optim import build_optim
 from vkd_torchreid.models import build_model
+from vkd_torchreid.utils import checkpoint as ckpt_io
 
 from conftest import tiny_config
 

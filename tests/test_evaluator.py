@@ -14,9 +14,9 @@ from vkd_torchreid import cli, evaluation
 from vkd_torchreid.data.base import evenly_indices
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.data.manager import VKDDataManager
-from vkd_torchreid.engine import checkpoint as ckpt_io
 from vkd_torchreid.engine.evaluator import EvalOptions, Evaluator
 from vkd_torchreid.models import build_model
+from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils.progress import progress_enabled
 
 from conftest import TINY, tiny_config

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from vkd_torchreid.apps import study
+from vkd_torchreid.apps.demo import DEMO_CONFIG
 from vkd_torchreid.config import build_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,7 @@ TINY_STUDY = [
 @pytest.mark.slow
 def test_study_runs_resumes_and_summarises(tmp_path):
     cfg = build_config(os.path.join(REPO, "configs", "study.yaml"),
-                       ["data.root", str(tmp_path / "data"), *TINY_STUDY])
+                       ["data.root", str(tmp_path / "data"), *TINY_STUDY], [DEMO_CONFIG])
     out = str(tmp_path / "out")
     summary = study.run_study(cfg, out, seeds=[1, 2], variants=["vkd", "control"])
     assert set(summary["runs"]) == {"teacher", "vkd", "control"}

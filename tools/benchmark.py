@@ -38,9 +38,9 @@ import vkd_torchreid
 from vkd_torchreid.compat import torchreid_evaluate_rank
 from vkd_torchreid.config import get_default_config
 from vkd_torchreid.engine import DistillOptions, EngineOptions, TeacherEngine, VKDEngine
-from vkd_torchreid.engine.extract import autocast, to_device
 from vkd_torchreid.evaluation import evaluate_rank
 from vkd_torchreid.models import build_model
+from vkd_torchreid.utils.device import autocast, to_device
 
 MODES = {"fp32": (False, ""), "channels_last": (True, ""), "bf16": (True, "bf16")}
 MARS_SHAPES = {"i2v": (1980, 11310), "v2v_no_query": (1980, 9330)}
@@ -179,7 +179,7 @@ def _bench_loader_source(args: argparse.Namespace, root: str,
     """Loader frames/s (ours and PIL) and resize ms/frame for synthetic frames of size ``src``."""
     from vkd_torchreid.config import build_config
     from vkd_torchreid.data.manager import VKDDataManager
-    from vkd_torchreid.data.synthetic import write_synthetic
+    from vkd_torchreid.synthetic import write_synthetic
 
     # One epoch = exactly loader_batches batches of P identities, and every rep consumes a
     # whole epoch: abandoning an iterator mid-epoch would make persistent workers decode

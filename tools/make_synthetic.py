@@ -15,7 +15,7 @@ if importlib.util.find_spec("vkd_torchreid") is None:  # a source checkout, not 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from vkd_torchreid.data.synthetic import DATASET_DIRS, write_synthetic
+    from vkd_torchreid.synthetic import DATASET_DIRS, write_synthetic
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,4 +1,10 @@
-"""The command line of ``tools/main.py`` (kept in the package so it is importable and tested)."""
+"""The ``vkd-reid`` command line (``tools/main.py`` is a thin wrapper around it).
+
+    vkd-reid [COMMAND] --config-file X [KEY VALUE ...]
+
+COMMAND is one of :data:`COMMANDS`; ``train`` is the default when the first argument is not a
+command. ``--config-file`` takes a path or the name of a packaged config (``vkd_mars_r50``).
+"""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def config_extensions() -> list:
+    """The sections applications add to the schema (the demo's)."""
+    from vkd_torchreid.apps.demo import DEMO_CONFIG
+
+    return [DEMO_CONFIG]
+
+
 def config_from_args(args: argparse.Namespace) -> CfgNode:
     """Default config <- file <- --root/-s/-t <- KEY VALUE overrides; validated."""
     opts: List[str] = []
@@ -60,7 +73,7 @@ def config_from_args(args: argparse.Namespace) -> CfgNode:
         opts += ["data.targets", str(args.targets)]
     if args.trust_checkpoint:
         opts += ["model.trust_checkpoint", "True"]
-    return build_config(args.config_file, opts + list(args.opts or []))
+    return build_config(args.config_file, opts + list(args.opts or []), config_extensions())
 
 
 def teardown_logging() -> None:
@@ -122,7 +135,7 @@ def resolve_resume(args: argparse.Namespace, cfg: CfgNode) -> str:
     ``--resume PATH`` and ``model.resume PATH`` are the same; ``--resume`` alone takes the
     latest checkpoint of the save dir.
     """
-    from vkd_torchreid.engine.checkpoint import find_latest
+    from vkd_torchreid.utils.checkpoint import find_latest
 
     save_dir = cfg.data.save_dir
     if not args.resume and cfg.model.resume:
@@ -168,7 +181,7 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> int:
     with open(os.path.join(save_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
         fh.write(cfg.dump())
     if demo:
-        from vkd_torchreid.demo import run_demo
+        from vkd_torchreid.apps.demo import run_demo
 
         run_demo(cfg)
         return 0
@@ -180,14 +193,14 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None,
-         parser: Optional[argparse.ArgumentParser] = None) -> int:
-    """Entry point; returns the exit code."""
-    import vkd_torchreid  # noqa: F401  (registers datasets and models with torchreid)
+def _train(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None,
+           eval_only: bool = False) -> int:
+    """``train`` (and ``eval``): one training run or evaluation; returns the exit code."""
     from vkd_torchreid.engine.base import NonFiniteLossError, StopTraining
-    from vkd_torchreid.engine.checkpoint import CheckpointError
+    from vkd_torchreid.utils.checkpoint import CheckpointError
 
     args = add_arguments(parser or argparse.ArgumentParser()).parse_args(argv)
+    args.eval_only = args.eval_only or eval_only
     try:
         cfg = config_from_args(args)
         return run(cfg, args)
@@ -196,8 +209,43 @@ def main(argv: Optional[Sequence[str]] = None,
         return 130
     except (UserError, FileNotFoundError, KeyError, ValueError, CheckpointError,
             NonFiniteLossError) as exc:
-        msg = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-        print(f"error: {msg.splitlines()[0] if msg else type(exc).__name__}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         teardown_logging()
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (a KeyError's without its quotes)."""
+    msg = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    return msg.splitlines()[0] if msg else type(exc).__name__
+
+
+def _study(argv: Sequence[str]) -> int:
+    from vkd_torchreid.apps.study import main as study_main
+
+    return study_main(argv)
+
+
+#: ``vkd-reid`` commands: name -> (entry point taking the remaining arguments, help).
+COMMANDS = {
+    "train": (lambda argv: _train(argv), "train the stage of the config (the default)"),
+    "eval": (lambda argv: _train(argv, eval_only=True),
+             "evaluate model.load_weights with the protocols of data.targets"),
+    "study": (_study, "the seeded, resumable study of the method's options"),
+}
+
+
+def main(argv: Optional[Sequence[str]] = None,
+         parser: Optional[argparse.ArgumentParser] = None) -> int:
+    """``vkd-reid [COMMAND] ...``; returns the exit code."""
+    import vkd_torchreid  # noqa: F401  (registers datasets and models with torchreid)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help") and parser is None:
+        print(__doc__.strip() + "\n\ncommands:\n" + "\n".join(
+            f"  {name:7s} {text}" for name, (_, text) in COMMANDS.items()))
+        return 0
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]][0](argv[1:])
+    return _train(argv, parser)

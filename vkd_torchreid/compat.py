@@ -52,6 +52,8 @@ utils = _sub("utils")
 _datasets = _sub("data.datasets")
 _rank = _sub("metrics.rank")
 _sampler = _sub("data.sampler")
+_optimizer = _sub("optim.optimizer")
+_lr_scheduler = _sub("optim.lr_scheduler")
 
 Engine = engine.Engine
 VideoDataManager = data.VideoDataManager
@@ -61,6 +63,9 @@ build_train_sampler = _sampler.build_train_sampler
 TORCHREID_SAMPLERS: tuple[str, ...] = tuple(_sampler.AVAI_SAMPLERS)
 build_optimizer = optim.build_optimizer
 build_lr_scheduler = optim.build_lr_scheduler
+#: ``train.optim`` and ``train.lr_scheduler`` values: torchreid's optimisers and schedulers.
+TORCHREID_OPTIMIZERS: tuple[str, ...] = tuple(_optimizer.AVAI_OPTIMS)
+TORCHREID_SCHEDULERS: tuple[str, ...] = tuple(_lr_scheduler.AVAI_SCH)
 MetricMeter = utils.MetricMeter
 AverageMeter = utils.AverageMeter
 re_ranking = utils.re_ranking

@@ -14,6 +14,10 @@ import torch.nn.functional as F
 Margin = Union[str, float]
 
 
+#: Values of ``vkd.logits_loss``: KL divergence of softened logits (the paper) or MSE.
+LOGITS_LOSSES = ("kl", "mse")
+
+
 def cross_entropy(logits: torch.Tensor, pids: torch.Tensor, label_smooth: float = 0.0) -> torch.Tensor:
     """Cross-entropy with optional label smoothing (torchreid's ``CrossEntropyLoss``).
 

@@ -17,21 +17,23 @@ so the study can be stopped and restarted across sittings.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import statistics
+import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from yacs.config import CfgNode
 
-from vkd_torchreid import demo
-from vkd_torchreid.cli import set_seed
-from vkd_torchreid.config import merge_from_list
+from vkd_torchreid.apps import demo
+from vkd_torchreid.cli import one_line, set_seed, setup_logging, teardown_logging
+from vkd_torchreid.config import build_config, merge_from_list
 from vkd_torchreid.engine import build
-from vkd_torchreid.engine import checkpoint as ckpt_io
 from vkd_torchreid.engine.evaluator import RESULTS_FILE
+from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils.jsonio import write_json
 
 logger = logging.getLogger(__name__)
@@ -164,3 +166,28 @@ def format_summary(summary: Dict[str, Any]) -> str:
                          f"({100 * s['min']:.1f}-{100 * s['max']:.1f})")
         lines.append(f"| {run} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``vkd-reid study`` (and ``tools/study.py``): runs or resumes a study; the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="vkd-reid study", description="The seeded, resumable study of the method's "
+        "options on the synthetic world (mean, std and range over seeds).")
+    parser.add_argument("--config-file", required=True,
+                        help="the study's config (configs/study.yaml: the demo section)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds 1..N")
+    parser.add_argument("--out", default="log/study", help="output folder (resumable)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = build_config(args.config_file, args.opts, [demo.DEMO_CONFIG])
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    setup_logging(args.out)
+    try:
+        run_study(cfg, args.out, list(range(1, args.seeds + 1)), args.variants)
+    finally:
+        teardown_logging()
+    return 0

@@ -1,24 +1,15 @@
 """Datasets, multi-view sampling, decoding/augmentation and the VKD data manager."""
 from __future__ import annotations
 
-from typing import Dict
-
 from vkd_torchreid.data.atrw import ATRW
 from vkd_torchreid.data.base import MODES, Protocol, Splits, VKDVideoDataset, clear_cache
 from vkd_torchreid.data.duke import DukeVideo
 from vkd_torchreid.data.io import CorruptImageError, read_image
 from vkd_torchreid.data.mars import Mars
+from vkd_torchreid.data.registry import DATASETS, dataset_class, register_dataset
 from vkd_torchreid.data.veri import VeRi
-
-#: Our datasets by the name torchreid knows them under.
-DATASETS: Dict[str, type] = {
-    "vkd_mars": Mars,
-    "vkd_duke": DukeVideo,
-    "vkd_veri": VeRi,
-    "vkd_atrw": ATRW,
-}
 
 __all__ = [
     "ATRW", "DATASETS", "MODES", "CorruptImageError", "DukeVideo", "Mars", "Protocol", "Splits",
-    "VKDVideoDataset", "VeRi", "clear_cache", "read_image",
+    "VKDVideoDataset", "VeRi", "clear_cache", "dataset_class", "read_image", "register_dataset",
 ]

@@ -31,7 +31,6 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from vkd_torchreid.config import ATRW_VIEWS
 from vkd_torchreid.data.base import (
     Protocol,
     Splits,
@@ -40,6 +39,7 @@ from vkd_torchreid.data.base import (
     require_dir,
     require_file,
 )
+from vkd_torchreid.data.registry import register_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ LEFT_SIDE = (5, 6, 10, 11, 12)
 RIGHT, LEFT, UNKNOWN = 0, 1, 2
 FRAME_GROUP_BASE = 100000
 GT_NAME = "gt_test_plain.json"
+#: Values of ``data.atrw_views``: how training tracklets (and so views) are formed.
+ATRW_VIEWS = ("side", "video", "video_side")
 KEYPOINT_FORM = "45 numbers (15 keypoints x, y, visibility) or 15 [x, y, visibility] triples"
 GT_FORM = '{"imgid": int, "entityid": int, "query": "sing"|"multi", "frame": [a, b, c]}'
 
@@ -85,6 +87,7 @@ def _read_csv(path: str) -> List[Tuple[int, List[str]]]:
                 if row and any(f.strip() for f in row)]
 
 
+@register_dataset("vkd_atrw")
 class ATRW(VKDVideoDataset):
     """ATRW re-ID under ``root/atrw`` (option ``atrw_views``, default ``side``)."""
 

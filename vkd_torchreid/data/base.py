@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import threading
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 Tracklet = Tuple[Tuple[str, ...], int, int]
 ImageItem = Tuple[str, int, int]
 
+#: Values of ``video.sample_method``: a test tracklet is 8 evenly spread frames or all of them.
+TEST_SAMPLE_METHODS = ("evenly", "all")
 #: Evaluation modes: (query kind, gallery kind).
 MODES: Dict[str, Tuple[str, str]] = {
     "I2V": ("query_img", "gallery"),
@@ -265,10 +267,3 @@ class VKDVideoDataset(VideoDataset):
 
 def _identity(x: Any) -> Any:
     return x
-
-
-def find_dataset_class(name: str) -> Optional[type]:
-    """Our dataset class registered under ``name`` (``vkd_mars``...), or None."""
-    from vkd_torchreid.data import DATASETS
-
-    return DATASETS.get(name)

@@ -7,6 +7,7 @@ from typing import Any, Iterable, List, Optional, Tuple
 
 from vkd_torchreid.data.base import Splits
 from vkd_torchreid.data.io import read_image
+from vkd_torchreid.data.registry import dataset_class
 
 COLUMNS = ("split", "ids", "items", "images", "cameras")
 
@@ -61,11 +62,7 @@ def check_dataset(name: str, root: str, decode: bool = True,
         ValueError: unknown dataset or option, or a malformed annotation file.
         FileNotFoundError: the dataset folder or an annotation file is missing.
     """
-    from vkd_torchreid.data import DATASETS
-
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
-    cls = DATASETS[name]
+    cls = dataset_class(name)
     unknown = sorted(set(options) - set(cls.OPTIONS))
     if unknown:
         raise ValueError(f"{name} has no option(s) {unknown}; its options: {list(cls.OPTIONS)}")

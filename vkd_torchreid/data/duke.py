@@ -23,6 +23,7 @@ from vkd_torchreid.data.base import (
     relabel,
     require_dir,
 )
+from vkd_torchreid.data.registry import register_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def _camera(folder: str, name: str) -> int:
     return cam - 1
 
 
+@register_dataset("vkd_duke")
 class DukeVideo(VKDVideoDataset):
     """DukeMTMC-VideoReID under ``root/DukeMTMC-VideoReID`` (option ``duke_tracklets``)."""
 

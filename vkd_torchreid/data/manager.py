@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from vkd_torchreid.compat import VideoDataManager, build_train_sampler
 from vkd_torchreid.compat import data as tr_data
-from vkd_torchreid.config import MULTIVIEW_SAMPLER
 from vkd_torchreid.data.base import MODES, Protocol, Splits, evenly_indices
 from vkd_torchreid.data.io import CorruptImageError, read_image
+from vkd_torchreid.data.registry import dataset_class
 from vkd_torchreid.data.sampler import (
+    MULTIVIEW_SAMPLER,
     FrameSpec,
     IdentityIndex,
     MultiViewSampler,
@@ -214,11 +215,7 @@ class VKDDataManager(VideoDataManager):
     # ------------------------------------------------------------------ datasets
     @staticmethod
     def _dataset_class(name: str) -> type:
-        from vkd_torchreid.data import DATASETS
-
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
-        return DATASETS[name]
+        return dataset_class(name)
 
     def _load(self, name: str) -> Splits:
         if name not in self.splits:

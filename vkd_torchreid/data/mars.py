@@ -24,6 +24,7 @@ from vkd_torchreid.data.base import (
     require_dir,
     require_file,
 )
+from vkd_torchreid.data.registry import register_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def _track_table(path: str, key: str) -> np.ndarray:
     return _as_int(table, path, key)
 
 
+@register_dataset("vkd_mars")
 class Mars(VKDVideoDataset):
     """MARS under ``root/mars`` (option ``mars_query_in_gallery``, default True)."""
 

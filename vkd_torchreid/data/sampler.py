@@ -30,6 +30,10 @@ FrameRef = Tuple[int, int]
 #: One training item: (pid, camid of its first frame, N frame references).
 FrameSpec = Tuple[int, int, Tuple[FrameRef, ...]]
 STRATEGIES = ("tracklet", "multiview", "multiview_random", "temporal")
+#: Values of ``vkd.view_strategy`` (the student stage; the teacher stage uses ``tracklet``).
+VIEW_STRATEGIES = ("multiview", "multiview_random", "temporal")
+#: ``sampler.train_sampler`` of our sampler; torchreid's sampler names work through an adapter.
+MULTIVIEW_SAMPLER = "MultiViewSampler"
 
 
 class IdentityIndex:

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vkd_torchreid.config import ERASE_RATIO_DISTS
-
 ERASE_ATTEMPTS = 10  # torchvision's RandomErasing tries this many boxes before giving up
+#: Values of ``data.random_erase_ratio_dist``: the erased box's aspect ratio is drawn uniformly
+#: in the range (torchvision 0.4, the reference's) or log-uniformly (torchvision >= 0.5).
+ERASE_RATIO_DISTS = ("uniform", "log")
 _UINT8_MAX = 255.0
 _NORM_FRAMES = 2  # frames normalised per step (cache-sized)
 

@@ -33,6 +33,7 @@ from vkd_torchreid.data.base import (
     require_dir,
     require_file,
 )
+from vkd_torchreid.data.registry import register_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def parse_name(name: str, path: str, line: int) -> Tuple[int, int]:
     return int(match.group(1)), int(match.group(2)) - 1
 
 
+@register_dataset("vkd_veri")
 class VeRi(VKDVideoDataset):
     """VeRi-776 under ``root/VeRi`` (option ``veri_query_track``)."""
 

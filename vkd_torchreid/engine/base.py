@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from vkd_torchreid.compat import Engine
-from vkd_torchreid.engine import checkpoint as ckpt_io
 from vkd_torchreid.engine.callbacks import Callback, default_callbacks
 from vkd_torchreid.engine.evaluator import Evaluator
-from vkd_torchreid.engine.extract import autocast, to_device
+from vkd_torchreid.utils import checkpoint as ckpt_io
+from vkd_torchreid.utils.device import autocast, to_device
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from torch import nn
 from yacs.config import CfgNode
 
 from vkd_torchreid.data.manager import VKDDataManager
-from vkd_torchreid.engine import checkpoint as ckpt_io
 from vkd_torchreid.engine.base import EngineOptions, VKDEngineBase
 from vkd_torchreid.engine.callbacks import Callback, default_callbacks
 from vkd_torchreid.engine.evaluator import Evaluator
@@ -22,6 +21,7 @@ from vkd_torchreid.engine.teacher import TeacherEngine
 from vkd_torchreid.engine.vkd import DistillOptions, VKDEngine
 from vkd_torchreid.models import build_model, build_student, load_weights
 from vkd_torchreid.models.weights import NetworkCheckpoint, load_network_state, read_network
+from vkd_torchreid.utils import checkpoint as ckpt_io
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ I2V queries (the first frame of each query tracklet) without decoding anything t
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from typing import Iterator, Optional
@@ -17,10 +16,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vkd_torchreid.utils.device import autocast, to_device
+
 logger = logging.getLogger(__name__)
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclasses.dataclass
 class Features:
@@ -36,22 +34,6 @@ class Features:
     first: torch.Tensor
     pids: np.ndarray
     camids: np.ndarray
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``amp`` in {'', 'bf16', 'fp16'} ('' is a no-op)."""
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[amp])
-
-
-def to_device(img: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """Moves ``[..., C, H, W]`` to ``device`` in NCHW or channels-last memory order."""
-    img = img.to(device, non_blocking=True)
-    shape = img.shape
-    flat = img.reshape(-1, *shape[-3:])
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return flat.contiguous(memory_format=fmt).view(shape)
 
 
 def frame_features(model: nn.Module, frames: torch.Tensor, chunk: int) -> torch.Tensor:

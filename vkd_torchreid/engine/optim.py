@@ -7,11 +7,6 @@ from torch import nn
 
 from vkd_torchreid.compat import build_lr_scheduler, build_optimizer
 
-#: ``train.optim`` values (torchreid's optimisers).
-OPTIMIZERS = ("adam", "amsgrad", "sgd", "rmsprop", "radam")
-#: ``train.lr_scheduler`` values (torchreid's schedulers).
-SCHEDULERS = ("multi_step", "single_step", "cosine")
-
 
 def build_optim(cfg: Any, model: nn.Module, lr: Optional[float] = None) -> Tuple[Any, Any]:
     """torchreid's optimizer and LR scheduler for ``model`` (``lr`` overrides train.lr)."""

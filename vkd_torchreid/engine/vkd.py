@@ -11,6 +11,7 @@ from vkd_torchreid import losses as L
 from vkd_torchreid.engine.base import EngineOptions, VKDEngineBase
 from vkd_torchreid.engine.callbacks import Callback
 from vkd_torchreid.engine.evaluator import Evaluator
+from vkd_torchreid.models.student import freeze_teacher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,24 +30,6 @@ class DistillOptions:
         v = cfg.vkd
         return cls(student_frames=v.student_frames, tau=v.tau, alpha=v.alpha, beta=v.beta,
                    logits_loss=v.logits_loss, teacher_bn=v.teacher_bn)
-
-
-def freeze_teacher(teacher: nn.Module, bn_mode: str) -> nn.Module:
-    """Freezes ``teacher`` for distillation: no gradients, fixed BatchNorm behaviour.
-
-    ``bn_mode='batch'`` is the reference: train mode with ``track_running_stats=False`` on
-    every BatchNorm, so batch statistics are used and the running ones never change.
-    ``'eval'`` uses the running statistics.
-    """
-    teacher.requires_grad_(False)
-    if bn_mode == "eval":
-        return teacher.eval()
-    if bn_mode != "batch":
-        raise ValueError(f"vkd.teacher_bn={bn_mode!r}: expected 'batch' or 'eval'")
-    for m in teacher.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.track_running_stats = False
-    return teacher.train()
 
 
 class VKDEngine(VKDEngineBase):

@@ -11,13 +11,14 @@ from typing import Any, Callable, Dict
 from vkd_torchreid.models.backbones import ARCHS, get_spec
 from vkd_torchreid.models.bam import BAM
 from vkd_torchreid.models.pretrained import imagenet_file, imagenet_url
-from vkd_torchreid.models.student import build_student
+from vkd_torchreid.models.reference import reference_arch, reference_to_ours
+from vkd_torchreid.models.student import TEACHER_BN_MODES, build_student, freeze_teacher
 from vkd_torchreid.models.vkdnet import VKDNet
-from vkd_torchreid.models.weights import load_weights, reference_arch, reference_to_ours
+from vkd_torchreid.models.weights import NetworkCheckpoint, load_weights, read_network
 
-__all__ = ["ARCHS", "BAM", "MODEL_BUILDERS", "VKDNet", "build_model", "build_student",
-           "imagenet_file", "imagenet_url", "load_weights", "reference_arch",
-           "reference_to_ours"]
+__all__ = ["ARCHS", "BAM", "MODEL_BUILDERS", "TEACHER_BN_MODES", "NetworkCheckpoint", "VKDNet",
+           "build_model", "build_student", "freeze_teacher", "imagenet_file", "imagenet_url",
+           "load_weights", "read_network", "reference_arch", "reference_to_ours"]
 
 
 def _builder(arch: str, num_classes: int, loss: str = "softmax", pretrained: bool = True,

@@ -23,6 +23,9 @@ from vkd_torchreid.models.vkdnet import VKDNet
 
 logger = logging.getLogger(__name__)
 
+#: How the frozen teacher's BatchNorm behaves while it teaches (``vkd.teacher_bn``).
+TEACHER_BN_MODES = ("batch", "eval")
+
 
 def build_student(teacher: VKDNet, arch: str = "", reinit_last_block: bool = True,
                   pretrained: bool = True, pretrained_path: str = "") -> VKDNet:
@@ -73,3 +76,21 @@ def build_student(teacher: VKDNet, arch: str = "", reinit_last_block: bool = Tru
                     "ImageNet" if pretrained else "random init")
     student.train()
     return student
+
+
+def freeze_teacher(teacher: nn.Module, bn_mode: str) -> nn.Module:
+    """Freezes ``teacher`` for distillation: no gradients, fixed BatchNorm behaviour.
+
+    ``bn_mode='batch'`` is the reference: train mode with ``track_running_stats=False`` on
+    every BatchNorm, so batch statistics are used and the running ones never change.
+    ``'eval'`` uses the running statistics.
+    """
+    teacher.requires_grad_(False)
+    if bn_mode == "eval":
+        return teacher.eval()
+    if bn_mode not in TEACHER_BN_MODES:
+        raise ValueError(f"vkd.teacher_bn={bn_mode!r}: expected one of {TEACHER_BN_MODES}")
+    for m in teacher.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+    return teacher.train()

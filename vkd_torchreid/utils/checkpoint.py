@@ -17,7 +17,7 @@ import pickle
 import random
 import re
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -159,3 +159,25 @@ def find_latest(save_dir: str) -> Optional[str]:
 def has_checkpoints(save_dir: str) -> bool:
     """Whether ``save_dir`` already holds checkpoints of a run."""
     return find_latest(save_dir) is not None
+
+
+def read_state_dict(path: str, trust: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """The state dict (``module.`` prefixes stripped) and the ``meta`` dict (with ``epoch``) of
+    a checkpoint: ours, torchreid's, or a bare state dict.
+
+    Raises:
+        FileNotFoundError, CheckpointError: see :func:`load_checkpoint`.
+        ValueError: the file holds no state dict.
+    """
+    ckpt = load_checkpoint(path, trust=trust)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ValueError(f"{path} holds no state dict (a dict of tensors, or a checkpoint "
+                         "with a 'state_dict')")
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("epoch"), int):
+        meta.setdefault("epoch", ckpt["epoch"])
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return state, meta

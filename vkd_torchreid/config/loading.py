@@ -1,0 +1,170 @@
+"""Reading configs: YAML files with ``_BASE_`` inheritance, ``KEY VALUE`` overrides, unknown and
+removed keys reported with what to do, and packaged configs found by name."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Dict, Sequence
+
+from yacs.config import CfgNode as CN
+
+from vkd_torchreid.config.defaults import get_default_config
+from vkd_torchreid.config.validation import validate_config
+
+#: Where ``configs/*.yaml`` are installed (the repository's configs/ folder, shipped as
+#: package data).
+PACKAGED_CONFIGS = "vkd_torchreid.configs"
+
+def _section_keys(cfg: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        keys.extend(_section_keys(v, full + ".") if isinstance(v, CN) else [full])
+    return keys
+
+
+def _unknown_key_error(cfg: CN, key: str) -> KeyError:
+    section = key.rsplit(".", 1)[0] if "." in key else ""
+    node = cfg
+    for part in section.split(".") if section else []:
+        if not isinstance(node, CN) or part not in node:
+            node = None
+            break
+        node = node[part]
+    if isinstance(node, CN):
+        valid = ", ".join(_section_keys(node, section + "." if section else ""))
+        return KeyError(f"unknown config key {key!r}; valid keys of {section or 'the root'}: {valid}")
+    return KeyError(f"unknown config key {key!r}; sections: {', '.join(sorted(cfg.keys()))}")
+
+
+#: Keys that existed and were removed: what to do instead.
+REMOVED_KEYS: Dict[str, str] = {
+    "train.start_epoch": "a run continues from the epoch of its checkpoint: use --resume "
+                         "[PATH] or model.resume PATH",
+}
+
+
+def _removed(key: str) -> KeyError:
+    return KeyError(f"config key {key} was removed: {REMOVED_KEYS[key]}")
+
+
+def _check_keys(root: CN, node: CN, other: CN, prefix: str = "") -> None:
+    for k, v in other.items():
+        full = f"{prefix}{k}"
+        if k == "_BASE_":
+            continue
+        if full in REMOVED_KEYS:
+            raise _removed(full)
+        if k not in node:
+            raise _unknown_key_error(root, full)
+        if isinstance(v, dict) and isinstance(node[k], CN):
+            _check_keys(root, node[k], v, full + ".")
+
+
+def _load_yaml_with_base(path: str) -> CN:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as fh:
+        try:
+            loaded = CN.load_cfg(fh)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a valid YAML config ({exc})") from exc
+    base = loaded.pop("_BASE_", None)
+    if base is None:
+        return loaded
+    base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+    merged = _load_yaml_with_base(base_path)
+    _deep_update(merged, loaded)
+    return merged
+
+
+def _deep_update(dst: CN, src: CN) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def merge_from_file(cfg: CN, path: str) -> CN:
+    """Merges a YAML file (with optional ``_BASE_`` inheritance) into ``cfg``.
+
+    Raises:
+        FileNotFoundError: the file (or one of its bases) does not exist.
+        KeyError: the file holds a key the project does not know; the message lists the
+            valid keys of that section.
+    """
+    loaded = _load_yaml_with_base(path)
+    _check_keys(cfg, cfg, loaded)
+    try:
+        cfg.merge_from_other_cfg(loaded)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return cfg
+
+
+def merge_from_list(cfg: CN, opts: Sequence[str]) -> CN:
+    """Merges ``KEY VALUE`` overrides (``["train.lr", "0.001", ...]``) into ``cfg``."""
+    if len(opts) % 2:
+        raise ValueError(f"overrides come in KEY VALUE pairs, got an odd list: {list(opts)}")
+    for key in opts[0::2]:
+        if key in REMOVED_KEYS:
+            raise _removed(key)
+        node = cfg
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], CN):
+                raise _unknown_key_error(cfg, key)
+            node = node[part]
+        if parts[-1] not in node:
+            raise _unknown_key_error(cfg, key)
+    try:
+        cfg.merge_from_list(list(opts))
+    except ValueError as exc:
+        raise ValueError(f"bad override: {exc}") from exc
+    return cfg
+
+
+def resolve_config_file(path: str) -> str:
+    """``path`` if it is a file, else the packaged config of that name (``vkd_mars_r50`` or
+    ``vkd_mars_r50.yaml``), so that an installed package finds its paper configs by name.
+
+    Raises:
+        FileNotFoundError: neither exists.
+    """
+    if os.path.isfile(path) or os.path.dirname(path):
+        return path
+    from importlib import resources
+
+    name = path if path.endswith((".yaml", ".yml")) else f"{path}.yaml"
+    try:
+        packaged = resources.files(PACKAGED_CONFIGS) / name
+    except ModuleNotFoundError:  # the configs are not installed with the package
+        return path
+    return str(packaged) if packaged.is_file() else path
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigExtension:
+    """A section an application adds to the schema (detectron2's ``add_*_config``), with the
+    validation of that section."""
+
+    add: Callable[[CN], None]
+    validate: Callable[[CN], None]
+
+
+def build_config(config_file: str = "", opts: Sequence[str] = (),
+                 extensions: Sequence[ConfigExtension] = ()) -> CN:
+    """Default config (plus the extensions' sections), then the file (a path, or the name
+    of a packaged config), then ``KEY VALUE`` overrides, validated and frozen."""
+    cfg = get_default_config()
+    for extension in extensions:
+        extension.add(cfg)
+    if config_file:
+        merge_from_file(cfg, resolve_config_file(config_file))
+    merge_from_list(cfg, opts)
+    validate_config(cfg)
+    for extension in extensions:
+        extension.validate(cfg)
+    cfg.freeze()
+    return cfg

@@ -1,0 +1,27 @@
+"""Where tensors go and in which precision: autocast modes and memory formats."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+#: Autocast dtypes of ``train.amp`` / ``test.amp`` ('' is float32).
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: Values of ``train.amp`` and ``test.amp``.
+AMP_MODES = ("", *AUTOCAST_DTYPES)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``amp`` in :data:`AMP_MODES` ('' is a no-op)."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[amp])
+
+
+def to_device(img: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Moves ``[..., C, H, W]`` to ``device`` in NCHW or channels-last memory order."""
+    img = img.to(device, non_blocking=True)
+    shape = img.shape
+    flat = img.reshape(-1, *shape[-3:])
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return flat.contiguous(memory_format=fmt).view(shape)
