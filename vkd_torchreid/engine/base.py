@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import signal
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -23,13 +22,11 @@ from torch import nn
 
 from vkd_torchreid.compat import Engine
 from vkd_torchreid.engine.callbacks import Callback, default_callbacks
+from vkd_torchreid.engine.checkpointing import CheckpointMixin
 from vkd_torchreid.engine.evaluator import Evaluator
-from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils.device import autocast, to_device
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "model"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,7 +60,7 @@ class EngineOptions:
             weight_t=cfg.loss.triplet.weight_t)
 
 
-class VKDEngineBase(Engine):
+class VKDEngineBase(CheckpointMixin, Engine):
     """Common machinery; subclasses implement :meth:`forward_train` and :meth:`compute_losses`.
 
     Args:
@@ -230,69 +227,6 @@ class VKDEngineBase(Engine):
                 signal.signal(sig, handler)
             self.writer.close()
             self.writer = None
-
-    # ------------------------------------------------------------------ checkpoints
-    def model_meta(self) -> Dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "generation": self.generation,
-            "arch": getattr(self.model, "arch", type(self.model).__name__),
-            "num_classes": getattr(self.model, "num_classes", None),
-        }
-
-    def checkpoint_state(self, epoch: int, rank1: float) -> Dict[str, Any]:
-        """The checkpoint dict after ``epoch`` completed epochs."""
-        state = {
-            "state_dict": self.model.state_dict(),
-            "epoch": int(epoch),
-            "rank1": float(rank1),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict(),
-            "rng": ckpt_io.capture_rng(),
-            "global_step": self.global_step,
-            "meta": self.model_meta(),
-        }
-        return ckpt_io.to_plain(state)
-
-    def _checkpoint_dir(self) -> str:
-        return os.path.join(self.save_dir, CHECKPOINT_DIR)
-
-    def save_latest(self) -> str:
-        """Writes ``latest.pth.tar`` for the last completed epoch (atomic), once per epoch."""
-        path = os.path.join(self._checkpoint_dir(), ckpt_io.LATEST_NAME)
-        if self._latest_epoch != self.completed_epochs or not os.path.exists(path):
-            ckpt_io.atomic_save(self.checkpoint_state(self.completed_epochs, 0.0), path)
-            self._latest_epoch = self.completed_epochs
-        return path
-
-    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
-        path = os.path.join(save_dir, CHECKPOINT_DIR, f"{ckpt_io.CHECKPOINT_PREFIX}{epoch + 1}")
-        ckpt_io.atomic_save(self.checkpoint_state(epoch + 1, rank1), path)
-        logger.info("checkpoint saved to %s", path)
-
-    def resume(self, path: str, trust: bool = False) -> int:
-        """Restores model, optimizer, scheduler, scaler, epoch and RNG; returns the start epoch."""
-        state = ckpt_io.load_checkpoint(path, trust=trust)
-        meta = state.get("meta", {})
-        ours = self.model_meta()
-        for key in ("arch", "num_classes"):
-            if meta.get(key) is not None and meta.get(key) != ours[key]:
-                raise ValueError(f"cannot resume from {path}: it holds {key}={meta[key]!r}, "
-                                 f"the config builds {key}={ours[key]!r}")
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if "rng" in state:
-            ckpt_io.restore_rng(state["rng"])
-        self.global_step = int(state.get("global_step", 0))
-        self.completed_epochs = int(state["epoch"])
-        self._latest_epoch = self.completed_epochs
-        logger.info("resumed from %s at epoch %d", path, self.completed_epochs)
-        return self.completed_epochs
 
     # ------------------------------------------------------------------ evaluation
     def test(self, save_dir: str = "") -> float:

@@ -14,7 +14,7 @@ class TeacherEngine(VKDEngineBase):
 
     Batches are ``img`` ``[B, N, C, H, W]``: N frames of one tracklet per item; the set
     embedding is the mean of the per-frame pooled features, the logits the mean of the
-    per-frame logits (DESIGN.md, stage 1).
+    per-frame logits (docs/ARCHITECTURE.md, "the method").
     """
 
     stage = "teacher"

@@ -1,0 +1,106 @@
+"""The datasets the loaders iterate: training items decoded from the sampler's frame specs,
+and test items (tracklets sampled evenly or whole, or single images)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Set
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from vkd_torchreid.data.base import evenly_indices
+from vkd_torchreid.data.io import CorruptImageError, read_image
+from vkd_torchreid.data.sampler import FrameSpec, IdentityIndex
+from vkd_torchreid.data.transforms import TestFrameTransform, TrainFrameTransform
+
+_READ_ERRORS = (CorruptImageError, FileNotFoundError)
+
+
+class TrainFrames(Dataset):
+    """Decodes the frames of a :data:`FrameSpec` item and applies the per-frame augmentation.
+
+    With ``skip_corrupt`` an unreadable frame is replaced by another frame of its tracklet
+    (then of its identity) and its path is reported in ``skipped``; without it the error
+    names the file.
+    """
+
+    def __init__(self, tracklets: Sequence[Sequence], transform: TrainFrameTransform,
+                 skip_corrupt: bool = False) -> None:
+        self.paths = [tuple(t[0]) for t in tracklets]
+        self.transform = transform
+        self.skip_corrupt = skip_corrupt
+        self.index = IdentityIndex(tracklets) if skip_corrupt else None
+        self._bad: Set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _replacement(self, pid: int, t: int) -> np.ndarray:
+        """Another readable frame of tracklet ``t``, else of identity ``pid``."""
+        assert self.index is not None
+        others = [x for x in np.random.permutation(self.index.tracklets[pid]) if x != t]
+        for cand in [t, *others]:
+            for f in np.random.permutation(len(self.paths[cand])):
+                path = self.paths[cand][f]
+                if path in self._bad:
+                    continue
+                try:
+                    return read_image(path)
+                except _READ_ERRORS:
+                    self._bad.add(path)
+        raise ValueError(f"identity {pid}: every frame of its {1 + len(others)} training "
+                         f"tracklet(s) is unreadable (first: {self.paths[t][0]})")
+
+    def __getitem__(self, spec: FrameSpec) -> Dict[str, Any]:
+        pid, camid, refs = spec
+        frames, skipped = [], []
+        for t, f in refs:
+            path = self.paths[t][f]
+            try:
+                if path in self._bad:
+                    raise CorruptImageError(path, "known to be unreadable")
+                img = read_image(path)
+            except _READ_ERRORS:
+                if not self.skip_corrupt:
+                    raise
+                self._bad.add(path)
+                skipped.append(path)
+                img = self._replacement(pid, t)
+            frames.append(self.transform(img))
+        return {"img": np.stack(frames), "pid": pid, "camid": camid, "skipped": skipped}
+
+
+class TestFrames(Dataset):
+    """Test items: tracklets sampled evenly (N frames) or whole, or single images.
+
+    Returns ``img`` uint8 ``[V, H, W, 3]`` with V = N (``evenly``), the tracklet length
+    (``all``) or 1 (image items), plus ``pid``, ``camid`` and ``index``.
+    """
+
+    def __init__(self, items: Sequence[Sequence], transform: TestFrameTransform,
+                 seq_len: int = 8, sample_method: str = "evenly") -> None:
+        self.items = items
+        self.transform = transform
+        self.seq_len = seq_len
+        self.sample_method = sample_method
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def frame_paths(self, index: int) -> List[str]:
+        """The frame files item ``index`` decodes, in order."""
+        paths = self.items[index][0]
+        if isinstance(paths, str):
+            return [paths]
+        if self.sample_method == "all":
+            return list(paths)
+        return [paths[i] for i in evenly_indices(len(paths), self.seq_len)]
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        _, pid, camid = self.items[index][:3]
+        cache: Dict[str, np.ndarray] = {}
+        frames = []
+        for path in self.frame_paths(index):
+            if path not in cache:  # short tracklets repeat their last frame: decode it once
+                cache[path] = self.transform(read_image(path))
+            frames.append(cache[path])
+        return {"img": np.stack(frames), "pid": pid, "camid": camid, "index": index}
