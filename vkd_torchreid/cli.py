@@ -11,22 +11,25 @@ import argparse
 import logging
 import logging.handlers
 import os
-import random
 import sys
 import time
 from typing import Any, List, Optional, Sequence
 
-import numpy as np
-import torch
 from yacs.config import CfgNode
 
 from vkd_torchreid.config import build_config
+from vkd_torchreid.utils.logs import (  # noqa: F401  (LOG_FILE: the run log's name)
+    LOG_FILE,
+    attach_log_file,
+    one_line,
+    setup_logging,
+    teardown_logging,
+)
+from vkd_torchreid.utils.seeding import set_seed
 
 logger = logging.getLogger("vkd_torchreid")
 
 EXIT_ERROR = 2
-LOG_FILE = "train.log"
-_LOG_BUFFER = 100_000  # records held before the log file exists
 CONFIG_FILE = "config.yaml"
 
 
@@ -74,59 +77,6 @@ def config_from_args(args: argparse.Namespace) -> CfgNode:
     if args.trust_checkpoint:
         opts += ["model.trust_checkpoint", "True"]
     return build_config(args.config_file, opts + list(args.opts or []), config_extensions())
-
-
-def teardown_logging() -> None:
-    """Removes and closes the handlers :func:`setup_logging` added (safe to call twice)."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_vkd", False):
-            root.removeHandler(handler)
-            handler.close()
-
-
-def _add_handler(handler: logging.Handler) -> None:
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                           "%H:%M:%S"))
-    handler._vkd = True  # type: ignore[attr-defined]
-    logging.getLogger().addHandler(handler)
-
-
-def setup_logging(save_dir: str = "") -> None:
-    """Logs to stdout, and to ``<save_dir>/train.log`` until :func:`teardown_logging`.
-
-    Without ``save_dir`` the records are held in memory until :func:`attach_log_file`: a run
-    checks its data and checkpoints before it writes anything into its save dir, and its log
-    file still holds what happened meanwhile.
-    """
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    teardown_logging()
-    _add_handler(logging.StreamHandler(sys.stdout))
-    if save_dir:
-        attach_log_file(save_dir)
-    else:
-        _add_handler(logging.handlers.MemoryHandler(_LOG_BUFFER, flushLevel=logging.CRITICAL + 1))
-
-
-def attach_log_file(save_dir: str) -> None:
-    """Starts ``<save_dir>/train.log`` with the records held since :func:`setup_logging`."""
-    os.makedirs(save_dir, exist_ok=True)
-    root = logging.getLogger()
-    buffers = [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)
-               and getattr(h, "_vkd", False)]
-    file_handler = logging.FileHandler(os.path.join(save_dir, LOG_FILE), encoding="utf-8")
-    _add_handler(file_handler)
-    for buffer in buffers:
-        buffer.setTarget(file_handler)
-        root.removeHandler(buffer)
-        buffer.close()  # flushes the held records into the file
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def resolve_resume(args: argparse.Namespace, cfg: CfgNode) -> str:
@@ -215,12 +165,6 @@ def _train(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None
         teardown_logging()
 
 
-def one_line(exc: BaseException) -> str:
-    """The first line of an error's message (a KeyError's without its quotes)."""
-    msg = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-    return msg.splitlines()[0] if msg else type(exc).__name__
-
-
 def _study(argv: Sequence[str]) -> int:
     from vkd_torchreid.apps.study import main as study_main
 
@@ -239,8 +183,6 @@ COMMANDS = {
 def main(argv: Optional[Sequence[str]] = None,
          parser: Optional[argparse.ArgumentParser] = None) -> int:
     """``vkd-reid [COMMAND] ...``; returns the exit code."""
-    import vkd_torchreid  # noqa: F401  (registers datasets and models with torchreid)
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help") and parser is None:
         print(__doc__.strip() + "\n\ncommands:\n" + "\n".join(

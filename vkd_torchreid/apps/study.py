@@ -29,12 +29,13 @@ from typing import Any, Dict, List, Optional, Sequence
 from yacs.config import CfgNode
 
 from vkd_torchreid.apps import demo
-from vkd_torchreid.cli import one_line, set_seed, setup_logging, teardown_logging
 from vkd_torchreid.config import build_config, merge_from_list
 from vkd_torchreid.engine import build
 from vkd_torchreid.engine.evaluator import RESULTS_FILE
 from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils.jsonio import write_json
+from vkd_torchreid.utils.logs import one_line, setup_logging, teardown_logging
+from vkd_torchreid.utils.seeding import set_seed
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict
 
 import torch
 
-import vkd_torchreid
+from vkd_torchreid import __version__
 
 
 def timeit(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
@@ -29,4 +29,4 @@ def machine() -> Dict[str, Any]:
             "torch": torch.__version__, "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "vkd_torchreid": vkd_torchreid.__version__}
+            "vkd_torchreid": __version__}

@@ -1,0 +1,1 @@
+"""The experiment configs, installed with the package as ``vkd_torchreid.configs``."""
