@@ -49,6 +49,8 @@ CHOICES: Dict[str, Tuple[Any, ...]] = {
     "test.dist_metric": METRICS,
     "test.progress": PROGRESS_MODES,
     "model.last_stride": (1, 2),
+    # VKD always trains CE + batch-hard triplet; loss.triplet.weight_x / weight_t weigh them.
+    "loss.name": ("triplet",),
 }
 
 
@@ -91,8 +93,8 @@ RANGES: Dict[str, Range] = {
     "loss.triplet.weight_t": NON_NEGATIVE, "loss.triplet.weight_x": NON_NEGATIVE,
     "loss.triplet.margin": NON_NEGATIVE, "vkd.generation_lr_floor": NON_NEGATIVE,
     "data.random_erase_prob": PROBABILITY, "data.flip_prob": PROBABILITY,
-    "vkd.tau": POSITIVE, "train.lr": POSITIVE, "data.height": POSITIVE, "data.width": POSITIVE,
-    "test.batch_size": POSITIVE, "video.test_chunk": POSITIVE,
+    "vkd.tau": POSITIVE, "train.lr": POSITIVE, "data.height": COUNT, "data.width": COUNT,
+    "test.batch_size": COUNT, "video.test_chunk": COUNT,
     "train.gamma": FRACTION, "vkd.generation_lr_decay": FRACTION,
 }
 

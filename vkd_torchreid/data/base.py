@@ -44,14 +44,11 @@ class Protocol:
             ranking, as the reference does for MARS.
         junk: ``"same_camera"`` (gallery items of the query's identity and camera are junk)
             or ``"atrw"`` (ATRW's plain protocol; needs ``Splits.meta``).
-        ignore_pids: gallery identities that are junk for every query (MARS pid -1 never
-            reaches the splits; kept for datasets that list junk explicitly).
     """
 
     modes: Tuple[str, ...]
     query_in_gallery: bool = False
     junk: str = "same_camera"
-    ignore_pids: Tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]

@@ -3,10 +3,11 @@ erasing once per batch.
 
 Per frame (in the loader workers): bicubic resize with Pillow (antialiased when shrinking, as
 the reference's ``T.Resize(size, interpolation=3)`` on PIL images), then numpy pad + random crop,
-horizontal flip, all on ``uint8 [H, W, 3]`` arrays. Per batch (in the collate function, still in
-the workers): one float conversion and ImageNet normalisation of ``[B, V, H, W, 3]``, then
-random erasing of each frame (value 0 after normalisation, as torchvision's RandomErasing
-placed after Normalize in the reference).
+horizontal flip, all on ``uint8 [H, W, 3]`` arrays. Per batch (in the consuming process: with
+loader workers the batch travels as uint8 and :class:`FinishingLoader` finishes it; without
+workers the collate function does): one float conversion and ImageNet normalisation of
+``[B, V, H, W, 3]``, then random erasing of each frame (value 0 after normalisation, as
+torchvision's RandomErasing placed after Normalize in the reference).
 
 Randomness comes from the global ``numpy.random`` state: torch seeds it in every worker, and
 checkpoints save it, so a resumed run draws the same augmentations.
