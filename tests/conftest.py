@@ -8,7 +8,11 @@ import torch
 
 import vkd_torchreid  # noqa: F401  (registers datasets and models with torchreid)
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread unless VKD_TEST_THREADS says otherwise: the tests' tensors are small,
+# and on a busy 2-core machine two OpenMP threads wait at every barrier for the other one to
+# be scheduled (a MobileNetV2 forward of two 64 x 32 frames: 9 ms with one thread, 2 s with
+# two). Tests of a multi-threaded path set the count they need themselves.
+torch.set_num_threads(max(1, int(os.environ.get("VKD_TEST_THREADS", "1"))))
 
 TINY = ["data.height", "32", "data.width", "16", "data.workers", "0", "use_gpu", "False",
         "model.pretrained", "False", "model.name", "vkd_resnet18", "test.batch_size", "8",

@@ -21,6 +21,7 @@ import torch
 from vkd_torchreid import cli
 from vkd_torchreid import losses as L
 from vkd_torchreid.data import clear_cache
+from vkd_torchreid.models import build_model
 from vkd_torchreid.utils import checkpoint as ckpt_io
 
 from conftest import TINY
@@ -48,10 +49,27 @@ def _losses(save_dir):
 
 @pytest.fixture(scope="module")
 def teacher_ckpt(mars_root, tmp_path_factory):
-    """A teacher checkpoint trained for one epoch on the session's synthetic MARS."""
+    """A teacher checkpoint trained for one epoch on the session's synthetic MARS (a real run
+    folder: optimizer, scheduler and RNG state, losses.jsonl). Tests using it are slow."""
     save = str(tmp_path_factory.mktemp("teacher"))
     assert cli.main(_opts(mars_root[0], save, "train.max_epoch", "1")) == 0
     return os.path.join(save, "model", ckpt_io.LATEST_NAME)
+
+
+@pytest.fixture(scope="module")
+def random_teacher_ckpt(mars_root, tmp_path_factory):
+    """A teacher checkpoint in our format without any training: a randomly initialised
+    vkd_resnet18 with the training set's classes, saved as ``<run>/model/latest.pth.tar``
+    (what the checks of paths, architectures and class counts read). Do not modify it."""
+    torch.manual_seed(0)
+    model = build_model("vkd_resnet18", mars_root[1]["train_ids"], pretrained=False)
+    path = os.path.join(str(tmp_path_factory.mktemp("random_teacher")), "model",
+                        ckpt_io.LATEST_NAME)
+    os.makedirs(os.path.dirname(path))
+    ckpt_io.atomic_save({"state_dict": model.state_dict(), "epoch": 1,
+                         "meta": {"arch": model.arch, "num_classes": model.num_classes,
+                                  "stage": "teacher", "generation": 0}}, path)
+    return path
 
 
 # ----------------------------------------------------------------------------- user errors
@@ -83,13 +101,17 @@ def test_bad_config_is_one_line_naming_the_key(capsys, mars_root, tmp_path, opts
     assert code == cli.EXIT_ERROR and len(err) == 1 and needle in err[0]
 
 
-def test_refuses_to_overwrite_a_run(capsys, mars_root, teacher_ckpt):
-    save_dir = os.path.dirname(os.path.dirname(teacher_ckpt))
-    before = os.path.getmtime(teacher_ckpt)
+def test_refuses_to_overwrite_a_run(capsys, mars_root, random_teacher_ckpt):
+    save_dir = os.path.dirname(os.path.dirname(random_teacher_ckpt))
+    with open(random_teacher_ckpt, "rb") as fh:
+        before = fh.read()
+    files_before = sorted(os.listdir(save_dir))
     code, err = _run(capsys, _opts(mars_root[0], save_dir, "train.max_epoch", "1"))
     assert code == cli.EXIT_ERROR and len(err) == 1
     assert "--resume" in err[0] and "--overwrite" in err[0] and save_dir in err[0]
-    assert os.path.getmtime(teacher_ckpt) == before
+    with open(random_teacher_ckpt, "rb") as fh:
+        assert fh.read() == before
+    assert sorted(os.listdir(save_dir)) == files_before  # no log, no results written
 
 
 def test_resume_without_checkpoint_says_so(capsys, mars_root, tmp_path):
@@ -99,7 +121,8 @@ def test_resume_without_checkpoint_says_so(capsys, mars_root, tmp_path):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def test_wrong_teacher_names_both_sides(capsys, mars_root, teacher_ckpt, tmp_path):
+def test_wrong_teacher_names_both_sides(capsys, mars_root, random_teacher_ckpt, tmp_path):
+    teacher_ckpt = random_teacher_ckpt
     code, err = _run(capsys, _opts(mars_root[0], str(tmp_path / "s"), "vkd.stage", "student",
                                    "vkd.teacher_checkpoint", teacher_ckpt,
                                    "vkd.teacher_arch", "vkd_resnet34"))
@@ -118,10 +141,11 @@ def test_wrong_teacher_names_both_sides(capsys, mars_root, teacher_ckpt, tmp_pat
     assert str(n) in err[0] and str(n + 3) in err[0]
 
 
-def test_bad_student_checkpoint_is_one_line_and_writes_nothing(capsys, mars_root, teacher_ckpt,
-                                                              tmp_path):
+def test_bad_student_checkpoint_is_one_line_and_writes_nothing(capsys, mars_root,
+                                                              random_teacher_ckpt, tmp_path):
     """Missing file, another architecture, another class count: one line naming the path and
     both values, raised when the models are built, before anything is written."""
+    teacher_ckpt = random_teacher_ckpt
     state = torch.load(teacher_ckpt, weights_only=True)  # a vkd_resnet18 stage-1 model
     n = state["state_dict"]["classifier.weight"].shape[0]
     other_arch = dict(state, meta=dict(state["meta"], arch="vkd_resnet34"))
@@ -147,15 +171,17 @@ def test_bad_student_checkpoint_is_one_line_and_writes_nothing(capsys, mars_root
 def test_config_accepts_a_student_checkpoint_that_does_not_exist_yet(mars_root, tmp_path):
     from vkd_torchreid.config import build_config
 
+    later = str(tmp_path / "later.pth")
     cfg = build_config("", ["vkd.stage", "student", "vkd.teacher_checkpoint", "t.pth",
-                            "vkd.student_checkpoint", str(tmp_path / "later.pth")])
-    assert cfg.vkd.student_checkpoint.endswith("later.pth")
+                            "vkd.student_checkpoint", later])
+    assert cfg.vkd.student_checkpoint == later and not os.path.exists(later)
 
 
 class _Legacy:  # a pickled object that weights_only loading refuses
     pass
 
 
+@pytest.mark.slow  # trains a teacher (fixture), then a student for an epoch
 def test_legacy_checkpoint_needs_trust(capsys, mars_root, teacher_ckpt, tmp_path):
     state = torch.load(teacher_ckpt, weights_only=True)
     state["extra"] = _Legacy()
@@ -168,6 +194,7 @@ def test_legacy_checkpoint_needs_trust(capsys, mars_root, teacher_ckpt, tmp_path
     assert cli.main(["--trust-checkpoint", *opts]) == 0
 
 
+@pytest.mark.slow  # a trained run folder, resumed for an epoch
 def test_failed_checkpoint_write_keeps_the_previous_one(capsys, mars_root, teacher_ckpt,
                                                         tmp_path, monkeypatch):
     save_dir = str(tmp_path / "run")
@@ -192,6 +219,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(capsys, mars_root, teach
 
 # ----------------------------------------------------------------------------- bad numbers
 
+@pytest.mark.slow  # a trained run folder, resumed
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, mars_root, teacher_ckpt,
                                                        tmp_path, monkeypatch):
     save_dir = str(tmp_path / "run")
@@ -239,6 +267,7 @@ def test_corrupt_frame_is_an_error_naming_it(capsys, corrupt_root, tmp_path):
     assert code == cli.EXIT_ERROR and len(err) == 1 and bad in err[0]
 
 
+@pytest.mark.slow  # trains two epochs
 def test_skip_corrupt_replaces_counts_and_reports(caplog, corrupt_root, tmp_path):
     root, bad, _ = corrupt_root
     save_dir = str(tmp_path / "log")
@@ -297,6 +326,7 @@ def _run_until(proc, marker, timeout=120.0):
     raise AssertionError(f"never saw {marker!r}:\n{''.join(out)[-3000:]}")
 
 
+@pytest.mark.slow  # three training subprocesses
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(signal_root, tmp_path):
     ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
     ref = subprocess.run([sys.executable, MAIN, *_signal_opts(signal_root, ref_dir)],
@@ -325,6 +355,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(signal_root, tmp_pat
                 (epoch, key, got[epoch][key], want[epoch][key])
 
 
+@pytest.mark.slow  # a training subprocess
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_stop_cleanly_with_a_checkpoint(signal_root, tmp_path, sig):
     run_dir = str(tmp_path / "run")

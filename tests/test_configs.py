@@ -10,6 +10,7 @@ import pytest
 from vkd_torchreid.apps import paper_configs
 from vkd_torchreid.apps.demo import DEMO_CONFIG
 from vkd_torchreid.config import build_config, get_default_config, merge_from_file
+from vkd_torchreid.data.base import MODES
 from vkd_torchreid.data.manager import build_datamanager
 from vkd_torchreid.models import build_model
 
@@ -102,16 +103,46 @@ def test_paper_configs_are_the_reference(ds):
     assert {k for k in control.vkd if control.vkd[k] != student.vkd[k]} == {"alpha", "beta"}
 
 
+def _named_by_file(name):
+    """(dataset, model arch, teacher arch or None, stage) that a paper config's file name
+    states: ``<teacher|vkd|control>_<dataset>_<arch>[_to_<arch>][_<ablation>]``."""
+    kind, ds, *rest = name.split("_")
+    if "to" in rest:  # cross-distillation: <teacher>_to_<student>
+        i = rest.index("to")
+        return (ds, paper_configs.ARCHS[rest[i + 1]], paper_configs.ARCHS[rest[i - 1]],
+                "student")
+    return (ds, paper_configs.ARCHS[rest[0]], None,
+            "teacher" if kind == "teacher" else "student")
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[os.path.basename(p) for p in EXPERIMENTS])
 def test_config_loads_and_validates(path, tmp_path):
     cfg = build_config(path, ["data.save_dir", str(tmp_path)], [DEMO_CONFIG])
-    assert cfg.data.sources and cfg.model.name.startswith("vkd_")
+    name = os.path.basename(path)[:-5]
+    if name in ("demo", "study"):  # the CPU demo and the study: synthetic MARS, a ResNet-18
+        assert (list(cfg.data.sources), cfg.model.name) == (["vkd_mars"], "vkd_resnet18")
+        assert cfg.demo.enabled and cfg.vkd.stage == "teacher"
+        return
+    if name == "base":  # what every experiment shares: the reference's ResNet-50 on MARS
+        assert (list(cfg.data.sources), cfg.model.name) == (["vkd_mars"], "vkd_resnet50")
+        assert (cfg.train.optim, cfg.train.lr, cfg.test.dist_metric) == ("adam", 1e-4, "cosine")
+        return
+    ds, arch, teacher_arch, stage = _named_by_file(name)
+    assert list(cfg.data.sources) == list(cfg.data.targets) == [f"vkd_{ds}"], name
+    assert cfg.model.name == arch and cfg.vkd.stage == stage, name
+    if stage == "student":
+        assert cfg.vkd.teacher_arch == (teacher_arch or ""), name
+        token = {v: k for k, v in paper_configs.ARCHS.items()}[teacher_arch or arch]
+        assert cfg.vkd.teacher_checkpoint == f"log/teacher_{ds}_{token}/model/latest.pth.tar"
 
 
 @pytest.mark.parametrize("path", BASES, ids=[os.path.basename(p) for p in BASES])
 def test_partial_bases_merge_with_known_keys_and_are_inherited(path):
     cfg = merge_from_file(get_default_config(), path)
-    assert cfg.vkd.stage in ("teacher", "student")
+    # each base states its stage (the default config is a teacher: _vkd.yaml must say so)
+    expected = {"_teacher.yaml": "teacher", "_vkd.yaml": "student"}[os.path.basename(path)]
+    assert cfg.vkd.stage == expected
+    assert "stage: " + expected in Path(path).read_text(encoding="utf-8")
     children = [p for p in EXPERIMENTS
                 if f"_BASE_: {os.path.basename(path)}" in Path(p).read_text(encoding="utf-8")]
     assert children, f"no experiment inherits {path}"
@@ -123,15 +154,18 @@ def test_config_builds_data_and_models(path, synthetic_root, tmp_path):
     cfg = build_config(path, ["data.root", synthetic_root, "data.save_dir", str(tmp_path),
                               "model.pretrained", "False", "data.workers", "0"], [DEMO_CONFIG])
     dm = build_datamanager(cfg)
-    assert dm.num_train_pids > 0
+    train_ids = 40 // 2  # synthetic_root: 40 identities, half of them for training
+    assert dm.num_train_pids == train_ids * len(cfg.data.sources)
     batch = next(iter(dm.train_loader.batch_sampler))
     assert len(batch) == cfg.train.batch_size
-    for name in cfg.data.targets:
-        assert dm.test_loader[name]
+    assert all(len(frames) == cfg.video.seq_len for _, _, frames in batch)
+    for name in cfg.data.targets:  # every split the protocol ranks has a non-empty loader
+        needed = {kind for mode in dm.protocols[name].modes for kind in MODES[mode]}
+        assert needed and all(dm.test_loader[name][kind] is not None
+                              and len(dm.test_loader[name][kind]) > 0 for kind in needed), name
     model = build_model(cfg.model.name, dm.num_train_pids, pretrained=False)
-    assert model.num_classes == dm.num_train_pids
-    if cfg.vkd.stage == "student":
-        assert cfg.vkd.teacher_checkpoint
-        if cfg.vkd.teacher_arch:
-            teacher = build_model(cfg.vkd.teacher_arch, dm.num_train_pids, pretrained=False)
-            assert teacher.arch == cfg.vkd.teacher_arch != model.arch
+    assert tuple(model.classifier.weight.shape) == (dm.num_train_pids, model.feature_dim)
+    if cfg.vkd.stage == "student" and cfg.vkd.teacher_arch:  # cross-distillation
+        teacher = build_model(cfg.vkd.teacher_arch, dm.num_train_pids, pretrained=False)
+        assert teacher.arch != model.arch
+        assert teacher.classifier.weight.shape[0] == model.classifier.weight.shape[0]

@@ -79,6 +79,52 @@ def test_mars_synthetic_counts_junk_and_distractors(tmp_path):
     assert dataset.num_train_pids == 4 and len(dataset.query_img) == 4
 
 
+def _decoded(path, transform):
+    """A frame decoded here (OpenCV, BGR -> RGB), through a PIL transform."""
+    import cv2
+    from PIL import Image
+
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    assert bgr is not None, path
+    return transform(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+
+
+@pytest.mark.parametrize("method", ["evenly", "all"])
+def test_torchreid_item_is_frames_through_its_pil_transform(mars_root, method):
+    """VKDVideoDataset.__getitem__, torchreid's own data path: seq_len evenly spaced frames
+    (or all of them) through torchreid's per-frame PIL transform, with pid and camid."""
+    import torch
+    from torchvision import transforms as T
+
+    root, counts = mars_root  # 8 frames per tracklet
+    tf = T.Compose([T.Resize((32, 16)), T.ToTensor()])
+    splits = Mars.load(root)
+    expected_idx = [0, 2, 4, 6] if method == "evenly" else list(range(8))
+    query = compat.data.datasets.init_video_dataset(  # built by torchreid's registry
+        "vkd_mars", root=root, mode="query", transform=tf, seq_len=4, sample_method=method,
+        verbose=False)
+    train = Mars(root=root, mode="train", transform=tf, seq_len=4, sample_method=method,
+                 verbose=False)
+    assert isinstance(query, Mars)
+    assert len(query) == counts["query"] and len(train) == counts["train_tracklets"]
+    for dataset, items, rows in ((query, splits.query, range(len(splits.query))),
+                                 (train, splits.train, (0, 5, len(splits.train) - 1))):
+        for i in rows:
+            item = dataset[i]
+            paths, pid, camid = items[i]
+            assert len(paths) == 8
+            assert item["img"].shape == (len(expected_idx), 3, 32, 16)
+            assert item["img"].dtype == torch.float32
+            assert (item["pid"], item["camid"], item["dsetid"]) == (pid, camid, 0)
+            for j, f in enumerate(expected_idx):
+                assert torch.equal(item["img"][j], _decoded(paths[f], tf)), (i, j, f)
+    if method == "evenly":  # the skipped frames are not what the item holds
+        paths = splits.query[0][0]
+        item = query[0]
+        assert not any(torch.equal(item["img"][j], _decoded(paths[f], tf))
+                       for j in range(4) for f in (1, 3, 5, 7))
+
+
 def _mini_mars(base, int_column):
     """A hand-written MARS: int32 tables + column query_IDX, or double tables + row query_IDX."""
     info = os.path.join(base, "info")
@@ -520,12 +566,25 @@ def _digest(folder):
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_synthetic_is_byte_identical_and_fast(tmp_path, name):
-    import time
+def test_synthetic_is_byte_identical_and_encodes_each_image_once(tmp_path, name, monkeypatch):
+    from vkd_torchreid.synthetic import writers
 
-    start = time.perf_counter()
-    write_synthetic(name, str(tmp_path / "a"), ids=8, cams=3, tracklets=2, frames=8, seed=4)
-    assert time.perf_counter() - start < 2.0
+    encoded = []
+    real_write = writers.write_jpeg
+
+    def counting_write(path, *args, **kwargs):
+        encoded.append(os.path.abspath(path))
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(writers, "write_jpeg", counting_write)
+    counts = write_synthetic(name, str(tmp_path / "a"), ids=8, cams=3, tracklets=2, frames=8,
+                             seed=4)
+    # the work is one JPEG encode per image of the dataset: no image written twice
+    on_disk = sorted(os.path.abspath(os.path.join(d, f))
+                     for d, _, files in os.walk(tmp_path / "a") for f in files
+                     if f.endswith(".jpg"))
+    assert len(encoded) == len(set(encoded)) == counts["images"]
+    assert sorted(encoded) == on_disk
     write_synthetic(name, str(tmp_path / "b"), ids=8, cams=3, tracklets=2, frames=8, seed=4)
     first = _digest(str(tmp_path / "a"))
     assert first == _digest(str(tmp_path / "b"))
@@ -604,6 +663,7 @@ def _run_tool(*args):
                           cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow  # a tools/check_dataset.py subprocess
 def test_check_tool_reports_a_corrupt_image(tmp_path):
     root, _ = _write("vkd_mars", tmp_path, ids=4, cams=2, tracklets=1, frames=2)
     train = os.path.join(root, "mars", "bbox_train")
@@ -616,6 +676,7 @@ def test_check_tool_reports_a_corrupt_image(tmp_path):
     assert bad in proc.stdout and "1 problem(s)" in proc.stdout
 
 
+@pytest.mark.slow  # tools/check_dataset.py subprocesses
 @pytest.mark.parametrize("where", ["root", "dataset folder"])
 def test_check_tool_missing_layout_is_one_error_line(tmp_path, where):
     root = str(tmp_path / "missing") if where == "root" else str(tmp_path)
@@ -675,6 +736,7 @@ def test_duke_and_veri_options_flow_through_config_and_datamanager(tmp_path):
         assert len(message.splitlines()) == 1 and key in message and allowed in message
 
 
+@pytest.mark.slow  # three tools/check_dataset.py subprocesses
 def test_check_tool_passes_duke_and_veri_options(tmp_path):
     base, _ = _duke_layout(str(tmp_path))
     _veri_layout(str(tmp_path))

@@ -7,6 +7,7 @@ import os
 import types
 
 import numpy as np
+import pytest
 import torch
 
 from vkd_torchreid import cli
@@ -23,6 +24,7 @@ TINY_DEMO = [
 ]
 
 
+@pytest.mark.slow  # the demo end to end, twice
 def test_demo_runs_twice_into_fresh_run_dirs(tmp_path, capsys):
     argv = ["--config-file", os.path.join(REPO, "configs", "demo.yaml"),
             "data.root", str(tmp_path / "data"), "data.save_dir", str(tmp_path / "log"),

@@ -57,6 +57,7 @@ def _vkd_engine(teacher_bn="batch", alpha=0.1, beta=1e-4, lr=1e-3, milestones=()
                      *_options(alpha=alpha, beta=beta, teacher_bn=teacher_bn))
 
 
+@pytest.mark.slow  # 30 training steps of two networks
 def test_vkd_loss_goes_down_on_a_fixed_batch():
     engine = _vkd_engine()
     engine.set_model_mode("train")
@@ -170,6 +171,7 @@ def test_resume_restores_everything(tmp_path):
     assert other.optimizer.param_groups[0]["lr"] == 2.5e-4
 
 
+@pytest.mark.slow  # trains a teacher and a student on a dataset
 def test_short_teacher_then_vkd_run(mars_root, tmp_path):
     root, _ = mars_root
     tdir = str(tmp_path / "teacher")
@@ -204,6 +206,7 @@ def test_short_teacher_then_vkd_run(mars_root, tmp_path):
         assert torch.equal(v, teacher_state[k])
 
 
+@pytest.mark.slow  # trains a teacher and two generations
 def test_generations_decay_the_learning_rate(mars_root, tmp_path):
     root, _ = mars_root
     tdir = str(tmp_path / "t")

@@ -77,8 +77,24 @@ def test_matches_torchreid(seed, num_q, num_g, ids, cams):
     assert abs(m_ap - ref_map) < 1e-6
 
 
-def test_matches_torchreid_medium_matrix():
-    """The one larger comparison (about 1 s): MARS-like ids and cameras, query in gallery."""
+@pytest.fixture()
+def two_threads():
+    """Ranking splits the queries over torch's intra-op threads (the tests run with one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matches_torchreid_medium_matrix(threads, request):
+    """The one larger comparison (about 1 s): MARS-like ids and cameras, query in gallery;
+    200 queries, ranked in one thread and in two."""
+    from vkd_torchreid.evaluation import ranking
+
+    if threads == 2:
+        request.getfixturevalue("two_threads")
+    assert ranking._threads() == threads
     rng = np.random.RandomState(7)
     g_pids, g_cams = rng.randint(0, 150, 3000), rng.randint(0, 6, 3000)
     q_idx = rng.choice(3000, 200, replace=False)

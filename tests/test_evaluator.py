@@ -36,15 +36,18 @@ def weights(mars_root, tmp_path_factory):
     return model.eval(), path
 
 
-def _direct_embeddings(model, items, cfg):
-    """Mean of per-frame features of N evenly sampled frames, computed without our loaders."""
+def _direct_embeddings(model, items, cfg, method="evenly"):
+    """Mean of per-frame features of N evenly sampled frames (``method='all'``: of every
+    frame), computed without our loaders."""
     n = cfg.video.test_seq_len or cfg.video.seq_len
     mean = torch.tensor(cfg.data.norm_mean)[:, None, None]
     std = torch.tensor(cfg.data.norm_std)[:, None, None]
     out = []
     for paths, _, _ in items:
-        paths = [paths] if isinstance(paths, str) else [paths[i] for i in
-                                                         evenly_indices(len(paths), n)]
+        if isinstance(paths, str):
+            paths = [paths]
+        elif method == "evenly":
+            paths = [paths[i] for i in evenly_indices(len(paths), n)]
         frames = []
         for p in paths:
             img = Image.fromarray(read_image(p)).resize((cfg.data.width, cfg.data.height),
@@ -75,6 +78,81 @@ def test_evaluator_equals_a_direct_computation(mars_root, weights, tmp_path):
         expected = evaluation.rank_all(distmat, pid(queries), pid(gallery), cam(queries),
                                        cam(gallery))
         assert results[mode] == pytest.approx(expected, abs=1e-6), mode
+
+
+def _pids_cams(items):
+    return np.array([x[1] for x in items]), np.array([x[2] for x in items])
+
+
+def _evaluate_keeping_features(evaluator, model):
+    """evaluator.evaluate(model) and the features it ranked (one extraction)."""
+    kept = {}
+    features = evaluator.features
+
+    def keep(model, name):
+        kept[name] = features(model, name)
+        return kept[name]
+
+    evaluator.features = keep
+    try:
+        return evaluator.evaluate(model), kept
+    finally:
+        del evaluator.features
+
+
+def test_sample_method_all_averages_every_frame(mars_root, weights, tmp_path):
+    """``video.sample_method all``: a tracklet's embedding is the mean of all its frames'
+    features; with more frames than ``video.seq_len`` it differs from the evenly sampled one,
+    and the metrics are those of the all-frame embeddings."""
+    model, _ = weights
+    cfg = tiny_config(mars_root[0], str(tmp_path), "video.sample_method", "all",
+                      "test.normalize_feature", "False")  # embeddings as the model gives them
+    dm = VKDDataManager.from_config(cfg)
+    items = dm.test_dataset["vkd_mars"]
+    assert all(len(p) == 8 > cfg.video.seq_len == 4 for p, _, _ in items["query"])
+    results, feats = _evaluate_keeping_features(Evaluator.from_config(cfg, dm), model)
+    every = {kind: _direct_embeddings(model, items[kind], cfg, method="all")
+             for kind in ("query", "gallery")}
+    for kind in ("query", "gallery"):
+        torch.testing.assert_close(feats["vkd_mars"][kind].emb, every[kind], rtol=1e-4,
+                                   atol=1e-5)
+    evenly = _direct_embeddings(model, items["query"], cfg, method="evenly")
+    for i, (a, b) in enumerate(zip(every["query"], evenly)):  # 8 frames, not 4 of them
+        assert not torch.allclose(a, b, rtol=1e-3, atol=1e-4), i
+    g_pids, g_cams = _pids_cams(items["query"] + items["gallery"])
+    q_pids, q_cams = _pids_cams(items["query"])
+    distmat = evaluation.compute_distance_matrix(
+        every["query"], torch.cat([every["query"], every["gallery"]]), "cosine")
+    expected = evaluation.rank_all(distmat, q_pids, g_pids, q_cams, g_cams)
+    assert results["vkd_mars"]["V2V"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_rerank_is_torchreids_re_ranking_of_the_same_distances(mars_root, weights, tmp_path):
+    """``test.rerank True``: the metrics are rank_all of torchreid's re_ranking(distmat, qq,
+    gg) on the distances of the same features (the MARS gallery: query tracklets first)."""
+    from vkd_torchreid.compat import re_ranking
+
+    model, _ = weights
+    cfg = tiny_config(mars_root[0], str(tmp_path), "test.rerank", "True")
+    dm = VKDDataManager.from_config(cfg)
+    results, feats = _evaluate_keeping_features(Evaluator.from_config(cfg, dm), model)
+    results, feats = results["vkd_mars"], feats["vkd_mars"]
+    items = dm.test_dataset["vkd_mars"]
+    gallery = torch.cat([feats["query"].emb, feats["gallery"].emb])
+    g_pids, g_cams = _pids_cams(items["query"] + items["gallery"])
+    plain = {}
+    for mode, q_kind in (("V2V", "query"), ("I2V", "query_img")):
+        q = feats[q_kind].emb
+        q_pids, q_cams = _pids_cams(items[q_kind])
+        dist = evaluation.compute_distance_matrix(q, gallery, "cosine")
+        reranked = re_ranking(dist, evaluation.compute_distance_matrix(q, q, "cosine"),
+                              evaluation.compute_distance_matrix(gallery, gallery, "cosine"))
+        assert reranked.shape == dist.shape and not np.allclose(reranked, dist, atol=1e-3)
+        expected = evaluation.rank_all(reranked, q_pids, g_pids, q_cams, g_cams)
+        assert results[mode] == pytest.approx(expected, abs=1e-6), mode
+        plain[mode] = evaluation.rank_all(dist, q_pids, g_pids, q_cams, g_cams)
+    # the re-ranked metrics are not those of the plain distances: re-ranking was applied
+    assert any(results[m]["mAP"] != pytest.approx(plain[m]["mAP"], abs=1e-6) for m in plain)
 
 
 def test_results_json_layout_and_eval_only(capsys, mars_root, weights, tmp_path):
@@ -169,6 +247,7 @@ def test_removed_key_says_what_to_do(capsys, mars_root, tmp_path):
     assert code == cli.EXIT_ERROR and "train.start_epoch was removed" in err[0]
 
 
+@pytest.mark.slow  # trains two epochs
 def test_model_resume_is_resume_path(capsys, mars_root, tmp_path):
     save = str(tmp_path / "run")
     base = ["--root", mars_root[0], "data.save_dir", save, *TINY, "train.batch_size", "8",
@@ -186,8 +265,10 @@ def test_model_resume_is_resume_path(capsys, mars_root, tmp_path):
 
 
 def test_trust_checkpoint_is_a_config_key(mars_root, weights, tmp_path):
+    assert not tiny_config(mars_root[0], str(tmp_path)).model.trust_checkpoint  # off by default
     cfg = tiny_config(mars_root[0], str(tmp_path), "model.trust_checkpoint", "True")
-    assert cfg.model.trust_checkpoint
-    args = cli.add_arguments(__import__("argparse").ArgumentParser()).parse_args(
-        ["--trust-checkpoint", "--root", mars_root[0]])
-    assert cli.config_from_args(args).model.trust_checkpoint
+    assert cfg.model.trust_checkpoint is True
+    parser = cli.add_arguments(__import__("argparse").ArgumentParser())
+    for flag in ([], ["--trust-checkpoint"]):  # the flag sets the key; without it, it stays off
+        args = parser.parse_args([*flag, "--root", mars_root[0]])
+        assert cli.config_from_args(args).model.trust_checkpoint is bool(flag)

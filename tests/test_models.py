@@ -62,7 +62,12 @@ def test_names_and_unknown():
         build_model("vkd_resnet18", 3, loss="arcface", pretrained=False)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+#: Building and running these takes a second or more each: the slow tier.
+_SLOW_ARCHS = {"vkd_resnet101", "vkd_resnet50_bam", "vkd_resnet101_bam"}
+
+
+@pytest.mark.parametrize("arch", [
+    pytest.param(a, marks=pytest.mark.slow) if a in _SLOW_ARCHS else a for a in ARCHS])
 def test_shapes_through_torchreid(arch):
     dims = {"vkd_resnet18": 512, "vkd_resnet34": 512, "vkd_densenet121": 1024,
             "vkd_mobilenetv2": 1280}
@@ -244,7 +249,8 @@ def _prefixes(keys: set) -> set:
 
 @pytest.mark.parametrize("arch,changed", [
     ("vkd_resnet18", {"backbone.layer4", "bnneck", "classifier"}),
-    ("vkd_densenet121", {"backbone.denseblock4", "bnneck", "classifier"}),
+    pytest.param("vkd_densenet121", {"backbone.denseblock4", "bnneck", "classifier"},
+                 marks=pytest.mark.slow),
     ("vkd_mobilenetv2", {"bnneck", "classifier"}),
 ])
 def test_student_differs_only_in_last_block_and_head(arch, changed):
@@ -389,6 +395,7 @@ def _reference_folder(root, btype: str, state: dict, num_classes: int, nested: b
     return str(root)
 
 
+@pytest.mark.slow  # two ResNet-50s in float64
 def test_reference_resnet50_matches_independent_forward(tmp_path):
     torch.manual_seed(0)
     tv = _perturb(torchvision.models.resnet50(weights=None), seed=1).double().eval()
@@ -423,6 +430,7 @@ def test_reference_resnet50_matches_independent_forward(tmp_path):
     assert torch.equal(model.classifier.weight, state["classifier.classifier.weight"].double())
 
 
+@pytest.mark.slow  # ResNet-50-BAMs built and run
 def test_reference_resnet50_bam_round_trip(tmp_path):
     src = _perturb(build_model("vkd_resnet50_bam", 11, pretrained=False), seed=2).eval()
     state = {_ours_to_reference(k): v for k, v in src.state_dict().items()}
@@ -480,3 +488,50 @@ def test_reference_densenet_mobilenet_files(tmp_path, arch, btype):
     dst = build_model(arch, 4, pretrained=False)
     load_weights(dst, str(path))
     assert _diff_keys(src, dst) == set()
+
+
+# ---------------------------------------------------------------- tools/model_info.py
+def _conv_linear_macs(model: nn.Module, size) -> int:
+    """Multiply-adds of the conv and linear layers one test-time forward pass runs (a bias
+    adds one per output), counted with forward hooks."""
+    total = []
+
+    def hook(m, _inputs, out):
+        if isinstance(m, nn.Conv2d):
+            per_out = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            per_out = m.in_features
+        total.append((per_out + (m.bias is not None)) * out.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(size))
+    for h in handles:
+        h.remove()
+    return sum(total)
+
+
+@pytest.mark.slow  # a subprocess that imports torch and torchreid
+def test_model_info_tool_prints_the_models_numbers():
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, "tools", "model_info.py"),
+                           "--model", "vkd_resnet18", "--height", "64", "--width", "32"],
+                          capture_output=True, text=True, cwd=repo, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = dict(line.split(":", 1) for line in proc.stdout.strip().splitlines())
+    lines = {k.strip(): v.strip() for k, v in lines.items()}
+    model = build_model("vkd_resnet18", 625, pretrained=False)  # the tool's default classes
+    params = sum(p.numel() for p in model.parameters())
+    backbone = sum(p.numel() for p in model.backbone.parameters())
+    assert params == backbone + 512 * 2 + 625 * 512  # BNNeck weight and bias, the classifier
+    assert lines["model"] == "vkd_resnet18 (625 classes)" and lines["input"] == "64x32"
+    assert lines["parameters"] == f"{params:,} (backbone {backbone:,})"
+    assert lines["embedding"] == "512"
+    # last stride 1: 64 x 32 / 16 -> a 4 x 2 map of 512 channels
+    assert lines["feature map"] == "512x4x2 (CxHxW)"
+    macs = _conv_linear_macs(model, (1, 3, 64, 32))
+    assert lines["FLOPs"].startswith(f"{macs / 1e9:.3f} G  [torchreid compute_model_complexity")

@@ -90,6 +90,7 @@ def test_command_grammar(capsys, mars_root, tmp_path):
     assert code == cli.EXIT_ERROR and "train.lr" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess that imports torch
 def test_console_script_runs():
     exe = shutil.which("vkd-reid") or os.path.join(os.path.dirname(sys.executable), "vkd-reid")
     if not os.path.exists(exe):
