@@ -158,7 +158,7 @@ def test_config_builds_data_and_models(path, synthetic_root, tmp_path):
     assert dm.num_train_pids == train_ids * len(cfg.data.sources)
     batch = next(iter(dm.train_loader.batch_sampler))
     assert len(batch) == cfg.train.batch_size
-    assert all(len(frames) == cfg.video.seq_len for _, _, frames in batch)
+    assert all(len(item[2]) == cfg.video.seq_len for item in batch)
     for name in cfg.data.targets:  # every split the protocol ranks has a non-empty loader
         needed = {kind for mode in dm.protocols[name].modes for kind in MODES[mode]}
         assert needed and all(dm.test_loader[name][kind] is not None

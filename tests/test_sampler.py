@@ -30,10 +30,11 @@ def test_batch_is_p_identities_times_k_items():
     assert len(sampler) == 10 // 4
     for batch in sampler:
         assert len(batch) == 8
-        pids = [pid for pid, _, _ in batch]
+        pids = [pid for pid, _, _, _ in batch]
         assert len(set(pids)) == 4
         assert all(pids.count(p) == 2 for p in set(pids))
-        for pid, camid, refs in batch:
+        for pid, camid, refs, student in batch:
+            assert student == ()  # no student frames: the teacher stage
             assert len(refs) == 6
             assert all(data[t][1] == pid for t, _ in refs)
             assert camid == data[refs[0][0]][2]
@@ -127,7 +128,7 @@ def test_single_camera_single_tracklet_identity():
     data = [(("a0.jpg", "a1.jpg", "a2.jpg"), 0, 0), (("b0.jpg", "b1.jpg"), 1, 2)]
     sampler = MultiViewSampler(data, batch_size=4, num_instances=2, seq_len=8, strategy="multiview")
     (batch,) = list(sampler)
-    for pid, _, refs in batch:
+    for pid, _, refs, _ in batch:
         assert len(refs) == 8 and all(data[t][1] == pid for t, _ in refs)
 
 
@@ -244,7 +245,7 @@ def test_torchreid_sampler_adapter():
     assert len(batches) == len(sampler) > 0
     for batch in batches:
         assert len(batch) == 8
-        for pid, _, refs in batch:
+        for pid, _, refs, _ in batch:
             assert len({t for t, _ in refs}) == 1 and data[refs[0][0]][1] == pid
 
 

@@ -123,6 +123,12 @@ def get_default_config() -> CN:
     cfg.vkd.generation_lr_floor = 1e-5  # the reference's floor: max(lr * decay^g, floor)
     cfg.vkd.view_strategy = "multiview_random"  # the reference's; 'multiview': camera-balanced
     cfg.vkd.teacher_bn = "batch"
+    # The teacher-feature cache (ours): per-frame features of the eval-mode teacher computed
+    # once; the loader then decodes only the student's M frames. Needs vkd.teacher_bn 'eval'.
+    cfg.vkd.teacher_cache = False
+    cfg.vkd.teacher_cache_flip = True  # also cache each frame's horizontal flip
+    cfg.vkd.teacher_cache_dir = ""  # default: <data.save_dir>/teacher_cache
+    cfg.vkd.teacher_cache_device = False  # keep a copy on the training device when it fits
 
     cfg.use_gpu = True
     return cfg

@@ -193,10 +193,19 @@ def student_needs_a_teacher(cfg: CN) -> None:
                    "folder) when vkd.stage is 'student'")
 
 
+def cache_needs_eval_bn(cfg: CN) -> None:
+    """The teacher cache stores per-frame features: only an eval-mode teacher is a function of
+    one frame (batch statistics depend on the whole batch)."""
+    if cfg.vkd.teacher_cache and cfg.vkd.teacher_bn != "eval":
+        raise fail("vkd.teacher_bn", cfg.vkd.teacher_bn,
+                   "'eval' with vkd.teacher_cache True: with batch statistics the teacher's "
+                   "feature of a frame depends on the rest of its batch, so it cannot be cached")
+
+
 #: The rules that relate keys, in the order they are checked.
 RULES: List[Callable[[CN], None]] = [
     registered_names, student_sees_fewer_frames, batch_is_p_times_k, augmentation_shapes,
-    schedules_and_ranks, fp16_needs_cuda, student_needs_a_teacher,
+    schedules_and_ranks, fp16_needs_cuda, student_needs_a_teacher, cache_needs_eval_bn,
 ]
 
 

@@ -2,21 +2,27 @@
 and test items (tracklets sampled evenly or whole, or single images)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from vkd_torchreid.data.base import evenly_indices
 from vkd_torchreid.data.io import CorruptImageError, read_image
-from vkd_torchreid.data.sampler import FrameSpec, IdentityIndex
+from vkd_torchreid.data.sampler import IdentityIndex
 from vkd_torchreid.data.transforms import TestFrameTransform, TrainFrameTransform
 
 _READ_ERRORS = (CorruptImageError, FileNotFoundError)
 
 
 class TrainFrames(Dataset):
-    """Decodes the frames of a :data:`FrameSpec` item and applies the per-frame augmentation.
+    """Decodes the frames of a batch sampler's item and applies the per-frame augmentation.
+
+    Items are :data:`~vkd_torchreid.data.sampler.BatchItem` (a frame spec and the student's M
+    positions among its N frames). Normally all N frames are decoded and ``student`` is passed
+    on to the engine. With :meth:`use_teacher_rows` (the teacher cache), only the student's M
+    frames are decoded: every one of the N frames still gets its own flip draw, and the item
+    carries the cache row of each (its flip state's row) in ``teacher_rows``.
 
     With ``skip_corrupt`` an unreadable frame is replaced by another frame of its tracklet
     (then of its identity) and its path is reported in ``skipped``; without it the error
@@ -30,6 +36,15 @@ class TrainFrames(Dataset):
         self.skip_corrupt = skip_corrupt
         self.index = IdentityIndex(tracklets) if skip_corrupt else None
         self._bad: Set[str] = set()
+        self.row_offsets: Optional[np.ndarray] = None
+        self.row_flips = False
+
+    def use_teacher_rows(self, offsets: np.ndarray, flips: bool) -> None:
+        """Decode only the student's frames and give the teacher cache's rows: the row of
+        frame ``f`` of tracklet ``t`` is ``(offsets[t] + f) * F + flip`` (``F`` = 2 with flip
+        rows, else 1)."""
+        self.row_offsets = np.asarray(offsets, dtype=np.int64)
+        self.row_flips = flips
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -50,23 +65,39 @@ class TrainFrames(Dataset):
         raise ValueError(f"identity {pid}: every frame of its {1 + len(others)} training "
                          f"tracklet(s) is unreadable (first: {self.paths[t][0]})")
 
-    def __getitem__(self, spec: FrameSpec) -> Dict[str, Any]:
-        pid, camid, refs = spec
-        frames, skipped = [], []
-        for t, f in refs:
-            path = self.paths[t][f]
-            try:
-                if path in self._bad:
-                    raise CorruptImageError(path, "known to be unreadable")
-                img = read_image(path)
-            except _READ_ERRORS:
-                if not self.skip_corrupt:
-                    raise
-                self._bad.add(path)
-                skipped.append(path)
-                img = self._replacement(pid, t)
-            frames.append(self.transform(img))
-        return {"img": np.stack(frames), "pid": pid, "camid": camid, "skipped": skipped}
+    def _decode(self, pid: int, t: int, f: int, skipped: List[str]) -> np.ndarray:
+        path = self.paths[t][f]
+        try:
+            if path in self._bad:
+                raise CorruptImageError(path, "known to be unreadable")
+            return read_image(path)
+        except _READ_ERRORS:
+            if not self.skip_corrupt:
+                raise
+            self._bad.add(path)
+            skipped.append(path)
+            return self._replacement(pid, t)
+
+    def __getitem__(self, item: Sequence[Any]) -> Dict[str, Any]:
+        pid, camid, refs = item[:3]
+        student = tuple(item[3]) if len(item) > 3 else ()
+        skipped: List[str] = []
+        if self.row_offsets is None:
+            frames = [self.transform(self._decode(pid, t, f, skipped)) for t, f in refs]
+            return {"img": np.stack(frames), "pid": pid, "camid": camid, "skipped": skipped,
+                    "student": student, "decoded": len(refs)}
+        if not student:
+            raise ValueError("the teacher cache needs the sampler to draw the student's frames "
+                             "(vkd.student_frames)")
+        flips = [self.transform.draw_flip() for _ in refs]
+        frames = [self.transform(self._decode(pid, *refs[i], skipped), flip=flips[i])
+                  for i in student]
+        t, f = np.array(refs, dtype=np.int64).T
+        rows = (self.row_offsets[t] + f) * (2 if self.row_flips else 1)
+        if self.row_flips:
+            rows = rows + np.array(flips, dtype=np.int64)
+        return {"img": np.stack(frames), "pid": pid, "camid": camid, "skipped": skipped,
+                "teacher_rows": rows, "decoded": len(student)}
 
 
 class TestFrames(Dataset):

@@ -54,6 +54,8 @@ class SamplingOptions:
     sample_method: str  # test time: 'evenly' or 'all'
     workers: int
     skip_corrupt: bool
+    student_frames: int  # M drawn by the sampler for the student stage (0: teacher stage)
+    seed: int  # with the epoch and the item's index, draws the student's M frames
 
     @classmethod
     def from_config(cls, cfg: Any) -> SamplingOptions:
@@ -63,7 +65,9 @@ class SamplingOptions:
             num_instances=cfg.sampler.num_instances, seq_len=cfg.video.seq_len,
             test_seq_len=cfg.video.test_seq_len or cfg.video.seq_len,
             test_batch_size=cfg.test.batch_size, sample_method=cfg.video.sample_method,
-            workers=cfg.data.workers, skip_corrupt=cfg.data.skip_corrupt)
+            workers=cfg.data.workers, skip_corrupt=cfg.data.skip_corrupt,
+            student_frames=cfg.vkd.student_frames if cfg.vkd.stage == "student" else 0,
+            seed=cfg.train.seed)
 
     @property
     def strategy(self) -> str:
@@ -163,13 +167,20 @@ class VKDDataManager(VideoDataManager):
         s = self.sampling
         if s.train_sampler == MULTIVIEW_SAMPLER:
             batch_sampler = MultiViewSampler(train, s.batch_size, s.num_instances, s.seq_len,
-                                             s.strategy)
+                                             s.strategy, s.student_frames, s.seed)
         else:
             base = build_train_sampler([(*t, 0) for t in train], s.train_sampler,
                                        batch_size=s.batch_size, num_instances=s.num_instances)
-            batch_sampler = TrackletBatchSampler(base, train, s.batch_size, s.seq_len, s.strategy)
+            batch_sampler = TrackletBatchSampler(base, train, s.batch_size, s.seq_len, s.strategy,
+                                                 s.student_frames, s.seed)
         dataset = TrainFrames(train, TrainFrameTransform(self.augment), s.skip_corrupt)
         return self._loader(dataset, True, batch_sampler=batch_sampler)
+
+    def use_teacher_rows(self, offsets: Any, flips: bool) -> None:
+        """Training items decode only the student's frames and carry the teacher cache's
+        rows (see :meth:`vkd_torchreid.data.frames.TrainFrames.use_teacher_rows`); call it
+        before the loader's first iteration (its workers copy the dataset then)."""
+        self.train_loader.dataset.use_teacher_rows(offsets, flips)
 
     def test_frames(self, items: Sequence[Sequence], tracklets: bool) -> TestFrames:
         """The test dataset of ``items`` (tracklets or image items)."""

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 FrameRef = Tuple[int, int]
 #: One training item: (pid, camid of its first frame, N frame references).
 FrameSpec = Tuple[int, int, Tuple[FrameRef, ...]]
+#: What a batch sampler yields per item: a :data:`FrameSpec` plus the student's M positions
+#: among the N frames (empty in the teacher stage).
+BatchItem = Tuple[int, int, Tuple[FrameRef, ...], Tuple[int, ...]]
 STRATEGIES = ("tracklet", "multiview", "multiview_random", "temporal")
 #: Values of ``vkd.view_strategy`` (the student stage; the teacher stage uses ``tracklet``).
 VIEW_STRATEGIES = ("multiview", "multiview_random", "temporal")
@@ -99,7 +102,37 @@ def sample_item(index: IdentityIndex, pid: int, n: int, strategy: str,
     return pid, int(index.camids[refs[0][0]]), refs
 
 
-class MultiViewSampler(Sampler):
+def student_pick(seed: int, epoch: int, index: int, n: int, m: int) -> Tuple[int, ...]:
+    """Which ``m`` of an item's ``n`` frames the student sees, from (seed, epoch, the item's
+    global index in the epoch) only: a resumed or distributed run draws the same, and the
+    loader knows it before decoding (the teacher cache decodes only these). Empty when
+    ``m`` is 0 (the teacher stage)."""
+    if m <= 0:
+        return ()
+    rng = np.random.default_rng([seed, epoch, index])
+    return tuple(int(i) for i in rng.permutation(n)[:m])
+
+
+class _EpochBatchSampler(Sampler):
+    """What both batch samplers share: the epoch (``set_epoch``) and the student's pick."""
+
+    seq_len: int
+
+    def __init__(self, student_frames: int = 0, seed: int = 0) -> None:
+        self.student_frames = student_frames
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next iteration draws for (the engine calls it before each epoch)."""
+        self.epoch = epoch
+
+    def _with_pick(self, spec: FrameSpec, index: int) -> BatchItem:
+        return (*spec, student_pick(self.seed, self.epoch, index, self.seq_len,
+                                    self.student_frames))
+
+
+class MultiViewSampler(_EpochBatchSampler):
     """Batch sampler of P identities x K items, each item N frames (see module docstring).
 
     One epoch visits every identity once (``len = num_identities // P``), as the
@@ -112,10 +145,14 @@ class MultiViewSampler(Sampler):
         num_instances: K items per identity.
         seq_len: N frames per item.
         strategy: one of ``STRATEGIES``.
+        student_frames: M, the student's frames of each item (0: teacher stage).
+        seed: with the epoch and the item's index, draws the student's M frames.
     """
 
     def __init__(self, data_source: Sequence[Sequence], batch_size: int, num_instances: int,
-                 seq_len: int, strategy: str = "multiview_random") -> None:
+                 seq_len: int, strategy: str = "multiview_random", student_frames: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__(student_frames, seed)
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
         if num_instances < 1 or batch_size % num_instances:
@@ -143,17 +180,16 @@ class MultiViewSampler(Sampler):
         chosen = np.random.choice(pool, size=k, replace=len(pool) < k)
         return [sample_item(self.index, pid, n, "tracklet", int(t)) for t in chosen]
 
-    def __iter__(self) -> Iterator[List[FrameSpec]]:
+    def __iter__(self) -> Iterator[List[BatchItem]]:
         pids = np.random.permutation(self.index.pids)
         p = self.num_pids_per_batch
+        size = p * self.num_instances
         for b in range(len(self)):
-            batch: List[FrameSpec] = []
-            for pid in pids[b * p:(b + 1) * p]:
-                batch.extend(self._items_of(int(pid)))
-            yield batch
+            specs = [spec for pid in pids[b * p:(b + 1) * p] for spec in self._items_of(int(pid))]
+            yield [self._with_pick(spec, b * size + i) for i, spec in enumerate(specs)]
 
 
-class TrackletBatchSampler(Sampler):
+class TrackletBatchSampler(_EpochBatchSampler):
     """Adapts one of torchreid's samplers (which yield tracklet indices) to frame specs.
 
     Each sampled tracklet becomes an item: its own frames (``tracklet``/``temporal``) or
@@ -162,7 +198,8 @@ class TrackletBatchSampler(Sampler):
     """
 
     def __init__(self, base: Sampler, data_source: Sequence[Sequence], batch_size: int,
-                 seq_len: int, strategy: str) -> None:
+                 seq_len: int, strategy: str, student_frames: int = 0, seed: int = 0) -> None:
+        super().__init__(student_frames, seed)
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
         self.base = base
@@ -181,10 +218,10 @@ class TrackletBatchSampler(Sampler):
             return sample_item(self.index, pid, self.seq_len, "tracklet", t)
         return sample_item(self.index, pid, self.seq_len, self.strategy)
 
-    def __iter__(self) -> Iterator[List[FrameSpec]]:
-        batch: List[FrameSpec] = []
-        for t in self.base:
-            batch.append(self._spec(int(t)))
+    def __iter__(self) -> Iterator[List[BatchItem]]:
+        batch: List[BatchItem] = []
+        for i, t in enumerate(self.base):
+            batch.append(self._with_pick(self._spec(int(t)), i))
             if len(batch) == self.batch_size:
                 yield batch
                 batch = []

@@ -99,11 +99,16 @@ class TrainFrameTransform:
     def __init__(self, options: AugmentOptions) -> None:
         self.options = options
 
-    def __call__(self, img: np.ndarray) -> np.ndarray:
+    def draw_flip(self) -> bool:
+        """One horizontal-flip draw (``data.flip_prob``)."""
+        return self.options.flip_prob > 0 and np.random.random_sample() < self.options.flip_prob
+
+    def __call__(self, img: np.ndarray, flip: Optional[bool] = None) -> np.ndarray:
+        """The augmented frame; ``flip`` given: that flip state instead of a draw."""
         o = self.options
         img = resize(img, o.height, o.width)
         img = pad_random_crop(img, o.pad)
-        if o.flip_prob > 0 and np.random.random_sample() < o.flip_prob:
+        if self.draw_flip() if flip is None else flip:
             img = img[:, ::-1]
         return img
 
@@ -182,8 +187,11 @@ class Collate:
     """Stacks decoded items into a batch dict and applies the per-batch part of the pipeline.
 
     Items are dicts with ``img`` (uint8 ``[V, H, W, 3]``), ``pid``, ``camid`` and optionally
-    ``skipped`` (frames replaced because they were unreadable). The batch has ``img`` float
-    ``[B, V, 3, H, W]``, ``pid`` and ``camid`` int64 ``[B]``, ``skipped`` (list of paths).
+    ``skipped`` (frames replaced because they were unreadable), ``index``, ``student`` (the
+    student's M positions among the N frames), ``teacher_rows`` (the teacher cache's row of
+    each of the N frames) and ``decoded`` (frames decoded). The batch has ``img`` float
+    ``[B, V, 3, H, W]``, ``pid`` and ``camid`` int64 ``[B]``, ``skipped`` (list of paths),
+    ``decoded`` (an int) and the optional fields stacked as int64 tensors.
     """
 
     def __init__(self, options: AugmentOptions, erase_ratio: Tuple[float, float],
@@ -213,8 +221,10 @@ class Collate:
             "camid": torch.tensor([it["camid"] for it in items], dtype=torch.int64),
             "skipped": [p for it in items for p in it.get("skipped", ())],
         }
-        if "index" in items[0]:
-            batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.int64)
+        for key in ("index", "student", "teacher_rows"):  # optional per-item integer fields
+            if key in items[0] and len(np.atleast_1d(items[0][key])):
+                batch[key] = torch.tensor(np.array([it[key] for it in items]), dtype=torch.int64)
+        batch["decoded"] = sum(int(it.get("decoded", it["img"].shape[0])) for it in items)
         return batch if self.defer else self.finish(batch)
 
 

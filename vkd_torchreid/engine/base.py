@@ -102,6 +102,7 @@ class VKDEngineBase(CheckpointMixin, Engine):
         self._latest_epoch = -1
         self._epoch_sums: Dict[str, float] = {}
         self._epoch_steps = 0
+        self._epoch_decoded = 0
 
     # ------------------------------------------------------------------ devices & formats
     def _place(self, model: nn.Module) -> nn.Module:
@@ -114,8 +115,11 @@ class VKDEngineBase(CheckpointMixin, Engine):
         return to_device(img, self.device, self.options.channels_last)
 
     # ------------------------------------------------------------------ training
-    def forward_train(self, imgs: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Model outputs for a batch ``[B, N, C, H, W]`` (inside autocast)."""
+    def forward_train(self, imgs: torch.Tensor,
+                      batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """Model outputs for a batch ``imgs [B, V, C, H, W]`` on the device (inside autocast);
+        ``batch`` is the loader's dict (``pid``, and ``student`` / ``teacher_rows`` when the
+        sampler drew the student's frames)."""
         raise NotImplementedError
 
     def compute_losses(self, outputs: Dict[str, torch.Tensor],
@@ -130,7 +134,7 @@ class VKDEngineBase(CheckpointMixin, Engine):
         imgs = self._format(data["img"])
         pids = data["pid"].to(self.device, non_blocking=True)
         with autocast(self.device, self.options.amp):
-            outputs = self.forward_train(imgs)
+            outputs = self.forward_train(imgs, data)
         losses = self.compute_losses({k: v.float() for k, v in outputs.items()}, pids)
         self._check_finite(losses)
         self.optimizer.zero_grad(set_to_none=True)
@@ -142,6 +146,7 @@ class VKDEngineBase(CheckpointMixin, Engine):
         for k, v in values.items():
             self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
         self._epoch_steps += 1
+        self._epoch_decoded += int(data.get("decoded", imgs.shape[0] * imgs.shape[1]))
         return values
 
     def _check_finite(self, losses: Dict[str, torch.Tensor]) -> None:
@@ -158,14 +163,16 @@ class VKDEngineBase(CheckpointMixin, Engine):
               open_layers: Optional[Sequence[str]] = None) -> None:
         """One epoch (torchreid's loop over batches), its loss sums starting from zero."""
         self.skipped_frames = []
-        self._epoch_sums, self._epoch_steps = {}, 0
+        self._epoch_sums, self._epoch_steps, self._epoch_decoded = {}, 0, 0
         super().train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
 
     def epoch_summary(self) -> Dict[str, Any]:
-        """The last epoch: its number, generation, steps, learning rate and mean losses."""
+        """The last epoch: its number, generation, steps, frames the loader decoded, learning
+        rate and mean losses."""
         steps = max(self._epoch_steps, 1)
         return {"epoch": self.completed_epochs, "generation": self.generation,
-                "steps": self._epoch_steps, "lr": self.get_current_lr(),
+                "steps": self._epoch_steps, "frames_decoded": self._epoch_decoded,
+                "lr": self.get_current_lr(),
                 **{k: v / steps for k, v in self._epoch_sums.items()}}
 
     def request_stop(self, reason: str) -> None:
@@ -204,6 +211,9 @@ class VKDEngineBase(CheckpointMixin, Engine):
             self._callbacks("on_train_start")
             for epoch in range(start_epoch, max_epoch):
                 self.epoch = epoch
+                sampler = getattr(self.train_loader, "batch_sampler", None)
+                if hasattr(sampler, "set_epoch"):  # draws of an epoch depend on (seed, epoch)
+                    sampler.set_epoch(epoch)
                 self._callbacks("on_epoch_start")
                 self.train(print_freq=print_freq)
                 self.completed_epochs = epoch + 1

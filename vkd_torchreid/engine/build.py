@@ -18,12 +18,22 @@ from vkd_torchreid.engine.callbacks import Callback, default_callbacks
 from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.engine.optim import build_optim, generation_lr
 from vkd_torchreid.engine.teacher import TeacherEngine
+from vkd_torchreid.engine.teacher_cache import (
+    RESIZE_VERSION,
+    CacheKey,
+    frames_hash,
+    open_or_build,
+    state_hash,
+)
 from vkd_torchreid.engine.vkd import DistillOptions, VKDEngine
 from vkd_torchreid.models import build_model, build_student, load_weights
 from vkd_torchreid.models.weights import NetworkCheckpoint, load_network_state, read_network
 from vkd_torchreid.utils import checkpoint as ckpt_io
+from vkd_torchreid.utils.progress import progress_enabled
 
 logger = logging.getLogger(__name__)
+
+TEACHER_CACHE_DIR = "teacher_cache"
 
 
 def _model_kwargs(cfg: CfgNode) -> Dict[str, Any]:
@@ -117,6 +127,9 @@ def build_engine(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None,
     evaluator = Evaluator.from_config(cfg, dm)
     if callbacks is None:
         callbacks = default_callbacks(cfg.test.eval_freq, cfg.test.start_eval)
+    if (cfg.vkd.stage == "student" and cfg.vkd.teacher_cache
+            and not any(isinstance(c, TeacherCacheSetup) for c in callbacks)):
+        callbacks = [TeacherCacheSetup(cfg), *callbacks]
     if cfg.vkd.stage == "teacher":
         model = build_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained,
                             **_model_kwargs(cfg))
@@ -130,6 +143,34 @@ def build_engine(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None,
     optimizer, scheduler = build_optim(cfg, student, lr=generation_lr(cfg, generation))
     return VKDEngine(dm, student, teacher, optimizer, scheduler, options,
                      DistillOptions.from_config(cfg), evaluator, generation, callbacks)
+
+
+class TeacherCacheSetup(Callback):
+    """Opens (or builds) the teacher-feature cache before the first epoch of a student run and
+    switches the loader to the student's frames (``vkd.teacher_cache``)."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        self.cfg = cfg
+
+    def on_train_start(self, engine: Any) -> None:
+        if engine.teacher_cache is not None or not engine.uses_teacher:
+            return
+        cfg, dm, teacher = self.cfg, engine.datamanager, engine.teacher
+        key = CacheKey(
+            teacher=state_hash(teacher), arch=teacher.arch, last_stride=teacher.last_stride,
+            feature_dim=teacher.feature_dim, datasets=tuple(cfg.data.sources),
+            frames=frames_hash(dm.train_tracklets), height=cfg.data.height,
+            width=cfg.data.width, norm_mean=tuple(cfg.data.norm_mean),
+            norm_std=tuple(cfg.data.norm_std), resize=RESIZE_VERSION,
+            flip=cfg.vkd.teacher_cache_flip, precision=cfg.train.amp)
+        root = cfg.vkd.teacher_cache_dir or os.path.join(cfg.data.save_dir, TEACHER_CACHE_DIR)
+        cache = open_or_build(teacher, dm.train_tracklets, key, root, dm.augment, engine.device,
+                              cfg.train.amp, cfg.train.channels_last, cfg.data.workers,
+                              cfg.test.batch_size, progress_enabled(cfg.test.progress))
+        if cfg.vkd.teacher_cache_device:
+            cache.to_device(engine.device)
+        dm.use_teacher_rows(cache.offsets, cache.flip)
+        engine.teacher_cache = cache
 
 
 def generation_dir(save_dir: str, generation: int, generations: int) -> str:

@@ -1,7 +1,7 @@
 """Stage 1: the teacher, trained Video-To-Video on sets of N frames of one tracklet."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 
@@ -19,7 +19,8 @@ class TeacherEngine(VKDEngineBase):
 
     stage = "teacher"
 
-    def forward_train(self, imgs: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward_train(self, imgs: torch.Tensor,
+                      batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         emb, logits = self.model.forward_features(imgs)
         return {"emb": emb, "logits": logits}
 

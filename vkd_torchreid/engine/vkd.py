@@ -11,6 +11,7 @@ from vkd_torchreid import losses as L
 from vkd_torchreid.engine.base import EngineOptions, VKDEngineBase
 from vkd_torchreid.engine.callbacks import Callback
 from vkd_torchreid.engine.evaluator import Evaluator
+from vkd_torchreid.engine.teacher_cache import TeacherCache
 from vkd_torchreid.models.student import freeze_teacher
 
 
@@ -56,6 +57,8 @@ class VKDEngine(VKDEngineBase):
         self.distill = distill
         # Kept out of self.__dict__-based registration on purpose: only 'model' is saved.
         self.teacher = freeze_teacher(self._place(teacher), distill.teacher_bn)
+        #: The teacher's per-frame features (see :mod:`.teacher_cache`), or None.
+        self.teacher_cache: Optional[TeacherCache] = None
 
     def set_model_mode(self, mode: str = "train", names: Any = None) -> None:
         super().set_model_mode(mode, names)
@@ -66,18 +69,42 @@ class VKDEngine(VKDEngineBase):
         """False for the paper's control (alpha = beta = 0): the teacher is never run."""
         return self.distill.alpha > 0 or self.distill.beta > 0
 
-    def forward_train(self, imgs: torch.Tensor) -> Dict[str, torch.Tensor]:
-        b, n = imgs.shape[:2]
-        out: Dict[str, torch.Tensor] = {}
-        if self.uses_teacher:
-            with torch.inference_mode():
+    def teacher_targets(self, imgs: torch.Tensor,
+                        batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """The teacher's set embedding and logits of each item (constants for autograd).
+
+        With the teacher cache, the N rows of each item are averaged in float32 and the logits
+        are the teacher's (eval-mode, affine) BNNeck and bias-free classifier of that mean,
+        which equals the mean of per-frame logits. Otherwise the teacher runs on ``imgs``.
+        """
+        with torch.inference_mode():
+            if self.teacher_cache is None:
                 t_emb, t_logits = self.teacher.forward_features(imgs)
-            # Inference tensors cannot enter autograd: plain copies are the (constant) targets.
-            out = {"t_emb": t_emb.clone(), "t_logits": t_logits.clone()}
-        m = self.distill.student_frames
-        pick = torch.rand(b, n, device=imgs.device).argsort(dim=1)[:, :m]
-        student_imgs = self._format(imgs[torch.arange(b, device=imgs.device)[:, None], pick])
-        s_emb, s_logits = self.model.forward_features(student_imgs)
+            else:
+                with torch.autocast(self.device.type, enabled=False):
+                    t_emb = self.teacher_cache.gather(batch["teacher_rows"]).to(
+                        self.device, non_blocking=True).mean(1)
+                    t_logits = self.teacher.classifier(self.teacher.bnneck(t_emb))
+        # Inference tensors cannot enter autograd: plain copies are the (constant) targets.
+        return {"t_emb": t_emb.clone(), "t_logits": t_logits.clone()}
+
+    def student_frames(self, imgs: torch.Tensor, batch: Dict[str, Any]) -> torch.Tensor:
+        """The student's M frames of each item ``[B, M, C, H, W]``: the sampler's draw
+        (``batch['student']``), or a draw here for batches that do not carry one. With the
+        teacher cache the loader decoded only those frames."""
+        if self.teacher_cache is not None:
+            return imgs
+        b, n = imgs.shape[:2]
+        pick = batch.get("student")
+        if pick is None:
+            pick = torch.rand(b, n).argsort(dim=1)[:, :self.distill.student_frames]
+        pick = pick.to(imgs.device)
+        return self._format(imgs[torch.arange(b, device=imgs.device)[:, None], pick])
+
+    def forward_train(self, imgs: torch.Tensor,
+                      batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        out = self.teacher_targets(imgs, batch) if self.uses_teacher else {}
+        s_emb, s_logits = self.model.forward_features(self.student_frames(imgs, batch))
         return {"emb": s_emb, "logits": s_logits, **out}
 
     def compute_losses(self, outputs: Dict[str, torch.Tensor],

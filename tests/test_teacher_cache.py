@@ -1,0 +1,287 @@
+"""The teacher-feature cache: targets equal the eval-mode teacher's, keys, rebuilds of bad
+caches, an interrupted build never trusted, and a loader that decodes only M frames."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vkd_torchreid.data.io import read_image
+from vkd_torchreid.data.manager import VKDDataManager
+from vkd_torchreid.data.sampler import student_pick
+from vkd_torchreid.data.transforms import normalize_batch, resize
+from vkd_torchreid.engine import teacher_cache as tc
+from vkd_torchreid.engine.build import train
+from vkd_torchreid.models import build_model
+from vkd_torchreid.utils import checkpoint as ckpt_io
+
+from conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _teacher(n, seed=0):
+    torch.manual_seed(seed)
+    model = build_model("vkd_resnet18", n, pretrained=False).eval()
+    with torch.no_grad():  # trained-looking BNNeck statistics (not the identity of a fresh BN)
+        model.bnneck.running_mean.uniform_(-0.5, 0.5)
+        model.bnneck.running_var.uniform_(0.5, 2.0)
+        model.bnneck.weight.uniform_(0.5, 1.5)
+    return model
+
+
+def _key(cfg, dm, teacher, flip=True):
+    return tc.CacheKey(teacher=tc.state_hash(teacher), arch=teacher.arch,
+                       last_stride=teacher.last_stride, feature_dim=teacher.feature_dim,
+                       datasets=tuple(cfg.data.sources), frames=tc.frames_hash(dm.train_tracklets),
+                       height=cfg.data.height, width=cfg.data.width,
+                       norm_mean=tuple(cfg.data.norm_mean), norm_std=tuple(cfg.data.norm_std),
+                       resize=tc.RESIZE_VERSION, flip=flip, precision="")
+
+
+def _build(cfg, dm, teacher, root, flip=True):
+    return tc.open_or_build(teacher, dm.train_tracklets, _key(cfg, dm, teacher, flip), root,
+                            dm.augment, torch.device("cpu"))
+
+
+@pytest.fixture()
+def setup(mars_root, tmp_path):
+    cfg = tiny_config(mars_root[0], str(tmp_path / "run"))
+    dm = VKDDataManager.from_config(cfg)
+    return cfg, dm, _teacher(dm.num_train_pids), str(tmp_path / "cache")
+
+
+def test_cached_targets_equal_the_eval_mode_teacher(setup):
+    cfg, dm, teacher, root = setup
+    cache = _build(cfg, dm, teacher, root)
+    paths = [t[0] for t in dm.train_tracklets]
+    refs = np.array([(0, 0), (1, 3), (2, 1), (0, 5)])  # one item of N = 4 frames
+    flips = np.array([False, True, True, False])
+    frames = []
+    for (t, f), flip in zip(refs, flips):
+        img = resize(read_image(paths[t][f]), cfg.data.height, cfg.data.width)
+        frames.append(img[:, ::-1] if flip else img)
+    x = normalize_batch(torch.from_numpy(np.stack(frames)[None].copy()), cfg.data.norm_mean,
+                        cfg.data.norm_std).contiguous()
+    with torch.inference_mode():
+        emb, logits = teacher.forward_features(x)
+    rows = torch.from_numpy(cache.rows(refs[:, 0], refs[:, 1], flips)[None])
+    feats = cache.gather(rows)  # [1, N, D] float32
+    c_emb = feats.mean(1)
+    with torch.inference_mode():
+        c_logits = teacher.classifier(teacher.bnneck(c_emb))
+    scale = emb.abs().max()
+    assert torch.allclose(c_emb, emb, atol=2e-3 * scale)  # float16 rounding of the rows
+    assert torch.allclose(c_logits, logits, atol=2e-3 * logits.abs().max())
+    # In float32 the logits of the mean are exactly the mean of per-frame logits (eval BNNeck
+    # and a bias-free classifier are affine): the cache's shortcut loses nothing.
+    with torch.inference_mode():
+        per_frame = teacher.classifier(teacher.bnneck(feats[0])).mean(0, keepdim=True)
+    assert torch.allclose(c_logits, per_frame, atol=1e-5)
+
+
+def test_rows_follow_tracklet_frame_and_flip(setup):
+    cfg, dm, teacher, root = setup
+    cache = _build(cfg, dm, teacher, root)
+    lengths = [len(t[0]) for t in dm.train_tracklets]
+    assert cache.features.shape == (2 * sum(lengths), teacher.feature_dim)
+    assert list(cache.offsets[:3]) == [0, lengths[0], lengths[0] + lengths[1]]
+    assert cache.rows(np.array([1]), np.array([2]), np.array([True]))[0] == \
+        2 * (lengths[0] + 2) + 1
+    no_flip = _build(cfg, dm, teacher, root, flip=False)
+    assert no_flip.folder != cache.folder and no_flip.features.shape[0] == sum(lengths)
+    assert no_flip.rows(np.array([1]), np.array([2]), np.array([True]))[0] == lengths[0] + 2
+
+
+def test_reuse_reads_only_and_a_changed_teacher_rebuilds(setup, caplog):
+    cfg, dm, teacher, root = setup
+    cache = _build(cfg, dm, teacher, root)
+    files = [os.path.join(cache.folder, n) for n in (tc.FEATURES_FILE, tc.MANIFEST_FILE)]
+    stamps = [os.stat(p).st_mtime_ns for p in files]
+    with caplog.at_level(logging.INFO, logger=tc.__name__):
+        again = _build(cfg, dm, teacher, root)
+    assert again.folder == cache.folder and "teacher cache reused" in caplog.text
+    assert [os.stat(p).st_mtime_ns for p in files] == stamps  # nothing rewritten
+    other = _teacher(dm.num_train_pids, seed=1)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=tc.__name__):
+        changed = _build(cfg, dm, other, root)
+    assert changed.folder != cache.folder and "must be built" in caplog.text
+    assert not np.array_equal(np.asarray(changed.features), np.asarray(cache.features))
+
+
+@pytest.mark.parametrize("damage", ["flip_a_byte", "truncate", "manifest_shape", "no_manifest"])
+def test_a_damaged_cache_is_rebuilt_not_used(setup, caplog, damage):
+    cfg, dm, teacher, root = setup
+    cache = _build(cfg, dm, teacher, root)
+    good = np.array(cache.features)
+    features = os.path.join(cache.folder, tc.FEATURES_FILE)
+    manifest = os.path.join(cache.folder, tc.MANIFEST_FILE)
+    del cache
+    if damage == "flip_a_byte":
+        with open(features, "r+b") as fh:
+            fh.seek(100)
+            byte = fh.read(1)
+            fh.seek(100)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+    elif damage == "truncate":
+        os.truncate(features, os.path.getsize(features) - 2)
+    elif damage == "manifest_shape":
+        with open(manifest, encoding="utf-8") as fh:
+            m = json.load(fh)
+        m["shape"][0] += 2
+        with open(manifest, "w", encoding="utf-8") as fh:
+            json.dump(m, fh)
+    else:
+        os.remove(manifest)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=tc.__name__):
+        rebuilt = _build(cfg, dm, teacher, root)
+    reason = {"flip_a_byte": "checksum", "truncate": "size", "manifest_shape": "shape",
+              "no_manifest": "no manifest"}[damage]
+    assert "must be built" in caplog.text and reason in caplog.text
+    assert np.array_equal(np.asarray(rebuilt.features), good)
+
+
+def test_not_enough_disk_is_one_clear_error(setup, monkeypatch):
+    cfg, dm, teacher, root = setup
+    monkeypatch.setattr(tc.shutil, "disk_usage", lambda p: type("U", (), {"free": 10})())
+    with pytest.raises(tc.CacheError, match=r"needs [\d,]+ bytes .* only 10 are free"):
+        _build(cfg, dm, teacher, root)
+
+
+def test_config_refuses_a_cache_with_batch_statistics(mars_root):
+    with pytest.raises(ValueError, match=r"vkd.teacher_bn='batch'.*cannot be cached"):
+        tiny_config(mars_root[0], "unused", "vkd.stage", "student", "vkd.teacher_checkpoint",
+                    "t.pth", "vkd.teacher_cache", "True")
+
+
+def test_student_pick_depends_on_seed_epoch_and_index_only():
+    a = student_pick(1, 3, 17, 8, 2)
+    assert a == student_pick(1, 3, 17, 8, 2) and len(set(a)) == 2 and all(0 <= i < 8 for i in a)
+    for vary in range(3):  # each of seed, epoch and index changes the draw
+        picks = {student_pick(*[v + k if j == vary else v for j, v in enumerate((1, 3, 17))],
+                              8, 2) for k in range(30)}
+        assert len(picks) > 10, vary
+    assert len({student_pick(1, 0, i, 8, 2) for i in range(200)}) > 20  # spread over pairs
+    assert student_pick(1, 0, 0, 8, 0) == ()
+
+
+def _student_run(root, save, teacher_ckpt, cache, *extra):
+    cfg = tiny_config(root, save, "train.max_epoch", "1", "vkd.stage", "student",
+                      "vkd.teacher_checkpoint", teacher_ckpt, "vkd.teacher_bn", "eval",
+                      "vkd.teacher_cache", cache, *extra)
+    train(cfg)
+    with open(os.path.join(save, "losses.jsonl"), encoding="utf-8") as fh:
+        return cfg, [json.loads(line) for line in fh]
+
+
+@pytest.fixture(scope="module")
+def teacher_file(mars_root, tmp_path_factory):
+    n = mars_root[1]["train_ids"]
+    path = str(tmp_path_factory.mktemp("teacher") / "teacher.pth")
+    model = _teacher(n)
+    ckpt_io.atomic_save({"state_dict": model.state_dict(), "epoch": 1,
+                         "meta": {"arch": model.arch, "num_classes": n, "stage": "teacher",
+                                  "generation": 0}}, path)
+    return path
+
+
+@pytest.mark.parametrize("cache", ["True", "False"])
+def test_the_loader_decodes_only_the_students_frames(mars_root, teacher_file, tmp_path, cache):
+    cfg, rows = _student_run(mars_root[0], str(tmp_path / "s"), teacher_file, cache)
+    per_item = cfg.vkd.student_frames if cache == "True" else cfg.video.seq_len
+    for row in rows:
+        assert row["frames_decoded"] == row["steps"] * cfg.train.batch_size * per_item
+    if cache == "True":
+        assert os.path.isdir(os.path.join(str(tmp_path / "s"), "teacher_cache"))
+
+
+@pytest.mark.slow
+def test_sigkill_during_the_build_leaves_nothing_that_is_reused(mars_root, teacher_file,
+                                                                  tmp_path):
+    root = str(tmp_path / "cache")
+    script = f"""
+import sys, time, torch
+sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+import vkd_torchreid
+from vkd_torchreid.data.manager import VKDDataManager
+from vkd_torchreid.engine import teacher_cache as tc
+from vkd_torchreid.models import load_weights, build_model
+from conftest import tiny_config
+cfg = tiny_config({mars_root[0]!r}, {str(tmp_path / 'run')!r})
+dm = VKDDataManager.from_config(cfg)
+teacher = build_model("vkd_resnet18", dm.num_train_pids, pretrained=False)
+load_weights(teacher, {teacher_file!r})
+teacher.eval()
+forward = teacher.forward
+def slow(x):
+    print("embedding", flush=True)
+    time.sleep(0.5)
+    return forward(x)
+teacher.forward = slow
+key = tc.CacheKey(teacher=tc.state_hash(teacher), arch=teacher.arch, last_stride=1,
+                  feature_dim=teacher.feature_dim, datasets=("vkd_mars",),
+                  frames=tc.frames_hash(dm.train_tracklets), height=32, width=16,
+                  norm_mean=tuple(cfg.data.norm_mean), norm_std=tuple(cfg.data.norm_std),
+                  resize=tc.RESIZE_VERSION, flip=True, precision="")
+tc.open_or_build(teacher, dm.train_tracklets, key, {root!r}, dm.augment,
+                 torch.device("cpu"), batch_size=8)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # torchreid prints its own lines first
+        if line.strip() == "embedding":
+            break
+    else:
+        raise AssertionError(f"the build never started (exit code {proc.wait()})")
+    time.sleep(0.6)  # a few batches written into the temporary file
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    folders = os.listdir(root)
+    assert len(folders) == 1
+    left = os.listdir(os.path.join(root, folders[0]))
+    assert tc.MANIFEST_FILE not in left and tc.FEATURES_FILE not in left
+    assert any(name.startswith(f".{tc.FEATURES_FILE}.tmp-") for name in left)
+    cfg = tiny_config(mars_root[0], str(tmp_path / "run"))
+    dm = VKDDataManager.from_config(cfg)
+    teacher = _teacher(dm.num_train_pids)
+    from vkd_torchreid.models import load_weights
+
+    load_weights(teacher, teacher_file)
+    cache = _build(cfg, dm, teacher.eval(), root)
+    assert os.path.basename(cache.folder) == folders[0]
+    assert tc.MANIFEST_FILE in os.listdir(cache.folder)
+
+
+@pytest.mark.slow
+def test_resume_reuses_the_cache_and_a_new_generation_builds_its_own(mars_root, teacher_file,
+                                                                      tmp_path, caplog):
+    from vkd_torchreid import cli
+
+    save = str(tmp_path / "s")
+    base = ["--root", mars_root[0], "data.save_dir", save, "data.height", "32", "data.width",
+            "16", "data.workers", "0", "use_gpu", "False", "model.pretrained", "False",
+            "model.name", "vkd_resnet18", "test.batch_size", "8", "train.print_freq", "1000",
+            "train.batch_size", "8", "sampler.num_instances", "2", "video.seq_len", "4",
+            "vkd.stage", "student", "vkd.teacher_checkpoint", teacher_file,
+            "vkd.teacher_bn", "eval", "vkd.teacher_cache", "True"]
+    assert cli.main([*base, "train.max_epoch", "1"]) == 0
+    root = os.path.join(save, "teacher_cache")
+    (folder,) = os.listdir(root)
+    features = os.path.join(root, folder, tc.FEATURES_FILE)
+    stamp = os.stat(features).st_mtime_ns
+    with caplog.at_level(logging.INFO, logger=tc.__name__):
+        assert cli.main(["--resume", *base, "train.max_epoch", "2"]) == 0
+    assert "teacher cache reused" in caplog.text and os.stat(features).st_mtime_ns == stamp
+    gen = str(tmp_path / "g")
+    assert cli.main([*base[:2], "data.save_dir", gen, *base[4:], "train.max_epoch", "1",
+                     "vkd.generations", "2"]) == 0
+    assert len(os.listdir(os.path.join(gen, "teacher_cache"))) == 2  # one per teacher

@@ -1,0 +1,277 @@
+"""A teacher-feature cache: the frozen teacher's per-frame pooled feature of every training frame
+(and of its horizontal flip), computed once and read by every student epoch.
+
+With eval-mode BatchNorm the teacher is a pure function of each frame: its set embedding is the
+mean of per-frame features and its logits an affine map of that mean (BNNeck in eval mode, a
+bias-free classifier), so the rows of an item's N frames give both distillation targets.
+
+On disk, under ``<vkd.teacher_cache_dir>/<key digest>/``:
+
+- ``features.f16``: a raw float16 array ``[rows, D]``; row ``(offset[t] + f) * F + flip`` holds
+  frame ``f`` of training tracklet ``t`` (``F`` = 2 with flips, else 1);
+- ``manifest.json``: the key (what the features depend on), the shape, and a SHA-256 of the
+  features file; written last, atomically: a build that is interrupted leaves no manifest, and
+  a folder without a valid manifest is never trusted.
+
+A cache whose key, size or checksum does not match is rebuilt (one log line says why); a valid
+one is only read, never rewritten.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from vkd_torchreid.data.io import read_image
+from vkd_torchreid.data.transforms import AugmentOptions, normalize_batch, resize
+from vkd_torchreid.utils.device import autocast, to_device
+from vkd_torchreid.utils.jsonio import write_json
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FEATURES_FILE = "features.f16"
+MANIFEST_FILE = "manifest.json"
+#: Bumped when :func:`vkd_torchreid.data.transforms.resize` changes its output.
+RESIZE_VERSION = "pillow-bicubic-1"
+_HASH_CHUNK = 1 << 24
+
+
+class CacheError(RuntimeError):
+    """The cache cannot be built (for example: not enough free disk space)."""
+
+
+def state_hash(model: nn.Module) -> str:
+    """SHA-256 of a model's state (names, shapes, dtypes and bytes of every tensor)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def frames_hash(tracklets: Sequence[Sequence]) -> str:
+    """SHA-256 of the training frame list: paths, sizes and modification times, in order."""
+    h = hashlib.sha256()
+    for paths, *_ in tracklets:
+        for path in paths:
+            st = os.stat(path)
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def file_hash(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheKey:
+    """Everything the cached features depend on; two runs with equal keys share a cache."""
+
+    teacher: str  # state hash of the teacher
+    arch: str
+    last_stride: int
+    feature_dim: int
+    datasets: Tuple[str, ...]
+    frames: str  # frames_hash of the training frame list
+    height: int
+    width: int
+    norm_mean: Tuple[float, ...]
+    norm_std: Tuple[float, ...]
+    resize: str
+    flip: bool
+    precision: str  # autocast mode of the build ('' is float32)
+    format: int = FORMAT_VERSION
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def digest(self) -> str:
+        text = json.dumps(self.as_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Frames(Dataset):
+    """Every training frame once, resized (no random augmentation): uint8 ``[H, W, 3]``."""
+
+    def __init__(self, paths: List[str], height: int, width: int) -> None:
+        self.paths, self.height, self.width = paths, height, width
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return resize(read_image(self.paths[i]), self.height, self.width)
+
+
+def _stack(items: List[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(items))
+
+
+class TeacherCache:
+    """Read access to a built cache (see the module docstring).
+
+    Attributes:
+        offsets: ``[T]`` first frame row (before the flip factor) of each training tracklet.
+        flip: whether flipped frames have rows of their own.
+        features: the ``[rows, D]`` float16 memory map (or a device tensor, see
+            :meth:`to_device`).
+    """
+
+    def __init__(self, folder: str, offsets: np.ndarray, flip: bool, rows: int,
+                 dim: int) -> None:
+        self.folder = folder
+        self.offsets = offsets
+        self.flip = flip
+        self.features: Any = np.memmap(os.path.join(folder, FEATURES_FILE), dtype=np.float16,
+                                       mode="r", shape=(rows, dim))
+
+    @property
+    def factor(self) -> int:
+        return 2 if self.flip else 1
+
+    def rows(self, tracklets: np.ndarray, frames: np.ndarray, flips: np.ndarray) -> np.ndarray:
+        """Row indices of frames ``(tracklet, frame, flipped)`` (arrays of one shape)."""
+        base = (self.offsets[tracklets] + frames) * self.factor
+        return base + (flips.astype(np.int64) if self.flip else 0)
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """float32 features ``[..., D]`` of ``rows`` (an int64 tensor of any shape)."""
+        if isinstance(self.features, torch.Tensor):
+            return self.features[rows.to(self.features.device)].float()
+        flat = np.asarray(rows.cpu()).reshape(-1)
+        out = torch.from_numpy(np.asarray(self.features[flat], dtype=np.float32))
+        return out.view(*rows.shape, -1)
+
+    def to_device(self, device: torch.device) -> None:
+        """Keeps a copy of the features on ``device`` (float16)."""
+        self.features = torch.from_numpy(np.asarray(self.features)).to(device)
+
+
+def _offsets(tracklets: Sequence[Sequence]) -> np.ndarray:
+    lengths = np.array([len(t[0]) for t in tracklets], dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def _valid(folder: str, key: CacheKey, rows: int, dim: int) -> Optional[str]:
+    """None if ``folder`` holds a usable cache for ``key``, else why not."""
+    manifest_path = os.path.join(folder, MANIFEST_FILE)
+    features = os.path.join(folder, FEATURES_FILE)
+    if not os.path.isfile(manifest_path):
+        return "no manifest (never built, or an interrupted build)"
+    try:
+        with open(manifest_path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError) as exc:
+        return f"unreadable manifest ({exc})"
+    if manifest.get("key") != key.as_dict():
+        return "its key differs (teacher, data, input or format changed)"
+    if manifest.get("shape") != [rows, dim] or manifest.get("dtype") != "float16":
+        return f"shape/dtype {manifest.get('shape')}/{manifest.get('dtype')} != {[rows, dim]}"
+    if not os.path.isfile(features) or os.path.getsize(features) != rows * dim * 2:
+        size = os.path.getsize(features) if os.path.isfile(features) else "missing"
+        return f"features file size {size} != {rows * dim * 2} bytes (truncated?)"
+    if file_hash(features) != manifest.get("sha256"):
+        return "features file checksum differs (corrupted)"
+    return None
+
+
+def _check_disk(folder: str, needed: int) -> None:
+    os.makedirs(folder, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise CacheError(f"the teacher cache needs {needed:,} bytes in {folder} but only "
+                         f"{free:,} are free; free some space or set vkd.teacher_cache_dir")
+
+
+@torch.inference_mode()
+def _embed(teacher: nn.Module, loader: DataLoader, options: AugmentOptions, device: torch.device,
+           amp: str, channels_last: bool, flip: bool, out: np.memmap,
+           progress: bool) -> Iterator[int]:
+    """Writes the features of every frame (and its flip) into ``out``; yields rows done."""
+    row = 0
+    batches: Any = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc="teacher cache", dynamic_ncols=True)
+    for frames in batches:
+        x = to_device(normalize_batch(frames, options.norm_mean, options.norm_std), device,
+                      channels_last)
+        views = [x, x.flip(-1)] if flip else [x]
+        with autocast(device, amp):
+            feats = [teacher(v).float() for v in views]  # eval mode: pooled features [B, D]
+        stacked = torch.stack(feats, 1).reshape(-1, feats[0].shape[1])  # frame-major
+        out[row:row + stacked.shape[0]] = stacked.cpu().numpy().astype(np.float16)
+        row += stacked.shape[0]
+        yield row
+
+
+def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheKey,
+                  root: str, options: AugmentOptions, device: torch.device, amp: str = "",
+                  channels_last: bool = False, workers: int = 0, batch_size: int = 64,
+                  progress: bool = False) -> TeacherCache:
+    """The cache of ``key`` under ``root``: reused when valid, otherwise (re)built.
+
+    ``teacher`` must be in eval mode (its BatchNorm uses running statistics).
+
+    Raises:
+        CacheError: not enough free disk space for the build.
+    """
+    if teacher.training:
+        raise ValueError("the teacher cache needs an eval-mode teacher (vkd.teacher_bn eval)")
+    folder = os.path.join(root, key.digest())
+    offsets = _offsets(tracklets)
+    frames = [p for paths, *_ in tracklets for p in paths]
+    factor = 2 if key.flip else 1
+    rows, dim = len(frames) * factor, key.feature_dim
+    why = _valid(folder, key, rows, dim)
+    if why is None:
+        logger.info("teacher cache reused: %s (key %s, %d rows x %d)", folder, key.digest(),
+                    rows, dim)
+        return TeacherCache(folder, offsets, key.flip, rows, dim)
+    logger.info("teacher cache %s must be built: %s", folder, why)
+    needed = rows * dim * 2
+    _check_disk(root, needed)
+    logger.info("building the teacher cache: %d frames%s, %.2f GB", len(frames),
+                " and their flips" if key.flip else "", needed / 1e9)
+    manifest_path = os.path.join(folder, MANIFEST_FILE)
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)  # invalid: it must never vouch for the new file
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{FEATURES_FILE}.tmp-{os.getpid()}")
+    out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(rows, dim))
+    loader = DataLoader(_Frames(frames, options.height, options.width), batch_size=batch_size,
+                        num_workers=workers, collate_fn=_stack, shuffle=False)
+    try:
+        for _ in _embed(teacher, loader, options, device, amp, channels_last, key.flip, out,
+                        progress):
+            pass
+        out.flush()
+        del out
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, os.path.join(folder, FEATURES_FILE))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    write_json({"key": key.as_dict(), "shape": [rows, dim], "dtype": "float16",
+                "sha256": file_hash(os.path.join(folder, FEATURES_FILE))}, manifest_path)
+    logger.info("teacher cache built: %s (key %s)", folder, key.digest())
+    return TeacherCache(folder, offsets, key.flip, rows, dim)
