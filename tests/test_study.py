@@ -26,8 +26,10 @@ def test_study_runs_resumes_and_summarises(tmp_path):
     cfg = build_config(os.path.join(REPO, "configs", "study.yaml"),
                        ["data.root", str(tmp_path / "data"), *TINY_STUDY], [DEMO_CONFIG])
     out = str(tmp_path / "out")
-    summary = study.run_study(cfg, out, seeds=[1, 2], variants=["vkd", "control"])
-    assert set(summary["runs"]) == {"teacher", "vkd", "control"}
+    summary = study.run_study(cfg, out, seeds=[1, 2], variants=["vkd", "control", "vkd_cache"])
+    assert set(summary["runs"]) == {"teacher", "vkd", "control", "vkd_cache"}
+    assert summary["runs"]["vkd_cache"]["wall_time_s"]["n"] == 2
+    assert os.listdir(os.path.join(out, "seed1", "vkd_cache", "teacher_cache"))
     for row in summary["runs"].values():
         assert row["seeds"] == [1, 2]
         values = [row["per_seed"][s]["I2V"]["rank1"] for s in (1, 2)]
@@ -40,7 +42,7 @@ def test_study_runs_resumes_and_summarises(tmp_path):
         assert 1 <= json.load(fh)["selected"]["epoch"] <= 2
     # a second sitting trains nothing again: every results.json stays as it was
     stamps = {p: os.path.getmtime(p) for p in _results(out)}
-    again = study.run_study(cfg, out, seeds=[1, 2], variants=["vkd", "control"])
+    again = study.run_study(cfg, out, seeds=[1, 2], variants=["vkd", "control", "vkd_cache"])
     assert {p: os.path.getmtime(p) for p in _results(out)} == stamps
     assert again["runs"]["vkd"]["per_seed"] == summary["runs"]["vkd"]["per_seed"]
     with open(os.path.join(out, "summary.md"), encoding="utf-8") as fh:

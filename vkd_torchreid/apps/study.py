@@ -8,12 +8,17 @@ state is kept), then, from that same teacher, one student per variant:
 - ``vkd_multiview``: camera-balanced views (our option);
 - ``vkd_no_reinit``: the student keeps the teacher's layer4 (without ImageNet weights, a
   re-initialised layer4 is a random one: a handicap the paper did not have);
-- ``control``: the student's run without distillation (alpha = beta = 0).
+- ``control``: the student's run without distillation (alpha = beta = 0);
+- ``vkd_cache`` (on request): the student with the teacher-feature cache (eval-mode teacher);
+  ``vkd_eval_bn``: the uncached student with an eval-mode teacher, to tell the cache's
+  effects apart.
 
 Every run is evaluated on the test world and the study writes ``summary.json`` and
-``summary.md`` (mean, standard deviation, min and max over seeds of I2V / V2V top-1 and mAP).
-It is resumable per (variant, seed): a run whose ``results.json`` exists is not trained again,
-so the study can be stopped and restarted across sittings.
+``summary.md`` (mean, standard deviation, min and max over seeds of I2V / V2V top-1 and mAP,
+and of each run's wall time, the cache build included).
+It is resumable per (variant, seed): a run whose ``results.json`` exists is not trained again
+(an unfinished one starts again from scratch), so the study can be stopped and restarted
+across sittings.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -46,7 +52,14 @@ VARIANTS: Dict[str, List[str]] = {
     "vkd_multiview": ["vkd.view_strategy", "multiview"],
     "vkd_no_reinit": ["vkd.view_strategy", "multiview_random", "vkd.reinit_layer4", "False"],
     "control": ["vkd.view_strategy", "multiview_random", "vkd.alpha", "0.0", "vkd.beta", "0.0"],
+    # The teacher cache and, to tell its effects apart, the eval-mode teacher alone.
+    "vkd_cache": ["vkd.view_strategy", "multiview_random", "vkd.teacher_bn", "eval",
+                  "vkd.teacher_cache", "True"],
+    "vkd_eval_bn": ["vkd.view_strategy", "multiview_random", "vkd.teacher_bn", "eval"],
 }
+#: The variants a study runs unless told otherwise (the fidelity study).
+DEFAULT_VARIANTS = ("vkd", "vkd_multiview", "vkd_no_reinit", "control")
+RUN_FILE = "run.json"
 MODES = ("I2V", "V2V")
 METRICS = ("rank1", "mAP", "mAP_mars")
 
@@ -61,6 +74,13 @@ def _with(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
 
 def run_dir(out: str, variant: str, seed: int) -> str:
     return os.path.join(out, f"seed{seed}", variant)
+
+
+def _fresh(path: str) -> None:
+    """Clears what an interrupted run of the study left in its own folder."""
+    if os.path.isdir(path):
+        logger.info("%s: an unfinished run; starting it again", path)
+        shutil.rmtree(path)
 
 
 def _done(path: str) -> Optional[Dict[str, Any]]:
@@ -79,8 +99,11 @@ def train_teacher(cfg: CfgNode, seed: int, out: str, val_root: str) -> str:
         return ckpt
     tcfg = _with(cfg, ["vkd.stage", "teacher", "train.max_epoch", str(cfg.demo.teacher_max_epoch),
                        "train.seed", str(seed), "data.save_dir", save])
+    _fresh(save)
     set_seed(seed)
+    start = time.time()
     _, info, curve = demo.train_teacher(tcfg, val_root)
+    write_json({"wall_time_s": round(time.time() - start, 1)}, os.path.join(save, RUN_FILE))
     write_json({"selected": info, "validation_curve": curve},
                os.path.join(save, "selection.json"))
     return ckpt
@@ -96,12 +119,15 @@ def train_student(cfg: CfgNode, variant: str, seed: int, out: str, teacher_ckpt:
                        "train.stepsize", str(list(d.student_stepsize)), "train.seed", str(seed),
                        "vkd.teacher_checkpoint", teacher_ckpt, "data.save_dir", save,
                        *VARIANTS[variant]])
+    _fresh(save)
     set_seed(seed)
+    start = time.time()
     build.prepare_training(scfg).run()
+    write_json({"wall_time_s": round(time.time() - start, 1)}, os.path.join(save, RUN_FILE))
 
 
 def run_study(cfg: CfgNode, out: str, seeds: Sequence[int],
-              variants: Sequence[str] = tuple(VARIANTS)) -> Dict[str, Any]:
+              variants: Sequence[str] = DEFAULT_VARIANTS) -> Dict[str, Any]:
     """Runs (or resumes) the study; writes and returns its summary."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -135,6 +161,14 @@ def _stats(values: List[float]) -> Dict[str, float]:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def _wall_time(out: str, run: str, seed: int) -> Optional[float]:
+    path = os.path.join(run_dir(out, run, seed), RUN_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return float(json.load(fh)["wall_time_s"])
+
+
 def summarize(out: str, seeds: Sequence[int], runs: Sequence[str]) -> Dict[str, Any]:
     """Mean and spread over seeds of every run's test metrics (fractions in [0, 1])."""
     dataset = demo.DATASET
@@ -143,8 +177,10 @@ def summarize(out: str, seeds: Sequence[int], runs: Sequence[str]) -> Dict[str, 
         found = {s: r for s in seeds if (r := _done(run_dir(out, run, s))) is not None}
         if not found:
             continue
+        walls = [w for seed in sorted(found) if (w := _wall_time(out, run, seed)) is not None]
         per_run[run] = {
             "seeds": sorted(found),
+            **({"wall_time_s": _stats(walls)} if walls else {}),
             **{f"{mode}_{m}": _stats([found[s][dataset][mode][m] for s in sorted(found)])
                for mode in MODES for m in METRICS},
             "per_seed": {s: {mode: {m: found[s][dataset][mode][m] for m in METRICS}
@@ -157,14 +193,16 @@ def format_summary(summary: Dict[str, Any]) -> str:
     """Markdown table: mean ± std (min-max) in percent, per run and metric."""
     cols = [(mode, m) for mode in MODES for m in ("rank1", "mAP")]
     head = "| run | seeds | " + " | ".join(
-        f"{mode} {'top-1' if m == 'rank1' else m}" for mode, m in cols) + " |"
-    lines = [head, "|---" * (2 + len(cols)) + "|"]
+        f"{mode} {'top-1' if m == 'rank1' else m}" for mode, m in cols) + " | wall time (min) |"
+    lines = [head, "|---" * (3 + len(cols)) + "|"]
     for run, row in summary["runs"].items():
         cells = []
         for mode, m in cols:
             s = row[f"{mode}_{m}"]
             cells.append(f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} "
                          f"({100 * s['min']:.1f}-{100 * s['max']:.1f})")
+        wall = row.get("wall_time_s")
+        cells.append(f"{wall['mean'] / 60:.1f} ± {wall['std'] / 60:.1f}" if wall else "-")
         lines.append(f"| {run} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -178,7 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the study's config (configs/study.yaml: the demo section)")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 1..N")
     parser.add_argument("--out", default="log/study", help="output folder (resumable)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+                        choices=list(VARIANTS))
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     try:

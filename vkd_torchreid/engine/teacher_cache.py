@@ -141,6 +141,14 @@ class TeacherCache:
         self.features: Any = np.memmap(os.path.join(folder, FEATURES_FILE), dtype=np.float16,
                                        mode="r", shape=(rows, dim))
 
+    @classmethod
+    def in_memory(cls, features: np.ndarray, offsets: np.ndarray, flip: bool) -> TeacherCache:
+        """A cache over an array already in memory (benchmarks, tests)."""
+        cache = cls.__new__(cls)
+        cache.folder, cache.offsets, cache.flip = "", np.asarray(offsets), flip
+        cache.features = np.asarray(features, dtype=np.float16)
+        return cache
+
     @property
     def factor(self) -> int:
         return 2 if self.flip else 1

@@ -1,13 +1,15 @@
 """Benchmarks of the VKD pipeline, each next to a baseline measured in the same run.
 
-    python tools/benchmark.py {step,loader,eval,extract,all} [--json FILE]
+    python tools/benchmark.py {step,loader,eval,extract,cache,all} [--json FILE]
 
 The logic lives here (one module per benchmark); tools/benchmark.py only calls :func:`main`.
 
 - step: one VKD student step (teacher forward on N frames, student forward/backward on M,
   all losses, optimizer step) next to the bare compute of the same batch (our backbone:
   teacher forward + student forward/backward, no loss, no optimizer), for fp32 NCHW,
-  channels_last, and channels_last + bfloat16 autocast; also the teacher-stage step.
+  channels_last, and channels_last + bfloat16 autocast, each with the teacher's forward alone
+  (``teacher_fwd_s``); the same step with the teacher cache (``cached_fp32``, ``cached_bf16``:
+  M frames, N cached rows); and the teacher-stage step.
 - loader: frames/s of the VKD train loader on a synthetic MARS next to a plain PIL +
   torchvision-transforms pipeline of the same augmentations, for 0, 1 and 2 workers
   (``--loader-workers``), and ms per frame of ``resize`` alone, for each source frame size
@@ -16,6 +18,8 @@ The logic lives here (one module per benchmark); tools/benchmark.py only calls :
 - eval: ranking time of MARS-sized random matrices, ours (both AP modes) vs torchreid's
   Python evaluate_rank (measured on a query slice and scaled: it is linear in queries).
 - extract: test-time frames/s of feature extraction, fp32 and the fast settings.
+- cache: the teacher cache's build time per frame, and the student loader's items/s without
+  and with the cache (which decodes M of each item's N frames).
 
 Median of several repetitions after a warm-up. Prints a table and writes JSON.
 """
@@ -25,6 +29,7 @@ import argparse
 import json
 from typing import Any, Dict, List, Tuple
 
+from vkd_torchreid.apps.benchmark.cache import bench_cache
 from vkd_torchreid.apps.benchmark.common import machine
 from vkd_torchreid.apps.benchmark.loader import bench_loader
 from vkd_torchreid.apps.benchmark.ranking import bench_eval, bench_extract
@@ -60,7 +65,7 @@ def _workers(text: str) -> List[int]:
 
 
 BENCHES = {"step": bench_step, "loader": bench_loader, "eval": bench_eval,
-           "extract": bench_extract}
+           "extract": bench_extract, "cache": bench_cache}
 
 
 def main(argv: List[str]) -> int:
