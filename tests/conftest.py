@@ -14,6 +14,16 @@ import vkd_torchreid  # noqa: F401  (registers datasets and models with torchrei
 # two). Tests of a multi-threaded path set the count they need themselves.
 torch.set_num_threads(max(1, int(os.environ.get("VKD_TEST_THREADS", "1"))))
 
+#: The demo's world and schedules at test sizes (with configs/demo.yaml or configs/study.yaml).
+TINY_DEMO = [
+    "data.height", "32", "data.width", "16", "data.workers", "0", "model.name", "vkd_resnet18",
+    "train.batch_size", "8", "sampler.num_instances", "2", "video.seq_len", "4",
+    "test.batch_size", "8", "train.stepsize", "[1]", "train.amp", "", "test.amp", "",
+    "train.print_freq", "1000", "demo.cams", "2", "demo.tracklets", "1", "demo.frames", "4",
+    "demo.val_every", "1", "demo.patience", "1", "demo.student_epoch", "1",
+    "demo.student_stepsize", "[]",
+]
+
 TINY = ["data.height", "32", "data.width", "16", "data.workers", "0", "use_gpu", "False",
         "model.pretrained", "False", "model.name", "vkd_resnet18", "test.batch_size", "8",
         "train.print_freq", "1000", "train.max_epoch", "2"]

@@ -13,22 +13,17 @@ import torch
 from vkd_torchreid import cli
 from vkd_torchreid.engine.callbacks import EarlyStopping, Validation
 
+from conftest import TINY_DEMO
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_DEMO = [
-    "data.height", "32", "data.width", "16", "data.workers", "0", "model.name", "vkd_resnet18",
-    "train.batch_size", "8", "sampler.num_instances", "2", "video.seq_len", "4",
-    "test.batch_size", "8", "train.stepsize", "[1]", "train.amp", "", "test.amp", "",
-    "demo.ids", "12", "demo.cams", "2", "demo.tracklets", "1", "demo.frames", "4",
-    "demo.teacher_max_epoch", "3", "demo.val_every", "1", "demo.patience", "1",
-    "demo.student_epoch", "1", "demo.student_stepsize", "[]", "demo.control", "True",
-]
+DEMO_RUN = [*TINY_DEMO, "demo.ids", "12", "demo.teacher_max_epoch", "3", "demo.control", "True"]
 
 
 @pytest.mark.slow  # the demo end to end, twice
 def test_demo_runs_twice_into_fresh_run_dirs(tmp_path, capsys):
     argv = ["--config-file", os.path.join(REPO, "configs", "demo.yaml"),
             "data.root", str(tmp_path / "data"), "data.save_dir", str(tmp_path / "log"),
-            *TINY_DEMO]
+            *DEMO_RUN]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "| teacher |" in out and "| student |" in out and "| teacher_control |" in out

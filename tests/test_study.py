@@ -10,15 +10,11 @@ from vkd_torchreid.apps import study
 from vkd_torchreid.apps.demo import DEMO_CONFIG
 from vkd_torchreid.config import build_config
 
+from conftest import TINY_DEMO
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_STUDY = [
-    "data.height", "32", "data.width", "16", "data.workers", "0", "train.batch_size", "8",
-    "sampler.num_instances", "2", "video.seq_len", "4", "test.batch_size", "8",
-    "train.stepsize", "[1]", "train.amp", "", "test.amp", "", "train.print_freq", "1000",
-    "demo.ids", "14", "demo.train_ids", "6", "demo.cams", "2", "demo.tracklets", "1",
-    "demo.frames", "4", "demo.teacher_max_epoch", "2", "demo.val_every", "1",
-    "demo.patience", "1", "demo.student_epoch", "1", "demo.student_stepsize", "[]",
-]
+TINY_STUDY = [*TINY_DEMO, "demo.ids", "14", "demo.train_ids", "6",
+              "demo.teacher_max_epoch", "2"]
 
 
 @pytest.mark.slow
