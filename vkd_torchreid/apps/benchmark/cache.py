@@ -26,7 +26,7 @@ def bench_cache(args: argparse.Namespace) -> Dict[str, Any]:
     b = args.p * args.k
     with tempfile.TemporaryDirectory(prefix="vkd_bench_cache_") as root:
         write_synthetic("vkd_mars", root, ids=2 * args.p * args.loader_batches, cams=4,
-                        tracklets=2, frames=16, seed=0, height=args.src_height,
+                        tracklets=2, frames=8, seed=0, height=args.src_height,
                         width=args.src_width)
 
         def manager(workers: int) -> VKDDataManager:
@@ -47,12 +47,14 @@ def bench_cache(args: argparse.Namespace) -> Dict[str, Any]:
                           norm_std=(1.0,), resize=tc.RESIZE_VERSION, flip=True, precision="")
         frames = sum(len(t[0]) for t in dm.train_tracklets)
         start = time.perf_counter()
+        amp = "bf16" if device.type == "cpu" else "fp16"  # as a user would build it
+        teacher = teacher.to(memory_format=torch.channels_last)
         cache = tc.open_or_build(teacher, dm.train_tracklets, key, os.path.join(root, "cache"),
-                                 dm.augment, device, batch_size=32)
+                                 dm.augment, device, amp=amp, channels_last=True, batch_size=32)
         build_s = time.perf_counter() - start
         out["build_ms_per_frame"] = 1000 * build_s / frames  # each frame and its flip
-        out["frames"] = frames
-        print(f"cache build ({args.model}, {frames} frames + flips): "
+        out["frames"], out["build_precision"] = frames, f"{amp} channels_last"
+        print(f"cache build ({args.model}, {amp}, {frames} frames + flips): "
               f"{out['build_ms_per_frame']:.1f} ms/frame", flush=True)
         for workers in args.loader_workers:
             for cached in (False, True):
