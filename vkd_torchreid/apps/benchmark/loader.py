@@ -87,7 +87,7 @@ def _bench_loader_source(args: argparse.Namespace, root: str,
         out["ours_fps"][str(workers)] = frames / timeit(ours, args.reps)
         # the same items, decoded and augmented by PIL + torchvision
         specs = [spec for batch in list(iter(loader.batch_sampler))[:batches] for spec in batch]
-        paths = [[dm.train_loader.dataset.paths[t][f] for t, f in refs] for _, _, refs in specs]
+        paths = [[dm.train_loader.dataset.paths[t][f] for t, f in item[2]] for item in specs]
         pil = torch.utils.data.DataLoader(_pil_pipeline(args, paths)(), batch_size=b,
                                           num_workers=workers)
 
