@@ -285,3 +285,13 @@ def test_resume_reuses_the_cache_and_a_new_generation_builds_its_own(mars_root, 
     assert cli.main([*base[:2], "data.save_dir", gen, *base[4:], "train.max_epoch", "1",
                      "vkd.generations", "2"]) == 0
     assert len(os.listdir(os.path.join(gen, "teacher_cache"))) == 2  # one per teacher
+
+
+def test_device_copy_gathers_the_same_rows(setup):
+    cfg, dm, teacher, root = setup
+    cache = _build(cfg, dm, teacher, root)
+    rows = torch.tensor([[0, 5, 7], [2, 2, 9]])
+    from_map = cache.gather(rows)
+    assert cache.to_device(torch.device("cpu"))
+    assert isinstance(cache.features, torch.Tensor) and cache.features.dtype == torch.float16
+    assert torch.equal(cache.gather(rows), from_map) and from_map.shape == (2, 3, 512)

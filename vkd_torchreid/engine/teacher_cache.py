@@ -166,9 +166,20 @@ class TeacherCache:
         out = torch.from_numpy(np.asarray(self.features[flat], dtype=np.float32))
         return out.view(*rows.shape, -1)
 
-    def to_device(self, device: torch.device) -> None:
-        """Keeps a copy of the features on ``device`` (float16)."""
-        self.features = torch.from_numpy(np.asarray(self.features)).to(device)
+    def to_device(self, device: torch.device) -> bool:
+        """Keeps a copy of the features on ``device`` (float16) when it fits in the device's
+        free memory (with a 10% margin); otherwise logs why and keeps reading the memory map.
+        Returns whether the copy was made."""
+        nbytes = int(np.prod(self.features.shape)) * 2
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if nbytes * 1.1 > free:
+                logger.warning("teacher cache: %.2f GB do not fit in the %.2f GB free on %s; "
+                               "reading the memory map instead", nbytes / 1e9, free / 1e9, device)
+                return False
+        self.features = torch.from_numpy(np.array(self.features)).to(device)  # read into memory
+        logger.info("teacher cache: a %.2f GB copy on %s", nbytes / 1e9, device)
+        return True
 
 
 def _offsets(tracklets: Sequence[Sequence]) -> np.ndarray:
