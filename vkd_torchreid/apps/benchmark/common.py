@@ -5,7 +5,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Mapping
 
 import torch
 
@@ -22,6 +22,25 @@ def timeit(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timeit_interleaved(fns: Mapping[str, Callable[[], Any]], reps: int,
+                       warmup: int = 1) -> Dict[str, float]:
+    """Median wall time of each function, run in turn (A B C A B C ...).
+
+    On a shared 2-core machine the speed drifts by 10-15 % over a minute; timing A's runs
+    and then B's puts that drift into the A/B ratio. Interleaving spreads it over both.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: Dict[str, list] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def machine() -> Dict[str, Any]:

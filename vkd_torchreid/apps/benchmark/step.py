@@ -5,12 +5,12 @@ import argparse
 import dataclasses
 import functools
 import types
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 import torch
 
-from vkd_torchreid.apps.benchmark.common import timeit
+from vkd_torchreid.apps.benchmark.common import timeit_interleaved
 from vkd_torchreid.config import get_default_config
 from vkd_torchreid.engine import DistillOptions, EngineOptions, TeacherEngine, VKDEngine
 from vkd_torchreid.engine.teacher_cache import TeacherCache
@@ -18,6 +18,7 @@ from vkd_torchreid.models import build_model
 from vkd_torchreid.utils.device import autocast, to_device
 
 MODES = {"fp32": (False, ""), "channels_last": (True, ""), "bf16": (True, "bf16")}
+CACHED_MODES = ("fp32", "bf16")  # the cached step is timed next to these modes' steps
 
 
 # --------------------------------------------------------------------------- step
@@ -41,92 +42,100 @@ def _options(use_gpu: bool, amp: str = "", channels_last: bool = False,
     return EngineOptions.from_config(cfg), DistillOptions.from_config(cfg)
 
 
-def _teacher_fwd(engine: VKDEngine, batch: Dict[str, torch.Tensor], device: torch.device,
-                 cl: bool, amp: str, reps: int) -> float:
-    """The teacher's forward on the N frames of the batch, alone."""
-    def run() -> None:
-        x = to_device(batch["img"], device, cl)
-        with autocast(device, amp), torch.inference_mode():
-            engine.teacher.forward_features(x)
-
-    return timeit(run, reps)
-
-
-def _cached_step(args: argparse.Namespace, use_gpu: bool, cl: bool, amp: str) -> float:
-    """The student step with the teacher cache: M decoded frames, N rows gathered from an
-    in-memory float16 cache, the teacher's BNNeck and classifier on their mean."""
+def _engine(args: argparse.Namespace, use_gpu: bool, cl: bool, amp: str,
+            teacher_bn: str = "batch") -> VKDEngine:
+    """A student-stage engine on randomly initialised networks, in training mode."""
     torch.manual_seed(0)
     teacher = build_model(args.model, args.classes, loss="triplet", pretrained=False)
     student = build_model(args.model, args.classes, loss="triplet", pretrained=False)
     opts, distill = _options(use_gpu, amp, cl, args.m)
-    distill = dataclasses.replace(distill, teacher_bn="eval")
+    distill = dataclasses.replace(distill, teacher_bn=teacher_bn)
     engine = VKDEngine(_fake_dm(), student, teacher,
                        torch.optim.Adam(student.parameters(), lr=1e-4), None, opts, distill)
+    engine.set_model_mode("train")
+    return engine
+
+
+def _cached_step(args: argparse.Namespace, use_gpu: bool, cl: bool,
+                 amp: str) -> Callable[[], Any]:
+    """The student step with the teacher cache: M decoded frames, N rows gathered from an
+    in-memory float16 cache, the teacher's BNNeck and classifier on their mean."""
+    engine = _engine(args, use_gpu, cl, amp, teacher_bn="eval")
     b = args.p * args.k
     rows = 2 * b * args.n
     rng = np.random.default_rng(0)
     engine.teacher_cache = TeacherCache.in_memory(
-        rng.standard_normal((rows, teacher.feature_dim)).astype(np.float16),
+        rng.standard_normal((rows, engine.teacher.feature_dim)).astype(np.float16),
         np.arange(b) * args.n, flip=True)
-    engine.set_model_mode("train")
     batch = _batch(args, args.m)
     batch["teacher_rows"] = torch.from_numpy(rng.integers(0, rows, (b, args.n)))
-    return timeit(functools.partial(engine.forward_backward, batch), args.reps)
+    return functools.partial(engine.forward_backward, batch)
+
+
+def _parts(engine: VKDEngine, batch: Dict[str, torch.Tensor], args: argparse.Namespace,
+           device: torch.device, cl: bool, amp: str) -> Dict[str, Callable[[], Any]]:
+    """The step's bare compute (teacher forward, student forward and backward), the teacher's
+    forward alone and the optimiser step alone, on the engine's own networks."""
+    def bare() -> None:
+        x = to_device(batch["img"], device, cl)
+        with autocast(device, amp):
+            with torch.inference_mode():
+                engine.teacher.forward_features(x)
+            xs = to_device(batch["img"][:, :args.m], device, cl)
+            emb, logits = engine.model.forward_features(xs)
+        engine.optimizer.zero_grad(set_to_none=True)
+        (emb.float().sum() + logits.float().sum()).backward()
+
+    def teacher_fwd() -> None:
+        x = to_device(batch["img"], device, cl)
+        with autocast(device, amp), torch.inference_mode():
+            engine.teacher.forward_features(x)
+
+    return {"bare": bare, "teacher_fwd": teacher_fwd, "optimizer": engine.optimizer.step}
 
 
 def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
+    """Each mode's step, bare compute, teacher forward, optimiser step and (fp32, bf16) cached
+    step, timed in turn so that the machine's drift does not enter their ratios."""
     out: Dict[str, Any] = {}
     use_gpu = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if use_gpu else "cpu")
     for mode, (cl, amp) in MODES.items():
-        torch.manual_seed(0)
-        teacher = build_model(args.model, args.classes, loss="triplet", pretrained=False)
-        student = build_model(args.model, args.classes, loss="triplet", pretrained=False)
-        opts, distill = _options(use_gpu, amp, cl, args.m)
-        engine = VKDEngine(_fake_dm(), student, teacher,
-                           torch.optim.Adam(student.parameters(), lr=1e-4), None, opts, distill)
-        engine.set_model_mode("train")
+        engine = _engine(args, use_gpu, cl, amp)
         batch = _batch(args, args.n)
-        vkd_s = timeit(functools.partial(engine.forward_backward, batch), args.reps)
-
-        def bare(engine: VKDEngine = engine, batch: Dict[str, torch.Tensor] = batch,
-                 cl: bool = cl, amp: str = amp) -> None:
-            x = to_device(batch["img"], device, cl)
-            with autocast(device, amp):
-                with torch.inference_mode():
-                    engine.teacher.forward_features(x)
-                xs = to_device(batch["img"][:, :args.m], device, cl)
-                emb, logits = engine.model.forward_features(xs)
-            (emb.float().sum() + logits.float().sum()).backward()
-
-        bare_s = timeit(bare, args.reps)
-        t_fwd = _teacher_fwd(engine, batch, device, cl, amp, args.reps)
-        out[mode] = {"vkd_s": vkd_s, "bare_s": bare_s, "overhead": vkd_s / bare_s - 1,
-                     "teacher_fwd_s": t_fwd}
-        print(f"step {mode:14s} vkd {vkd_s:7.3f} s   bare {bare_s:7.3f} s   "
-              f"overhead {100 * (vkd_s / bare_s - 1):+5.1f}%   teacher forward {t_fwd:7.3f} s",
-              flush=True)
-    for mode in ("fp32", "bf16"):
-        cl, amp = MODES[mode]
-        cached = _cached_step(args, use_gpu, cl, amp)
-        without_teacher = out[mode]["vkd_s"] - out[mode]["teacher_fwd_s"]
-        out[f"cached_{mode}"] = {"vkd_s": cached,
-                                 "vs_step_without_teacher": cached / without_teacher}
-        print(f"step cached_{mode:7s} vkd {cached:7.3f} s   (step - teacher forward: "
-              f"{without_teacher:7.3f} s, ratio {cached / without_teacher:.2f})", flush=True)
+        fns = {"vkd": functools.partial(engine.forward_backward, batch),
+               **_parts(engine, batch, args, device, cl, amp)}
+        if mode in CACHED_MODES:
+            fns["cached"] = _cached_step(args, use_gpu, cl, amp)
+        t = timeit_interleaved(fns, args.reps)
+        out[mode] = {"vkd_s": t["vkd"], "bare_s": t["bare"], "overhead": t["vkd"] / t["bare"] - 1,
+                     "teacher_fwd_s": t["teacher_fwd"], "optimizer_s": t["optimizer"]}
+        print(f"step {mode:14s} vkd {t['vkd']:7.3f} s   bare {t['bare']:7.3f} s   "
+              f"overhead {100 * (t['vkd'] / t['bare'] - 1):+5.1f}%   teacher forward "
+              f"{t['teacher_fwd']:7.3f} s   optimiser {t['optimizer']:6.3f} s", flush=True)
+        if "cached" in t:
+            without_teacher = t["vkd"] - t["teacher_fwd"]
+            out[f"cached_{mode}"] = {"vkd_s": t["cached"],
+                                     "vs_step_without_teacher": t["cached"] / without_teacher}
+            print(f"step cached_{mode:7s} vkd {t['cached']:7.3f} s   (step - teacher forward: "
+                  f"{without_teacher:7.3f} s, ratio {t['cached'] / without_teacher:.2f})",
+                  flush=True)
+        del engine, fns
     torch.manual_seed(0)
     model = build_model(args.model, args.classes, loss="triplet", pretrained=False)
     engine = TeacherEngine(_fake_dm(), model, torch.optim.Adam(model.parameters(), lr=1e-4),
                            None, _options(use_gpu)[0])
     engine.set_model_mode("train")
     batch = _batch(args, args.n)
-    t_s = timeit(lambda: engine.forward_backward(batch), args.reps)
 
     def bare_teacher() -> None:
         emb, logits = engine.model.forward_features(to_device(batch["img"], device, False))
+        engine.optimizer.zero_grad(set_to_none=True)
         (emb.sum() + logits.sum()).backward()
 
-    tb_s = timeit(bare_teacher, args.reps)
+    t = timeit_interleaved({"step": lambda: engine.forward_backward(batch),
+                            "bare": bare_teacher}, args.reps)
+    t_s, tb_s = t["step"], t["bare"]
     out["teacher_fp32"] = {"vkd_s": t_s, "bare_s": tb_s, "overhead": t_s / tb_s - 1}
     print(f"step teacher_fp32     step {t_s:7.3f} s   bare {tb_s:7.3f} s", flush=True)
     out["speedup_bf16_vs_fp32"] = out["fp32"]["vkd_s"] / out["bf16"]["vkd_s"]
