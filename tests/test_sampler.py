@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vkd_torchreid.data import sampler as sampler_module
 from vkd_torchreid.data.base import evenly_indices, random_chunk_indices
 from vkd_torchreid.data.sampler import (
     IdentityIndex,
@@ -182,26 +183,36 @@ def _elements(name, args, kwargs):
     return drawn
 
 
-def _work_per_batch(num_ids, monkeypatch, batches=30):
-    """Per batch: numpy RNG calls, elements those calls touch, IdentityIndex lookups and
-    reads of the training list. The first batch also draws the epoch's identity order."""
-    counter = {"calls": 0, "elements": 0, "lookups": 0}
+class _CountingRandom:
+    """A RandomState whose draws are counted (the sampler draws from one per identity slot)."""
 
-    def counted(fn):
+    def __init__(self, rand, counter):
+        self.rand, self.counter = rand, counter
+
+    def __getattr__(self, name):
+        fn = getattr(self.rand, name)
+        if name not in _RNG_DRAWS:
+            return fn
+
         def draw(*args, **kwargs):
-            counter["calls"] += 1
-            counter["elements"] += _elements(fn.__name__, args, kwargs)
+            self.counter["calls"] += 1
+            self.counter["elements"] += _elements(name, args, kwargs)
             return fn(*args, **kwargs)
         return draw
 
+
+def _work_per_batch(num_ids, monkeypatch, batches=30):
+    """Per batch: RNG calls, elements those calls touch, IdentityIndex lookups and reads of
+    the training list. The first batch also draws the epoch's identity order."""
+    counter = {"calls": 0, "elements": 0, "lookups": 0}
     source = _CountingSource(_source(num_ids, 4))
     sampler = MultiViewSampler(source, 16, 4, 8, "multiview")
     sampler.index.tracklets = _CountingLookups(sampler.index.tracklets, counter)
     sampler.index.cameras = _CountingLookups(sampler.index.cameras, counter)
+    real = sampler_module.draw_rng
     with monkeypatch.context() as m:
-        for name in _RNG_DRAWS:
-            m.setattr(np.random, name, counted(getattr(np.random, name)))
-        np.random.seed(0)
+        m.setattr(sampler_module, "draw_rng",
+                  lambda *keys: _CountingRandom(real(*keys), counter))
         _CountingSource.reads = 0
         it = iter(sampler)
         profile = []
@@ -257,3 +268,51 @@ def test_frame_index_helpers():
     assert all(0 <= i < 10 for i in idx) and list(idx) == sorted(idx)
     with pytest.raises(ValueError):
         evenly_indices(0, 4)
+
+
+@pytest.mark.parametrize("strategy,m", [("multiview_random", 2), ("tracklet", 0)])
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_together_draw_the_single_process_batch(strategy, m, world):
+    """Each rank's share of every batch is its P / world-size whole identities; the shares in
+    rank order are exactly the single process's batch (items, frames and student picks), and
+    the global RNG plays no part."""
+    source = _source(40, 3)
+    single = MultiViewSampler(source, 32, 4, 8, strategy, student_frames=m, seed=3)
+    ranks = [MultiViewSampler(source, 32, 4, 8, strategy, student_frames=m, seed=3, rank=r,
+                              world_size=world) for r in range(world)]
+    for epoch in (0, 5):
+        for sampler in (single, *ranks):
+            sampler.set_epoch(epoch)
+        np.random.seed(epoch)
+        expected = list(single)
+        np.random.seed(epoch + 100)
+        shares = [list(r) for r in ranks]
+        assert len(expected) == len(single) == 5
+        for b, batch in enumerate(expected):
+            assert [item for share in shares for item in share[b]] == batch
+            for r, share in enumerate(shares):
+                pids = {item[0] for item in share[b]}
+                assert len(share[b]) == 32 // world and len(pids) == 8 // world
+                others = {item[0] for q, other in enumerate(shares) if q != r
+                          for item in other[b]}
+                assert not pids & others
+
+
+def test_draws_depend_on_seed_and_epoch_only():
+    source = _source(40, 3)
+    a = MultiViewSampler(source, 32, 4, 8, "multiview_random", student_frames=2, seed=1)
+    b = MultiViewSampler(source, 32, 4, 8, "multiview_random", student_frames=2, seed=1)
+    np.random.seed(0)
+    first = list(a)
+    np.random.seed(1)
+    assert list(b) == first
+    b.set_epoch(1)
+    assert list(b) != first
+    c = MultiViewSampler(source, 32, 4, 8, "multiview_random", student_frames=2, seed=2)
+    assert list(c) != first
+
+
+def test_identities_not_divisible_by_world_size_is_an_error():
+    with pytest.raises(ValueError, match="P=8 identities per batch must be divisible by the "
+                                         "world size 3"):
+        MultiViewSampler(_source(40, 3), 32, 4, 8, rank=0, world_size=3)

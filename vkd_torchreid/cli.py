@@ -4,6 +4,10 @@
 
 COMMAND is one of :data:`COMMANDS`; ``train`` is the default when the first argument is not a
 command. ``--config-file`` takes a path or the name of a packaged config (``vkd_mars_r50``).
+
+Under ``torchrun`` (``train`` and ``eval``) every process runs this same command: they join
+one process group, check that they resolved the same config, and stop together on any
+rank's error; rank 0 alone prints and writes.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Any, List, Optional, Sequence
 from yacs.config import CfgNode
 
 from vkd_torchreid.config import build_config
+from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.logs import (  # noqa: F401  (LOG_FILE: the run log's name)
     LOG_FILE,
     attach_log_file,
@@ -108,28 +113,51 @@ def resolve_resume(args: argparse.Namespace, cfg: CfgNode) -> str:
     return ""
 
 
-def run(cfg: CfgNode, args: argparse.Namespace) -> int:
+def _prepare(cfg: CfgNode, args: argparse.Namespace, demo: bool) -> Any:
+    """The checked job (None for the demo); nothing written yet."""
     from vkd_torchreid.engine import build
 
-    save_dir = cfg.data.save_dir
-    demo = bool(cfg.get("demo") and cfg.demo.enabled)
+    if demo and distributed.context().enabled:
+        raise UserError("the demo runs in one process: launch it without torchrun")
     if demo and (args.resume or args.eval_only or cfg.model.resume):
         raise UserError("the demo (demo.enabled True) always starts fresh in a new run folder; "
                         "--resume, model.resume and --eval-only do not apply to it")
-    # Each demo run writes into its own timestamped folder: nothing to overwrite.
-    resume = "" if demo else resolve_resume(args, cfg)
-    setup_logging()
-    set_seed(cfg.train.seed)
-    start = time.time()
-    job: Any = None
+    if demo:  # each demo run writes into its own timestamped folder: nothing to overwrite
+        return None
+    resume = resolve_resume(args, cfg)
+    set_seed(cfg.train.seed)  # the same networks on every rank
     if args.eval_only or cfg.test.evaluate:
-        job = build.prepare_evaluation(cfg)
-    elif not demo:
-        job = build.prepare_training(cfg, resume=resume)
+        return build.prepare_evaluation(cfg)
+    job = build.prepare_training(cfg, resume=resume)
+    if not resume:  # augmentations differ between ranks (a resume restores each rank's)
+        distributed.seed_rank(cfg.train.seed)
+    return job
+
+
+def run(cfg: CfgNode, args: argparse.Namespace) -> int:
+    from vkd_torchreid.engine import build
+    from vkd_torchreid.utils.checkpoint import CheckpointError
+
+    save_dir = cfg.data.save_dir
+    demo = bool(cfg.get("demo") and cfg.demo.enabled)
+    ctx = distributed.context()
+    setup_logging()
+    start = time.time()
+    distributed.check_same_config(cfg.dump())
+    error = None
+    try:
+        job = _prepare(cfg, args, demo)
+    except (UserError, FileNotFoundError, KeyError, ValueError, CheckpointError) as exc:
+        if not ctx.enabled:
+            raise
+        job, error = None, one_line(exc)
+    distributed.agree(error)  # any rank's error stops every rank, before anything is written
+    args.agreed = True  # from here on, an error is this rank's own: every rank reports its own
     # Data, checkpoints, architectures and class counts are checked: now the save dir.
-    attach_log_file(save_dir)
-    with open(os.path.join(save_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
-        fh.write(cfg.dump())
+    if ctx.is_main:
+        attach_log_file(save_dir)
+        with open(os.path.join(save_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
+            fh.write(cfg.dump())
     if demo:
         from vkd_torchreid.apps.demo import run_demo
 
@@ -143,6 +171,13 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_exit() -> int:
+    """A non-zero rank's error exit: a moment first, so that the launcher, which stops every
+    rank when one exits, does not stop rank 0 before it has printed the error."""
+    time.sleep(2.0)
+    return EXIT_ERROR
+
+
 def _train(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None,
            eval_only: bool = False) -> int:
     """``train`` (and ``eval``): one training run or evaluation; returns the exit code."""
@@ -151,18 +186,35 @@ def _train(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None
 
     args = add_arguments(parser or argparse.ArgumentParser()).parse_args(argv)
     args.eval_only = args.eval_only or eval_only
+    main_rank = int(os.environ.get("RANK", "0") or 0) == 0
+    stdout = sys.stdout
     try:
+        if not main_rank:  # torchreid's progress lines: rank 0 alone prints
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (closed below)
+            logging.getLogger("vkd_torchreid").setLevel(logging.WARNING)
         cfg = config_from_args(args)
+        distributed.init(cfg.train.dist_backend, cfg.train.dist_timeout_s, cfg.use_gpu)
         return run(cfg, args)
     except StopTraining as exc:
-        print(f"stopped ({exc}); resume with --resume", file=sys.stderr)
+        if main_rank:
+            print(f"stopped ({exc}); resume with --resume", file=sys.stderr)
         return 130
+    except distributed.DistributedError:
+        return _quiet_exit()  # rank 0 prints the failing rank's error
     except (UserError, FileNotFoundError, KeyError, ValueError, CheckpointError,
             NonFiniteLossError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
+        if main_rank:
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            return EXIT_ERROR
+        if getattr(args, "agreed", False):
+            print(f"error (rank {os.environ.get('RANK')}): {one_line(exc)}", file=sys.stderr)
+        return _quiet_exit()
     finally:
         teardown_logging()
+        distributed.shutdown()
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
 
 
 def _study(argv: Sequence[str]) -> int:

@@ -77,6 +77,13 @@ def get_default_config() -> CN:
     cfg.train.print_freq = 20
     cfg.train.channels_last = False
     cfg.train.amp = ""  # '', 'bf16' (CPU and CUDA) or 'fp16' (CUDA, with GradScaler)
+    # Distributed training under torchrun (one process per GPU; without torchrun: ignored).
+    cfg.train.dist_backend = "auto"  # 'auto' (nccl with CUDA, else gloo), 'nccl' or 'gloo'
+    # Batch-hard triplet mining and distance preservation on the global batch (embeddings
+    # gathered with their gradients); False mines per rank: faster, not equivalent.
+    cfg.train.dist_gather = True
+    cfg.train.sync_bn = False  # BatchNorm statistics over the global batch
+    cfg.train.dist_timeout_s = 1800  # a collective waiting longer (a dead rank) is an error
     cfg.train.adam_beta1 = 0.9
     cfg.train.adam_beta2 = 0.999
 

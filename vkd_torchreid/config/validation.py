@@ -26,6 +26,7 @@ from vkd_torchreid.evaluation import METRICS
 from vkd_torchreid.losses import LOGITS_LOSSES
 from vkd_torchreid.models.student import TEACHER_BN_MODES
 from vkd_torchreid.utils.device import AMP_MODES
+from vkd_torchreid.utils.distributed import DIST_BACKENDS, env_world_size, resolve_backend
 from vkd_torchreid.utils.progress import PROGRESS_MODES
 
 #: Key -> the values it may take.
@@ -48,6 +49,7 @@ CHOICES: Dict[str, Tuple[Any, ...]] = {
     "data.random_erase_ratio_dist": ERASE_RATIO_DISTS,
     "test.dist_metric": METRICS,
     "test.progress": PROGRESS_MODES,
+    "train.dist_backend": DIST_BACKENDS,
     "model.last_stride": (1, 2),
     # VKD always trains CE + batch-hard triplet; loss.triplet.weight_x / weight_t weigh them.
     "loss.name": ("triplet",),
@@ -96,6 +98,7 @@ RANGES: Dict[str, Range] = {
     "vkd.tau": POSITIVE, "train.lr": POSITIVE, "data.height": COUNT, "data.width": COUNT,
     "test.batch_size": COUNT, "video.test_chunk": COUNT,
     "train.gamma": FRACTION, "vkd.generation_lr_decay": FRACTION,
+    "train.dist_timeout_s": POSITIVE,
 }
 
 
@@ -202,10 +205,35 @@ def cache_needs_eval_bn(cfg: CN) -> None:
                    "feature of a frame depends on the rest of its batch, so it cannot be cached")
 
 
+def world_fits(cfg: CN) -> None:
+    """Under torchrun (``WORLD_SIZE`` > 1): each rank takes P / world-size whole identities
+    of our sampler's global batch, and the backend exists on this machine."""
+    world = env_world_size()
+    if world <= 1:
+        return
+    if cfg.sampler.train_sampler != MULTIVIEW_SAMPLER:
+        raise fail("sampler.train_sampler", cfg.sampler.train_sampler,
+                   f"{MULTIVIEW_SAMPLER} under torchrun (it splits the global batch by "
+                   f"identity across the {world} processes)")
+    p = cfg.train.batch_size // cfg.sampler.num_instances
+    if p % world:
+        raise fail("train.batch_size", cfg.train.batch_size,
+                   f"P x K items with P = {p} identities divisible by the world size {world} "
+                   f"(K = sampler.num_instances = {cfg.sampler.num_instances}): each process "
+                   "takes P / world-size whole identities")
+    try:
+        resolve_backend(cfg.train.dist_backend, bool(cfg.use_gpu))
+    except ValueError:
+        raise fail("train.dist_backend", cfg.train.dist_backend,
+                   "'gloo' or 'auto': nccl needs CUDA, which this process does not have (no "
+                   "GPU, or use_gpu False)") from None
+
+
 #: The rules that relate keys, in the order they are checked.
 RULES: List[Callable[[CN], None]] = [
     registered_names, student_sees_fewer_frames, batch_is_p_times_k, augmentation_shapes,
     schedules_and_ranks, fp16_needs_cuda, student_needs_a_teacher, cache_needs_eval_bn,
+    world_fits,
 ]
 
 

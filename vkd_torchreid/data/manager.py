@@ -33,6 +33,7 @@ from vkd_torchreid.data.transforms import (
     TestFrameTransform,
     TrainFrameTransform,
 )
+from vkd_torchreid.utils import distributed
 
 #: What the data manager's loaders are: a DataLoader, or one wrapped to finish batches.
 Loader = Union[DataLoader, FinishingLoader]
@@ -166,8 +167,10 @@ class VKDDataManager(VideoDataManager):
     def _train_loader(self, train: List[tuple]) -> Loader:
         s = self.sampling
         if s.train_sampler == MULTIVIEW_SAMPLER:
+            ctx = distributed.context()  # under torchrun: this rank's share of each batch
             batch_sampler = MultiViewSampler(train, s.batch_size, s.num_instances, s.seq_len,
-                                             s.strategy, s.student_frames, s.seed)
+                                             s.strategy, s.student_frames, s.seed,
+                                             ctx.rank, ctx.world_size)
         else:
             base = build_train_sampler([(*t, 0) for t in train], s.train_sampler,
                                        batch_size=s.batch_size, num_instances=s.num_instances)
@@ -188,7 +191,8 @@ class VKDDataManager(VideoDataManager):
         return TestFrames(items, TestFrameTransform(self.augment), self.sampling.test_seq_len,
                           method)
 
-    def _test_loader(self, items: Sequence[Sequence], tracklets: bool) -> Optional[Loader]:
+    def test_loader_of(self, items: Sequence[Sequence], tracklets: bool) -> Optional[Loader]:
+        """A test loader of ``items`` (tracklets, or image items); None when empty."""
         if not items:
             return None
         batch = self.sampling.test_batch_size
@@ -202,7 +206,7 @@ class VKDDataManager(VideoDataManager):
         self.protocols[name] = splits.protocol
         needed = {kind for mode in splits.protocol.modes for kind in MODES[mode]}
         self.test_loader[name] = {
-            kind: self._test_loader(getattr(splits, kind), tracklets=not kind.endswith("_img"))
+            kind: self.test_loader_of(getattr(splits, kind), tracklets=not kind.endswith("_img"))
             if kind in needed else None
             for kind in ("query", "gallery", "query_img", "gallery_img")
         }

@@ -12,12 +12,18 @@ Strategies:
     ``multiview_random``: the reference's VKD sampling: the i-th frame comes from the
         i-th tracklet of a random permutation of the identity's tracklets (cameras ignored).
     ``temporal``: N frames of one random tracklet of the identity (views-versus-time ablation).
+
+Our batch sampler draws from (seed, epoch) only: the identity order from (seed, epoch), the
+items of the b-th batch's j-th identity from (seed, epoch, b, j), the student's M of N from
+(seed, epoch, the item's index). So a resumed run draws what the uninterrupted one would, and
+under torchrun every rank knows the global batch and takes its own P / world-size identities
+of it (rank r the r-th share), which together are exactly the single process's batch.
 """
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -70,13 +76,12 @@ class IdentityIndex:
 
 
 def sample_item(index: IdentityIndex, pid: int, n: int, strategy: str,
-                tracklet: int = -1) -> FrameSpec:
+                tracklet: int = -1, rand: Any = np.random) -> FrameSpec:
     """Draws one item of ``n`` frames of identity ``pid`` with ``strategy``.
 
     ``tracklet`` fixes the tracklet for the ``tracklet`` strategy (-1: a random one).
-    Uses the global numpy RNG (seeded per worker by torch, saved in checkpoints).
+    ``rand``: ``numpy.random`` (the global RNG) or a ``RandomState``.
     """
-    rand = np.random
     if strategy in ("tracklet", "temporal"):
         t = tracklet if tracklet >= 0 else int(rand.choice(index.tracklets[pid]))
         frames = random_chunk_indices(int(index.lengths[t]), n, rand)
@@ -100,6 +105,11 @@ def sample_item(index: IdentityIndex, pid: int, n: int, strategy: str,
     else:
         raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
     return pid, int(index.camids[refs[0][0]]), refs
+
+
+def draw_rng(seed: int, *keys: int) -> np.random.RandomState:
+    """A random state that is a function of ``seed`` and ``keys`` only."""
+    return np.random.RandomState([seed % 2**32, *(k % 2**32 for k in keys)])
 
 
 def student_pick(seed: int, epoch: int, index: int, n: int, m: int) -> Tuple[int, ...]:
@@ -141,17 +151,19 @@ class MultiViewSampler(_EpochBatchSampler):
 
     Args:
         data_source: training tracklets ``(img_paths, pid, camid[, dsetid])``.
-        batch_size: P x K items.
+        batch_size: P x K items of the global batch (every rank's share together).
         num_instances: K items per identity.
         seq_len: N frames per item.
         strategy: one of ``STRATEGIES``.
         student_frames: M, the student's frames of each item (0: teacher stage).
-        seed: with the epoch and the item's index, draws the student's M frames.
+        seed: with the epoch, the batch and the item's index, draws everything.
+        rank, world_size: this process's share: identities ``rank * P / world_size`` to
+            ``(rank + 1) * P / world_size - 1`` of each global batch.
     """
 
     def __init__(self, data_source: Sequence[Sequence], batch_size: int, num_instances: int,
                  seq_len: int, strategy: str = "multiview_random", student_frames: int = 0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         super().__init__(student_frames, seed)
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -161,6 +173,10 @@ class MultiViewSampler(_EpochBatchSampler):
         self.index = IdentityIndex(data_source)
         self.num_instances = num_instances
         self.num_pids_per_batch = batch_size // num_instances
+        if not 0 <= rank < world_size or self.num_pids_per_batch % world_size:
+            raise ValueError(f"P={self.num_pids_per_batch} identities per batch must be "
+                             f"divisible by the world size {world_size} (rank {rank})")
+        self.rank, self.world_size = rank, world_size
         self.seq_len = seq_len
         self.strategy = strategy
         if len(self.index.pids) < self.num_pids_per_batch:
@@ -172,21 +188,26 @@ class MultiViewSampler(_EpochBatchSampler):
     def __len__(self) -> int:
         return len(self.index.pids) // self.num_pids_per_batch
 
-    def _items_of(self, pid: int) -> List[FrameSpec]:
+    def _items_of(self, pid: int, rand: np.random.RandomState) -> List[FrameSpec]:
         k, n = self.num_instances, self.seq_len
         if self.strategy != "tracklet":
-            return [sample_item(self.index, pid, n, self.strategy) for _ in range(k)]
+            return [sample_item(self.index, pid, n, self.strategy, rand=rand) for _ in range(k)]
         pool = self.index.tracklets[pid]
-        chosen = np.random.choice(pool, size=k, replace=len(pool) < k)
-        return [sample_item(self.index, pid, n, "tracklet", int(t)) for t in chosen]
+        chosen = rand.choice(pool, size=k, replace=len(pool) < k)
+        return [sample_item(self.index, pid, n, "tracklet", int(t), rand) for t in chosen]
 
     def __iter__(self) -> Iterator[List[BatchItem]]:
-        pids = np.random.permutation(self.index.pids)
-        p = self.num_pids_per_batch
-        size = p * self.num_instances
+        pids = draw_rng(self.seed, self.epoch).permutation(self.index.pids)
+        p, k = self.num_pids_per_batch, self.num_instances
+        share = p // self.world_size
         for b in range(len(self)):
-            specs = [spec for pid in pids[b * p:(b + 1) * p] for spec in self._items_of(int(pid))]
-            yield [self._with_pick(spec, b * size + i) for i, spec in enumerate(specs)]
+            items: List[BatchItem] = []
+            for j in range(self.rank * share, (self.rank + 1) * share):
+                specs = self._items_of(int(pids[b * p + j]),
+                                       draw_rng(self.seed, self.epoch, b, j))
+                items += [self._with_pick(spec, (b * p + j) * k + i)
+                          for i, spec in enumerate(specs)]
+            yield items
 
 
 class TrackletBatchSampler(_EpochBatchSampler):

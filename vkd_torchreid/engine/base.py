@@ -7,6 +7,13 @@ end-of-epoch callbacks of :mod:`vkd_torchreid.engine.callbacks`), ``test`` (the
 :class:`~vkd_torchreid.engine.evaluator.Evaluator`: our protocols, fast ranking,
 ``results.json``), ``save_model`` (atomic, ``weights_only``-safe checkpoints with the RNG
 state), a NaN guard and a clean stop on SIGINT/SIGTERM.
+
+Under torchrun (:mod:`vkd_torchreid.utils.distributed`) the trained network's forward runs
+through ``DistributedDataParallel``; with ``train.dist_gather`` the triplet and
+distance-preservation losses see the global batch (embeddings gathered with their
+gradients); ``train.sync_bn`` synchronises BatchNorm. Every step all-reduces the loss values,
+the decoded-frame count and a stop flag in one collective, so every rank logs the global
+means and stops at the same step. Rank 0 alone writes files.
 """
 from __future__ import annotations
 
@@ -15,15 +22,18 @@ import dataclasses
 import logging
 import math
 import signal
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from vkd_torchreid.compat import Engine
 from vkd_torchreid.engine.callbacks import Callback, default_callbacks
 from vkd_torchreid.engine.checkpointing import CheckpointMixin
 from vkd_torchreid.engine.evaluator import Evaluator
+from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
+from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.device import autocast, to_device
 
 logger = logging.getLogger(__name__)
@@ -48,6 +58,8 @@ class EngineOptions:
     triplet_margin: Any  # 'soft' or a float
     weight_x: float
     weight_t: float
+    dist_gather: bool  # under torchrun: losses over the global batch
+    sync_bn: bool  # under torchrun: BatchNorm statistics over the global batch
 
     @classmethod
     def from_config(cls, cfg: Any) -> EngineOptions:
@@ -57,7 +69,20 @@ class EngineOptions:
             channels_last=cfg.train.channels_last,
             label_smooth=cfg.loss.softmax.epsilon if cfg.loss.softmax.label_smooth else 0.0,
             triplet_margin=margin, weight_x=cfg.loss.triplet.weight_x,
-            weight_t=cfg.loss.triplet.weight_t)
+            weight_t=cfg.loss.triplet.weight_t, dist_gather=cfg.train.dist_gather,
+            sync_bn=cfg.train.sync_bn)
+
+
+class _TrainForward(nn.Module):
+    """A network's training forward (``forward_features``) as a module's ``forward``, the one
+    call ``DistributedDataParallel`` synchronises gradients for."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model.forward_features(x)
 
 
 class VKDEngineBase(CheckpointMixin, Engine):
@@ -80,8 +105,18 @@ class VKDEngineBase(CheckpointMixin, Engine):
                  generation: int = 0, callbacks: Optional[Sequence[Callback]] = None) -> None:
         super().__init__(datamanager, use_gpu=options.use_gpu)
         self.options = options
-        self.device = torch.device("cuda" if self.use_gpu else "cpu")
+        #: This process's place under torchrun (a single process without it).
+        self.dist = distributed.context()
+        self.device = (torch.device("cuda", torch.cuda.current_device()) if self.use_gpu
+                       else torch.device("cpu"))
         self.model = self._place(model)
+        self._ddp: Optional[nn.Module] = None
+        if self.dist.enabled:
+            if options.sync_bn:
+                self.model = convert_sync_batchnorm(self.model, self.device.type)
+            self._ddp = DistributedDataParallel(
+                _TrainForward(self.model),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.register_model("model", self.model, optimizer, scheduler)
@@ -103,6 +138,7 @@ class VKDEngineBase(CheckpointMixin, Engine):
         self._epoch_sums: Dict[str, float] = {}
         self._epoch_steps = 0
         self._epoch_decoded = 0
+        self._stop_agreed = False
 
     # ------------------------------------------------------------------ devices & formats
     def _place(self, model: nn.Module) -> nn.Module:
@@ -113,6 +149,19 @@ class VKDEngineBase(CheckpointMixin, Engine):
 
     def _format(self, img: torch.Tensor) -> torch.Tensor:
         return to_device(img, self.device, self.options.channels_last)
+
+    def train_forward(self, imgs: torch.Tensor) -> Any:
+        """The trained network's ``forward_features`` (through DDP under torchrun)."""
+        if self._ddp is not None:
+            return self._ddp(imgs)
+        return self.model.forward_features(imgs)
+
+    def global_batch(self, *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Under torchrun with ``train.dist_gather``: every rank's tensors in rank order (the
+        global batch; gradients flow back to their rank). Otherwise the tensors themselves."""
+        if not (self.dist.enabled and self.options.dist_gather):
+            return tensors
+        return tuple(distributed.all_gather_with_grad(t) for t in tensors)
 
     # ------------------------------------------------------------------ training
     def forward_train(self, imgs: torch.Tensor,
@@ -128,29 +177,45 @@ class VKDEngineBase(CheckpointMixin, Engine):
         raise NotImplementedError
 
     def forward_backward(self, data: Dict[str, Any]) -> Dict[str, float]:
-        if self._stop_signal is not None:
-            raise StopTraining(f"signal {self._stop_signal}")
+        if self._stop_agreed or (self._stop_signal is not None and not self.dist.enabled):
+            raise StopTraining(f"signal {self._stop_signal or 'on another rank'}")
         self.skipped_frames.extend(data.get("skipped", ()))
         imgs = self._format(data["img"])
         pids = data["pid"].to(self.device, non_blocking=True)
         with autocast(self.device, self.options.amp):
             outputs = self.forward_train(imgs, data)
         losses = self.compute_losses({k: v.float() for k, v in outputs.items()}, pids)
-        self._check_finite(losses)
+        decoded = int(data.get("decoded", imgs.shape[0] * imgs.shape[1]))
+        values, decoded = self._synced_values(losses, decoded)
+        self._check_finite(values)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.global_step += 1
-        values = {k: float(v.detach()) for k, v in losses.items()}
         for k, v in values.items():
             self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
         self._epoch_steps += 1
-        self._epoch_decoded += int(data.get("decoded", imgs.shape[0] * imgs.shape[1]))
+        self._epoch_decoded += decoded
         return values
 
-    def _check_finite(self, losses: Dict[str, torch.Tensor]) -> None:
-        values = {k: float(v.detach()) for k, v in losses.items()}
+    def _synced_values(self, losses: Dict[str, torch.Tensor],
+                       decoded: int) -> Tuple[Dict[str, float], int]:
+        """The loss values (under torchrun: their mean over ranks, with the frames decoded by
+        all ranks and whether any rank was asked to stop, in one all-reduce)."""
+        names = list(losses)
+        if not self.dist.enabled:
+            return {k: float(losses[k].detach()) for k in names}, decoded
+        flat = torch.stack([losses[k].detach().float() for k in names])
+        extra = torch.tensor([decoded, float(self._stop_signal is not None)],
+                             device=flat.device)
+        total = torch.cat([flat, extra]).double()
+        torch.distributed.all_reduce(total)
+        means = (total[:len(names)] / self.dist.world_size).tolist()
+        self._stop_agreed = bool(total[-1].item() > 0)
+        return dict(zip(names, means)), int(total[-2].item())
+
+    def _check_finite(self, values: Dict[str, float]) -> None:
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
             terms = [k for k in bad if k != "loss"] or bad
@@ -202,7 +267,7 @@ class VKDEngineBase(CheckpointMixin, Engine):
             # Outside the main thread signals cannot be caught: leave them alone.
             with contextlib.suppress(ValueError):
                 previous[sig] = signal.signal(sig, _handler)
-        if self.writer is None:
+        if self.writer is None and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=save_dir)
@@ -235,7 +300,8 @@ class VKDEngineBase(CheckpointMixin, Engine):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
             self.writer = None
 
     # ------------------------------------------------------------------ evaluation
@@ -253,6 +319,7 @@ class VKDEngineBase(CheckpointMixin, Engine):
                         self.writer.add_scalar(f"Test/{name}/{protocol}/{k}", v,
                                                self.completed_epochs)
         self.results = self.evaluator.write_results(per_dataset, save_dir, self.stage,
-                                                    self.generation, self.completed_epochs)
+                                                    self.generation, self.completed_epochs,
+                                                    self.dist.world_size)
         first = next(iter(per_dataset.values()), {})
         return next(iter(first.values()), {}).get("rank1", 0.0)

@@ -29,6 +29,7 @@ from vkd_torchreid.engine.vkd import DistillOptions, VKDEngine
 from vkd_torchreid.models import build_model, build_student, load_weights
 from vkd_torchreid.models.weights import NetworkCheckpoint, load_network_state, read_network
 from vkd_torchreid.utils import checkpoint as ckpt_io
+from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.progress import progress_enabled
 
 logger = logging.getLogger(__name__)
@@ -164,9 +165,19 @@ class TeacherCacheSetup(Callback):
             norm_std=tuple(cfg.data.norm_std), resize=RESIZE_VERSION,
             flip=cfg.vkd.teacher_cache_flip, precision=cfg.train.amp)
         root = cfg.vkd.teacher_cache_dir or os.path.join(cfg.data.save_dir, TEACHER_CACHE_DIR)
-        cache = open_or_build(teacher, dm.train_tracklets, key, root, dm.augment, engine.device,
-                              cfg.train.amp, cfg.train.channels_last, cfg.data.workers,
-                              cfg.test.batch_size, progress_enabled(cfg.test.progress))
+
+        def open_cache() -> Any:
+            return open_or_build(teacher, dm.train_tracklets, key, root, dm.augment,
+                                 engine.device, cfg.train.amp, cfg.train.channels_last,
+                                 cfg.data.workers, cfg.test.batch_size,
+                                 progress_enabled(cfg.test.progress))
+
+        # Under torchrun rank 0 builds (or checks) the cache while the others wait, then they
+        # open what it wrote.
+        cache = open_cache() if engine.dist.is_main else None
+        distributed.long_barrier()
+        if cache is None:
+            cache = open_cache()
         if cfg.vkd.teacher_cache_device:
             cache.to_device(engine.device)
         dm.use_teacher_rows(cache.offsets, cache.flip)
@@ -260,7 +271,8 @@ class EvaluationJob:
         save_dir = self.cfg.data.save_dir
         per_dataset = self.evaluator.evaluate(self.model, save_dir)
         return self.evaluator.write_results(per_dataset, save_dir, self.cfg.vkd.stage,
-                                            self.checkpoint.generation, self.checkpoint.epoch)
+                                            self.checkpoint.generation, self.checkpoint.epoch,
+                                            distributed.context().world_size)
 
 
 def prepare_evaluation(cfg: CfgNode,

@@ -42,10 +42,11 @@ class EpochLosses(Callback):
     """Appends the epoch's mean losses to ``<save_dir>/losses.jsonl`` (one line per epoch)."""
 
     def on_epoch_end(self, engine: Any) -> None:
-        row = engine.epoch_summary()
-        os.makedirs(engine.save_dir, exist_ok=True)
-        with open(os.path.join(engine.save_dir, LOSSES_FILE), "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        row = engine.epoch_summary()  # under torchrun: means over ranks, rank 0 writes
+        if engine.dist.is_main:
+            os.makedirs(engine.save_dir, exist_ok=True)
+            with open(os.path.join(engine.save_dir, LOSSES_FILE), "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
         logger.info("epoch %d: %s", row["epoch"], "  ".join(
             f"{k} {v:.4f}" for k, v in row.items() if k.startswith("loss")))
 

@@ -1,5 +1,9 @@
 """Checkpoints of an engine: what they hold, the latest one after every epoch, numbered ones,
-and resuming (model, optimizer, scheduler, scaler, epoch and every random state)."""
+and resuming (model, optimizer, scheduler, scaler, epoch and every random state).
+
+Under torchrun every rank builds the checkpoint (the random states of all ranks are gathered
+into it: ``rng_ranks``) and rank 0 alone writes it; every rank resumes from the same file and
+takes back its own random state."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +11,7 @@ import os
 from typing import Any, Dict
 
 from vkd_torchreid.utils import checkpoint as ckpt_io
+from vkd_torchreid.utils import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,8 @@ class CheckpointMixin:
             "global_step": self.global_step,
             "meta": self.model_meta(),
         }
+        if self.dist.enabled:  # a collective: every rank builds the checkpoint
+            state["rng_ranks"] = distributed.gather_objects(state["rng"])
         return ckpt_io.to_plain(state)
 
     def _checkpoint_dir(self) -> str:
@@ -47,15 +54,20 @@ class CheckpointMixin:
     def save_latest(self) -> str:
         """Writes ``latest.pth.tar`` for the last completed epoch (atomic), once per epoch."""
         path = os.path.join(self._checkpoint_dir(), ckpt_io.LATEST_NAME)
-        if self._latest_epoch != self.completed_epochs or not os.path.exists(path):
-            ckpt_io.atomic_save(self.checkpoint_state(self.completed_epochs, 0.0), path)
+        needed = self._latest_epoch != self.completed_epochs or not os.path.exists(path)
+        if distributed.broadcast_object(needed):  # rank 0's view: the same on every rank
+            state = self.checkpoint_state(self.completed_epochs, 0.0)
+            if self.dist.is_main:
+                ckpt_io.atomic_save(state, path)
             self._latest_epoch = self.completed_epochs
         return path
 
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
         path = os.path.join(save_dir, CHECKPOINT_DIR, f"{ckpt_io.CHECKPOINT_PREFIX}{epoch + 1}")
-        ckpt_io.atomic_save(self.checkpoint_state(epoch + 1, rank1), path)
-        logger.info("checkpoint saved to %s", path)
+        state = self.checkpoint_state(epoch + 1, rank1)
+        if self.dist.is_main:
+            ckpt_io.atomic_save(state, path)
+            logger.info("checkpoint saved to %s", path)
 
     def resume(self, path: str, trust: bool = False) -> int:
         """Restores model, optimizer, scheduler, scaler, epoch and RNG; returns the start epoch."""
@@ -72,7 +84,16 @@ class CheckpointMixin:
             self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        if "rng" in state:
+        ranks = state.get("rng_ranks") or []
+        if self.dist.enabled and len(ranks) == self.dist.world_size:
+            ckpt_io.restore_rng(ranks[self.dist.rank])
+        elif self.dist.enabled:
+            logger.warning("%s holds the random state of %d rank(s), not %d: each rank "
+                           "continues from a random state of its own", path, len(ranks),
+                           self.dist.world_size)
+            ckpt_io.restore_rng(state["rng"])
+            distributed.seed_rank(int(state.get("global_step", 0)))
+        elif "rng" in state:
             ckpt_io.restore_rng(state["rng"])
         self.global_step = int(state.get("global_step", 0))
         self.completed_epochs = int(state["epoch"])

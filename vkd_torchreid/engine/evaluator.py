@@ -14,6 +14,10 @@ them)::
 Protocols are ``I2V``, ``V2V``, ``I2I``, ``V2I`` (ATRW: ``I2I_single``, ``I2I_cross``);
 values are fractions in [0, 1]; ``mAP`` is torchreid's step rule, ``mAP_mars`` MARS' trapezoid
 rule (the paper's).
+
+Under torchrun each rank extracts a contiguous share of every split with rank 0's weights and
+buffers; rank 0 gathers the shares in order, ranks and writes, and every rank gets its metrics
+(so callbacks decide alike). The result equals a single process's evaluation.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from vkd_torchreid.compat import re_ranking
 from vkd_torchreid.data.base import MODES, first_frames
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.engine.extract import Features, concat, extract
+from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.jsonio import write_json
 from vkd_torchreid.utils.progress import progress_enabled
 
@@ -104,6 +109,27 @@ class Evaluator:
         return extract(model, loader, self.device, o.amp, o.channels_last, o.chunk,
                        o.progress, desc)
 
+    def _split(self, model: nn.Module, name: str, kind: str) -> Features:
+        """Features of one split (under torchrun: this rank's share extracted, all shares in
+        order on rank 0; the share itself on the other ranks)."""
+        desc = f"{name} {kind}"
+        ctx = distributed.context()
+        if not ctx.enabled:
+            return self._extract(model, self.datamanager.test_loader[name][kind], desc)
+        items = list(self.datamanager.test_dataset[name][kind])
+        lo, hi = (len(items) * r // ctx.world_size for r in (ctx.rank, ctx.rank + 1))
+        loader = self.datamanager.test_loader_of(items[lo:hi],
+                                                 tracklets=not kind.endswith("_img"))
+        part = self._extract(model, loader, desc) if loader is not None else None
+        parts = distributed.gather_objects(part)
+        if parts is None:
+            return part if part is not None else _empty()
+        out: Optional[Features] = None
+        for p in parts:
+            if p is not None:
+                out = concat(out, p)
+        return out if out is not None else _empty()
+
     def features(self, model: nn.Module, name: str) -> Dict[str, Features]:
         """Features of every split the protocol of ``name`` needs, each extracted once."""
         loaders = self.datamanager.test_loader[name]
@@ -111,7 +137,7 @@ class Evaluator:
         feats: Dict[str, Features] = {}
         for kind in ("query", "gallery", "gallery_img"):
             if loaders.get(kind) is not None:
-                feats[kind] = self._extract(model, loaders[kind], f"{name} {kind}")
+                feats[kind] = self._split(model, name, kind)
         if loaders.get("query_img") is not None:
             # MARS/Duke image queries are the first frames of the query tracklets: reuse them.
             if "query" in feats and list(items["query_img"]) == first_frames(items["query"]):
@@ -120,8 +146,7 @@ class Evaluator:
             elif list(items["query_img"]) == list(items.get("gallery_img") or []):
                 feats["query_img"] = feats["gallery_img"]
             else:
-                feats["query_img"] = self._extract(model, loaders["query_img"],
-                                                   f"{name} query_img")
+                feats["query_img"] = self._split(model, name, "query_img")
         if self.options.normalize_feature:
             feats = {k: _normalized(f) for k, f in feats.items()}
         return feats
@@ -135,11 +160,17 @@ class Evaluator:
         """
         was_training = model.training
         model.eval()
+        ctx = distributed.context()
+        if ctx.enabled:  # rank 0's BatchNorm statistics (weights are equal under DDP)
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
         try:
             out = {name: self.evaluate_dataset(model, name, save_dir)
                    for name in self.datamanager.targets}
         finally:
             model.train(was_training)
+        if ctx.enabled:
+            out = distributed.broadcast_object(out)
         for name, per_protocol in out.items():
             for protocol, metrics in per_protocol.items():
                 logger.info("%s %-10s %s", name, protocol, "  ".join(
@@ -152,6 +183,8 @@ class Evaluator:
         o = self.options
         protocol = self.datamanager.protocols[name]
         feats = self.features(model, name)
+        if not distributed.context().is_main:
+            return {}  # rank 0 ranks; evaluate() shares its metrics
         if protocol.junk == "atrw":
             meta = self.datamanager.test_meta(name)
             g = feats["gallery_img"]
@@ -207,15 +240,22 @@ class Evaluator:
     def write_results(self, per_dataset: Dict[str, DatasetResults], save_dir: str,
                       stage: str, generation: int = 0, epoch: int = 0,
                       world_size: int = 1) -> Dict[str, Any]:
-        """Writes ``<save_dir>/results.json`` (atomically); returns what it wrote."""
+        """Writes ``<save_dir>/results.json`` (atomically; rank 0 alone under torchrun);
+        returns its content."""
         record = results_record(per_dataset, stage, generation, epoch, world_size)
-        write_json(record, os.path.join(save_dir, RESULTS_FILE))
+        if distributed.context().is_main:
+            write_json(record, os.path.join(save_dir, RESULTS_FILE))
         return record
 
 
 def _first_path(item: Any) -> str:
     paths = item[0]
     return paths if isinstance(paths, str) else paths[0]
+
+
+def _empty() -> Features:
+    return Features(torch.zeros(0, 0), torch.zeros(0, 0), np.zeros(0, np.int64),
+                    np.zeros(0, np.int64))
 
 
 def _normalized(f: Features) -> Features:

@@ -21,12 +21,13 @@ class TeacherEngine(VKDEngineBase):
 
     def forward_train(self, imgs: torch.Tensor,
                       batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        emb, logits = self.model.forward_features(imgs)
+        emb, logits = self.train_forward(imgs)
         return {"emb": emb, "logits": logits}
 
     def compute_losses(self, outputs: Dict[str, torch.Tensor],
                        pids: torch.Tensor) -> Dict[str, torch.Tensor]:
         o = self.options
         ce = L.cross_entropy(outputs["logits"], pids, label_smooth=o.label_smooth)
-        tr = L.triplet_loss(outputs["emb"], pids, margin=o.triplet_margin)
+        emb, all_pids = self.global_batch(outputs["emb"], pids)
+        tr = L.triplet_loss(emb, all_pids, margin=o.triplet_margin)
         return {"loss_ce": ce, "loss_tr": tr, "loss": o.weight_x * ce + o.weight_t * tr}

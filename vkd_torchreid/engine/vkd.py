@@ -13,6 +13,7 @@ from vkd_torchreid.engine.callbacks import Callback
 from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.engine.teacher_cache import TeacherCache
 from vkd_torchreid.models.student import freeze_teacher
+from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,11 @@ class VKDEngine(VKDEngineBase):
                              "both must be trained on the same identities")
         self.distill = distill
         # Kept out of self.__dict__-based registration on purpose: only 'model' is saved.
-        self.teacher = freeze_teacher(self._place(teacher), distill.teacher_bn)
+        teacher = self._place(teacher)
+        if self.dist.enabled and options.sync_bn and distill.teacher_bn == "batch":
+            # batch statistics of the frozen teacher over the global batch as well
+            teacher = convert_sync_batchnorm(teacher, self.device.type)
+        self.teacher = freeze_teacher(teacher, distill.teacher_bn)
         #: The teacher's per-frame features (see :mod:`.teacher_cache`), or None.
         self.teacher_cache: Optional[TeacherCache] = None
 
@@ -104,20 +109,25 @@ class VKDEngine(VKDEngineBase):
     def forward_train(self, imgs: torch.Tensor,
                       batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         out = self.teacher_targets(imgs, batch) if self.uses_teacher else {}
-        s_emb, s_logits = self.model.forward_features(self.student_frames(imgs, batch))
+        s_emb, s_logits = self.train_forward(self.student_frames(imgs, batch))
         return {"emb": s_emb, "logits": s_logits, **out}
 
     def compute_losses(self, outputs: Dict[str, torch.Tensor],
                        pids: torch.Tensor) -> Dict[str, torch.Tensor]:
         o, d = self.options, self.distill
         ce = L.cross_entropy(outputs["logits"], pids, label_smooth=o.label_smooth)
-        tr = L.triplet_loss(outputs["emb"], pids, margin=o.triplet_margin)
+        # Under torchrun with train.dist_gather: the global batch (see VKDEngineBase).
+        if self.uses_teacher:
+            emb, t_emb, all_pids = self.global_batch(outputs["emb"], outputs["t_emb"], pids)
+        else:
+            emb, all_pids = self.global_batch(outputs["emb"], pids)
+        tr = L.triplet_loss(emb, all_pids, margin=o.triplet_margin)
         if not self.uses_teacher:  # the control: the student's own losses only
             return {"loss_ce": ce, "loss_tr": tr, "loss": o.weight_x * ce + o.weight_t * tr}
         if d.logits_loss == "kl":
             kd = L.kd_loss(outputs["logits"], outputs["t_logits"], tau=d.tau)
         else:
             kd = L.logits_mse_loss(outputs["logits"], outputs["t_logits"])
-        dp = L.distance_preservation_loss(outputs["emb"], outputs["t_emb"])
+        dp = L.distance_preservation_loss(emb, t_emb)
         total = o.weight_x * ce + o.weight_t * tr + d.alpha * kd + d.beta * dp
         return {"loss_ce": ce, "loss_tr": tr, "loss_kd": kd, "loss_dp": dp, "loss": total}
