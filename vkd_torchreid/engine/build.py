@@ -20,6 +20,7 @@ from vkd_torchreid.engine.optim import build_optim, generation_lr
 from vkd_torchreid.engine.teacher import TeacherEngine
 from vkd_torchreid.engine.teacher_cache import (
     RESIZE_VERSION,
+    CacheError,
     CacheKey,
     frames_hash,
     open_or_build,
@@ -166,18 +167,28 @@ class TeacherCacheSetup(Callback):
             flip=cfg.vkd.teacher_cache_flip, precision=cfg.train.amp)
         root = cfg.vkd.teacher_cache_dir or os.path.join(cfg.data.save_dir, TEACHER_CACHE_DIR)
 
-        def open_cache() -> Any:
+        def open_cache(build: bool) -> Any:
             return open_or_build(teacher, dm.train_tracklets, key, root, dm.augment,
                                  engine.device, cfg.train.amp, cfg.train.channels_last,
                                  cfg.data.workers, cfg.test.batch_size,
-                                 progress_enabled(cfg.test.progress))
+                                 progress_enabled(cfg.test.progress), build=build)
 
         # Under torchrun rank 0 builds (or checks) the cache while the others wait, then they
-        # open what it wrote.
-        cache = open_cache() if engine.dist.is_main else None
+        # open what it wrote (never build: several ranks would write one folder).
+        error, cache = None, None
+        if engine.dist.is_main:
+            try:
+                cache = open_cache(True)
+            except CacheError as exc:
+                error = str(exc)
         distributed.long_barrier()
+        distributed.agree(error)
         if cache is None:
-            cache = open_cache()
+            try:
+                cache = open_cache(False)
+            except CacheError as exc:
+                error = str(exc)
+        distributed.agree(error)  # every rank: one that cannot read the cache stops them all
         if cfg.vkd.teacher_cache_device:
             cache.to_device(engine.device)
         dm.use_teacher_rows(cache.offsets, cache.flip)

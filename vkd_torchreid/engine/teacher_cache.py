@@ -244,13 +244,15 @@ def _embed(teacher: nn.Module, loader: DataLoader, options: AugmentOptions, devi
 def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheKey,
                   root: str, options: AugmentOptions, device: torch.device, amp: str = "",
                   channels_last: bool = False, workers: int = 0, batch_size: int = 64,
-                  progress: bool = False) -> TeacherCache:
+                  progress: bool = False, build: bool = True) -> TeacherCache:
     """The cache of ``key`` under ``root``: reused when valid, otherwise (re)built.
 
-    ``teacher`` must be in eval mode (its BatchNorm uses running statistics).
+    ``teacher`` must be in eval mode (its BatchNorm uses running statistics). ``build=False``
+    (the other ranks of a distributed run, after rank 0 built it) only opens a valid cache.
 
     Raises:
-        CacheError: not enough free disk space for the build.
+        CacheError: not enough free disk space for the build, or no valid cache to open
+            with ``build=False``.
     """
     if teacher.training:
         raise ValueError("the teacher cache needs an eval-mode teacher (vkd.teacher_bn eval)")
@@ -264,6 +266,10 @@ def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheK
         logger.info("teacher cache reused: %s (key %s, %d rows x %d)", folder, key.digest(),
                     rows, dim)
         return TeacherCache(folder, offsets, key.flip, rows, dim)
+    if not build:
+        raise CacheError(f"the teacher cache that rank 0 built is not usable here: {folder}: "
+                         f"{why}; put vkd.teacher_cache_dir (default: inside data.save_dir) on "
+                         "a filesystem that every machine of the run shares")
     logger.info("teacher cache %s must be built: %s", folder, why)
     needed = rows * dim * 2
     _check_disk(root, needed)
