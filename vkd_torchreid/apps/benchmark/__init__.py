@@ -1,6 +1,6 @@
 """Benchmarks of the VKD pipeline, each next to a baseline measured in the same run.
 
-    python tools/benchmark.py {step,loader,eval,extract,cache,all} [--json FILE]
+    python tools/benchmark.py {step,loader,eval,extract,cache,dist,all} [--json FILE]
 
 The logic lives here (one module per benchmark); tools/benchmark.py only calls :func:`main`.
 
@@ -20,6 +20,12 @@ The logic lives here (one module per benchmark); tools/benchmark.py only calls :
 - extract: test-time frames/s of feature extraction, fp32 and the fast settings.
 - cache: the teacher cache's build time per frame, and the student loader's items/s without
   and with the cache (which decodes M of each item's N frames).
+- dist: the student step of 2 gloo processes (one thread each, each on half of the P x K
+  batch; P even) next to one process with 2 threads on the whole batch (``speedup``), with the
+  communication broken out: ``comm_s`` (the step minus the same step without DDP, gather or
+  all-reduce) and ``gather_s`` (the step minus the step with ``dist_gather`` off). CPU only: it
+  does not predict GPU scaling, where nccl runs the all-reduce over NVLink/PCIe, overlapped
+  with the backward.
 
 Median of several repetitions after a warm-up. Prints a table and writes JSON.
 """
@@ -31,6 +37,7 @@ from typing import Any, Dict, List, Tuple
 
 from vkd_torchreid.apps.benchmark.cache import bench_cache
 from vkd_torchreid.apps.benchmark.common import machine
+from vkd_torchreid.apps.benchmark.dist import bench_dist
 from vkd_torchreid.apps.benchmark.loader import bench_loader
 from vkd_torchreid.apps.benchmark.ranking import bench_eval, bench_extract
 from vkd_torchreid.apps.benchmark.step import bench_step
@@ -65,10 +72,11 @@ def _workers(text: str) -> List[int]:
 
 
 BENCHES = {"step": bench_step, "loader": bench_loader, "eval": bench_eval,
-           "extract": bench_extract, "cache": bench_cache}
+           "extract": bench_extract, "cache": bench_cache, "dist": bench_dist}
 
 
-def main(argv: List[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=[*BENCHES, "all"])
@@ -94,7 +102,11 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--loader-batches", type=int, default=4)
     parser.add_argument("--extract-items", type=int, default=32)
     parser.add_argument("--cpu", action="store_true", help="benchmark on the CPU even with CUDA")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: List[str]) -> int:
+    args = build_parser().parse_args(argv)
     result: Dict[str, Any] = {"machine": machine()}
     print(f"machine: {result['machine']}", flush=True)
     for name in (BENCHES if args.what == "all" else [args.what]):
