@@ -40,6 +40,20 @@ def _torchrun(*argv, nproc=2, timeout=240, **kwargs):
                           timeout=timeout, **kwargs)
 
 
+def _start_long_job(root, save, epoch_marker, *extra):
+    """A 500-epoch torchrun job on 2 ranks, returned once its output shows ``epoch_marker``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_port()}", MAIN,
+           *_opts(root, save, "train.max_epoch", "500", "train.print_freq", "1", *extra)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO, env=_env())
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        if epoch_marker in line or time.time() > deadline:
+            break
+    return proc
+
+
 def _single(*argv, timeout=240):
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO,
                           env=_env(), timeout=timeout)
@@ -181,17 +195,8 @@ def test_a_killed_rank_ends_the_job_within_the_timeout(mars_root, tmp_path):
     root, _ = mars_root
     save = str(tmp_path / "run")
     timeout_s = 60
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_port()}", MAIN,
-           *_opts(root, save, "train.max_epoch", "500", "train.print_freq", "1",
-                  "train.dist_timeout_s", str(timeout_s))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=REPO, env=_env())
+    proc = _start_long_job(root, save, "epoch: [2/500]", "train.dist_timeout_s", str(timeout_s))
     try:
-        deadline = time.time() + 120
-        for line in proc.stdout:
-            if "epoch: [2/500]" in line or time.time() > deadline:
-                break
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                                    text=True).stdout.split()
         assert len(children) == 2, children
@@ -223,16 +228,8 @@ def test_sigterm_stops_every_rank_with_one_checkpoint_and_resume_continues_ident
     continues exactly as an uninterrupted run."""
     root, _ = mars_root
     run, ref = str(tmp_path / "run"), str(tmp_path / "ref")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_port()}", MAIN,
-           *_opts(root, run, "train.max_epoch", "500", "train.print_freq", "1")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=REPO, env=_env())
+    proc = _start_long_job(root, run, "epoch: [3/500]")
     try:
-        deadline = time.time() + 120
-        for line in proc.stdout:
-            if "epoch: [3/500]" in line or time.time() > deadline:
-                break
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0]
     finally:
