@@ -26,3 +26,12 @@ def register_all() -> None:
 
 
 register_all()
+
+
+def __getattr__(name: str) -> object:
+    """``vkd_torchreid.FeatureExtractor``, imported on first use (it pulls in the apps)."""
+    if name == "FeatureExtractor":
+        from vkd_torchreid.apps.features import FeatureExtractor
+
+        return FeatureExtractor
+    raise AttributeError(f"module 'vkd_torchreid' has no attribute {name!r}")

@@ -1,0 +1,145 @@
+"""Embeddings from a trained checkpoint, for use outside our evaluation protocol.
+
+:class:`FeatureExtractor` loads a config (a path or a packaged name, with KEY VALUE
+overrides) and weights (ours, torchreid's, or a released reference experiment folder) and
+embeds images or tracklets exactly as the test path does: the same resize and normalisation,
+the same frame selection (``video.sample_method``, ``video.test_seq_len``) and the same pooling
+(the mean of per-frame features). It never reads ``data.root``.
+
+    extractor = FeatureExtractor("vkd_mars_r50", "log/vkd_mars_r50/model/latest.pth.tar")
+    feats = extractor(["a.jpg", "b.jpg"])             # [2, D]
+    sets = extractor.tracklets([["t1_f1.jpg", "t1_f2.jpg"], ["t2_f1.jpg"]])  # [2, D]
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, List, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vkd_torchreid.apps.demo import DEMO_CONFIG
+from vkd_torchreid.config import build_config
+from vkd_torchreid.data.frames import TestFrames
+from vkd_torchreid.data.io import read_image
+from vkd_torchreid.data.transforms import AugmentOptions, Collate, TestFrameTransform
+from vkd_torchreid.engine.extract import extract, frame_features
+from vkd_torchreid.models import build_model
+from vkd_torchreid.models.weights import load_network_state, read_network
+from vkd_torchreid.utils.device import autocast, to_device
+
+logger = logging.getLogger(__name__)
+
+#: What :meth:`FeatureExtractor.__call__` accepts per image.
+Image = Union[str, "os.PathLike[str]", np.ndarray, Any]
+CHANNEL_ORDERS = ("RGB", "BGR")
+_TEST_ERASE_RATIO = (0.3, 3.3)  # unused at test time (no erasing); Collate wants one
+
+
+class FeatureExtractor:
+    """Embeds images and tracklets with a trained network (see the module docstring).
+
+    Args:
+        config_file: a config path or a packaged config's name (``vkd_mars_r50``).
+        weights: the checkpoint; its architecture and number of classes are used when it
+            declares them (else ``model.name`` and a class count read from the weights).
+        device: ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'``, ``'cuda:1'``...
+        opts: KEY VALUE overrides, as on the command line (``test.amp bf16``).
+        channel_order: of array inputs: ``'RGB'`` or ``'BGR'`` (OpenCV's).
+
+    Raises:
+        FileNotFoundError: the weights do not exist.
+        ValueError: a bad config, override or channel order, or weights that do not fit.
+    """
+
+    def __init__(self, config_file: str, weights: str, device: str = "auto",
+                 opts: Sequence[str] = (), channel_order: str = "RGB",
+                 trust_checkpoint: bool = False) -> None:
+        if channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel_order={channel_order!r}: expected one of {CHANNEL_ORDERS}")
+        if not os.path.exists(weights):
+            raise FileNotFoundError(f"weights not found: {weights}")
+        self.cfg = build_config(config_file, list(opts), [DEMO_CONFIG])  # demo.yaml too
+        cfg = self.cfg
+        self.channel_order = channel_order
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() and cfg.use_gpu else "cpu"
+        self.device = torch.device(device)
+        ckpt = read_network(weights, trust=trust_checkpoint or cfg.model.trust_checkpoint)
+        num_classes = ckpt.num_classes or _classes_of(ckpt.state)
+        arch = ckpt.arch or cfg.model.name
+        self.model = build_model(arch, num_classes, pretrained=False, loss="triplet",
+                                 last_stride=cfg.model.last_stride)
+        try:
+            load_network_state(self.model, ckpt)
+        except ValueError as exc:
+            raise ValueError(f"{weights} does not fit a {arch}: {exc}") from exc
+        self.model.eval().to(self.device)
+        self.channels_last = bool(cfg.train.channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp = cfg.test.amp
+        self.batch_size = cfg.test.batch_size
+        self.chunk = cfg.video.test_chunk
+        self.augment = AugmentOptions.from_config(cfg)
+        self.transform = TestFrameTransform(self.augment)
+        self.collate = Collate(self.augment, _TEST_ERASE_RATIO, train=False)
+        logger.info("feature extractor: %s (%d classes) from %s on %s", arch, num_classes,
+                    weights, self.device)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.feature_dim)
+
+    def _array(self, image: Image, index: int) -> np.ndarray:
+        """One image as uint8 RGB ``[H, W, 3]``."""
+        if isinstance(image, (str, os.PathLike)):
+            return read_image(os.fspath(image))  # names the path when it cannot be decoded
+        arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"image {index}: expected a path, a PIL image or a uint8 array "
+                             f"[H, W, 3], got {arr.dtype} {tuple(arr.shape)}")
+        if self.channel_order == "BGR" and not hasattr(image, "convert"):
+            arr = arr[..., ::-1]
+        return np.ascontiguousarray(arr)
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[Image]) -> torch.Tensor:
+        """Per-image embeddings ``[n, D]`` (float32, on the CPU, not normalised)."""
+        images = list(images)
+        outs: List[torch.Tensor] = [torch.zeros(0, self.feature_dim)]
+        for start in range(0, len(images), self.batch_size):
+            items = [{"img": self.transform(self._array(img, start + i))[None], "pid": -1,
+                      "camid": -1} for i, img in enumerate(images[start:start + self.batch_size])]
+            x = to_device(self.collate(items)["img"][:, 0], self.device, self.channels_last)
+            with autocast(self.device, self.amp):
+                outs.append(frame_features(self.model, x, self.chunk).float().cpu())
+        return torch.cat(outs)
+
+    def tracklets(self, tracklets: Sequence[Sequence[str]]) -> torch.Tensor:
+        """One set embedding per tracklet ``[t, D]``: frame files chosen and pooled as our
+        evaluation does (``video.sample_method``, ``video.test_seq_len``)."""
+        items = [(tuple(os.fspath(p) for p in frames), -1, -1) for frames in tracklets]
+        for i, (frames, _, _) in enumerate(items):
+            if not frames:
+                raise ValueError(f"tracklet {i} has no frames")
+        if not items:
+            return torch.zeros(0, self.feature_dim)
+        cfg = self.cfg
+        method = cfg.video.sample_method
+        dataset = TestFrames(items, self.transform, cfg.video.test_seq_len or cfg.video.seq_len,
+                             method)
+        loader = DataLoader(dataset, batch_size=1 if method == "all" else self.batch_size,
+                            shuffle=False, collate_fn=self.collate)
+        return extract(self.model, loader, self.device, self.amp, self.channels_last,
+                       self.chunk).emb
+
+
+def _classes_of(state_dict: Any) -> int:
+    """The class count of a state dict without metadata: its classifier's rows."""
+    for key, value in state_dict.items():
+        if key.endswith("classifier.weight"):
+            return int(value.shape[0])
+    raise ValueError("the weights declare no class count and hold no classifier.weight")
