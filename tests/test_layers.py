@@ -14,7 +14,7 @@ PACKAGE = "vkd_torchreid"
 #: Lowest first; a module may import from its own layer and the ones below.
 LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("compat", "utils"),
-    ("models", "losses", "evaluation"),
+    ("models", "losses", "evaluation", "search"),
     ("data", "synthetic"),
     ("config",),
     ("engine",),
