@@ -217,6 +217,13 @@ def _train(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None
             sys.stdout = stdout
 
 
+def _app(name: str, argv: Sequence[str]) -> int:
+    """``vkd-reid NAME ...``: the ``main`` of :mod:`vkd_torchreid.apps.NAME`."""
+    import importlib
+
+    return importlib.import_module(f"vkd_torchreid.apps.{name}").main(argv)
+
+
 def _study(argv: Sequence[str]) -> int:
     from vkd_torchreid.apps.study import main as study_main
 
@@ -229,6 +236,8 @@ COMMANDS = {
     "eval": (lambda argv: _train(argv, eval_only=True),
              "evaluate model.load_weights with the protocols of data.targets"),
     "study": (_study, "the seeded, resumable study of the method's options"),
+    "search": (lambda argv: _app("search", argv),
+               "the matches of a query image in a gallery of tracklets (or a saved index)"),
 }
 
 

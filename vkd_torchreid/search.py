@@ -10,7 +10,7 @@ search multiplies in chunks of queries, so memory stays at ``chunk x gallery`` f
 ``faiss-flat`` is faiss's exact inner-product index; ``faiss-ivf`` an inverted-file index
 (``nlist`` clusters trained on the gallery, ``nprobe`` of them visited per query), faster on
 large galleries at some recall. An index is saved without pickle: ``index.json`` (what it
-is), ``gallery.npz`` (embeddings as float16 or float32, ids, cameras) and, for faiss,
+is), ``gallery.npz`` (embeddings as float16 or float32, ids, cameras, names) and, for faiss,
 ``faiss.index`` (``faiss.write_index``); the folder is written next to its destination and
 renamed into place.
 """
@@ -52,15 +52,16 @@ def _normalized(x: Any, what: str) -> torch.Tensor:
 class GalleryIndex:
     """A gallery of L2-normalised embeddings, searchable by cosine similarity.
 
-    Build it with :meth:`build` or :meth:`load`; ``pids`` and ``camids`` (optional) travel with
-    it so that results can be labelled.
+    Build it with :meth:`build` or :meth:`load`; ``pids``, ``camids`` and ``names`` (e.g. the
+    tracklet folders; all optional) travel with it so that results can be labelled.
     """
 
     def __init__(self, embeddings: torch.Tensor, pids: np.ndarray, camids: np.ndarray,
                  backend: str, faiss_index: Any = None, nlist: int = 0,
-                 nprobe: int = 0) -> None:
+                 nprobe: int = 0, names: Optional[Sequence[str]] = None) -> None:
         self.embeddings = embeddings
         self.pids, self.camids = pids, camids
+        self.names = list(names) if names is not None else [""] * len(pids)
         self.backend = backend
         self.faiss_index = faiss_index
         self.nlist, self.nprobe = nlist, nprobe
@@ -75,7 +76,8 @@ class GalleryIndex:
     @classmethod
     def build(cls, embeddings: Any, pids: Optional[Sequence[int]] = None,
               camids: Optional[Sequence[int]] = None, backend: str = "exact",
-              nlist: int = 0, nprobe: int = 16) -> GalleryIndex:
+              nlist: int = 0, nprobe: int = 16,
+              names: Optional[Sequence[str]] = None) -> GalleryIndex:
         """An index of ``embeddings`` ``[n, d]`` (tensor or array; normalised here).
 
         Args:
@@ -101,6 +103,9 @@ class GalleryIndex:
                 raise ValueError(f"{name}: expected {n} values (one per gallery embedding), "
                                  f"got shape {arr.shape}")
             labels.append(arr)
+        if names is not None and len(names) != n:
+            raise ValueError(f"names: expected {n} values (one per gallery embedding), "
+                             f"got {len(names)}")
         index, lists = None, 0
         if backend != "exact":
             faiss = _faiss()
@@ -115,7 +120,7 @@ class GalleryIndex:
                 index.nprobe = min(nprobe, lists)
             index.add(data)
         return cls(emb, labels[0], labels[1], backend, index, lists,
-                   min(nprobe, lists) if lists else 0)
+                   min(nprobe, lists) if lists else 0, names)
 
     def search(self, queries: Any, k: int = 10) -> Tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` most similar gallery items of each query: cosine ``scores [q, k]`` and
@@ -151,7 +156,7 @@ class GalleryIndex:
         try:
             emb = self.embeddings.numpy().astype(np.float16 if float16 else np.float32)
             np.savez(os.path.join(tmp, ARRAYS_FILE), embeddings=emb, pids=self.pids,
-                     camids=self.camids)
+                     camids=self.camids, names=np.array(self.names, dtype=np.str_))
             if self.faiss_index is not None:
                 _faiss().write_index(self.faiss_index, os.path.join(tmp, FAISS_FILE))
             with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as fh:
@@ -185,6 +190,7 @@ class GalleryIndex:
         with np.load(os.path.join(folder, ARRAYS_FILE), allow_pickle=False) as arrays:
             emb = torch.from_numpy(arrays["embeddings"].astype(np.float32))
             pids, camids = arrays["pids"], arrays["camids"]
+            names = arrays["names"].tolist() if "names" in arrays else None
         if tuple(emb.shape) != (meta["count"], meta["dim"]):
             raise ValueError(f"{folder}: {ARRAYS_FILE} holds {tuple(emb.shape)} embeddings, "
                              f"{META_FILE} says ({meta['count']}, {meta['dim']})")
@@ -196,4 +202,5 @@ class GalleryIndex:
                                  f"{META_FILE} says {meta['count']}")
             if meta["nprobe"]:
                 index.nprobe = meta["nprobe"]
-        return cls(emb, pids, camids, meta["backend"], index, meta["nlist"], meta["nprobe"])
+        return cls(emb, pids, camids, meta["backend"], index, meta["nlist"], meta["nprobe"],
+                   names)
