@@ -116,7 +116,10 @@ class GalleryIndex:
                 lists = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
                 index = faiss.IndexIVFFlat(faiss.IndexFlatIP(emb.shape[1]), emb.shape[1], lists,
                                            faiss.METRIC_INNER_PRODUCT)
-                index.train(data)
+                # faiss wants 30-256 training points per cluster; more only costs time
+                train = data if n <= 64 * lists else data[np.random.default_rng(0).choice(
+                    n, 64 * lists, replace=False)]
+                index.train(train)
                 index.nprobe = min(nprobe, lists)
             index.add(data)
         return cls(emb, labels[0], labels[1], backend, index, lists,

@@ -1,6 +1,6 @@
 """Benchmarks of the VKD pipeline, each next to a baseline measured in the same run.
 
-    python tools/benchmark.py {step,loader,eval,extract,cache,dist,all} [--json FILE]
+    python tools/benchmark.py {step,loader,eval,extract,cache,dist,search,all} [--json FILE]
 
 The logic lives here (one module per benchmark); tools/benchmark.py only calls :func:`main`.
 
@@ -27,6 +27,10 @@ The logic lives here (one module per benchmark); tools/benchmark.py only calls :
   does not predict GPU scaling, where nccl runs the all-reduce over NVLink/PCIe, overlapped
   with the backward.
 
+- search: gallery search (``vkd_torchreid.search.GalleryIndex``) for galleries of 10k, 100k
+  and 1M 512-d embeddings (``--search-sizes``, ``--search-dim``): build time, queries/s and
+  peak memory of exact torch search and faiss flat / IVF (with the ``search`` extra).
+
 Median of several repetitions after a warm-up. Prints a table and writes JSON.
 """
 from __future__ import annotations
@@ -40,6 +44,8 @@ from vkd_torchreid.apps.benchmark.common import machine
 from vkd_torchreid.apps.benchmark.dist import bench_dist
 from vkd_torchreid.apps.benchmark.loader import bench_loader
 from vkd_torchreid.apps.benchmark.ranking import bench_eval, bench_extract
+from vkd_torchreid.apps.benchmark.search import add_arguments as search_arguments
+from vkd_torchreid.apps.benchmark.search import bench_search
 from vkd_torchreid.apps.benchmark.step import bench_step
 
 
@@ -72,7 +78,8 @@ def _workers(text: str) -> List[int]:
 
 
 BENCHES = {"step": bench_step, "loader": bench_loader, "eval": bench_eval,
-           "extract": bench_extract, "cache": bench_cache, "dist": bench_dist}
+           "extract": bench_extract, "cache": bench_cache, "dist": bench_dist,
+           "search": bench_search}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loader-batches", type=int, default=4)
     parser.add_argument("--extract-items", type=int, default=32)
     parser.add_argument("--cpu", action="store_true", help="benchmark on the CPU even with CUDA")
+    search_arguments(parser)
     return parser
 
 
