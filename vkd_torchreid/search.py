@@ -6,7 +6,7 @@
     index.save("gallery_index"); index = GalleryIndex.load("gallery_index")
 
 Scores are cosine similarities (embeddings are L2-normalised once, at build time). Exact
-search multiplies in chunks of queries, so memory stays at ``chunk x gallery`` floats.
+search multiplies in chunks of queries, at most 2^28 similarities (1 GB) at a time.
 ``faiss-flat`` is faiss's exact inner-product index; ``faiss-ivf`` an inverted-file index
 (``nlist`` clusters trained on the gallery, ``nprobe`` of them visited per query), faster on
 large galleries at some recall. An index is saved without pickle: ``index.json`` (what it
@@ -30,7 +30,8 @@ import torch.nn.functional as F
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf")
 FORMAT_VERSION = 1
 META_FILE, ARRAYS_FILE, FAISS_FILE = "index.json", "gallery.npz", "faiss.index"
-EXACT_CHUNK = 1024  # queries per matrix product of the exact search
+EXACT_CHUNK = 1024  # queries per matrix product of the exact search, at most
+EXACT_BLOCK = 1 << 28  # similarities per product (1 GB of float32), whatever the gallery
 
 
 def _faiss() -> Any:
@@ -142,8 +143,9 @@ class GalleryIndex:
             idx = torch.from_numpy(idx).long()
             return scores.masked_fill(idx < 0, float("-inf")), idx
         out_s, out_i = [], []
-        for start in range(0, q.shape[0], EXACT_CHUNK):
-            sims = q[start:start + EXACT_CHUNK] @ self.embeddings.T
+        chunk = max(1, min(EXACT_CHUNK, EXACT_BLOCK // len(self)))
+        for start in range(0, q.shape[0], chunk):
+            sims = q[start:start + chunk] @ self.embeddings.T
             s, i = sims.topk(k, dim=1)
             out_s.append(s)
             out_i.append(i)
