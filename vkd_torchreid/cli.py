@@ -238,6 +238,8 @@ COMMANDS = {
     "study": (_study, "the seeded, resumable study of the method's options"),
     "search": (lambda argv: _app("search", argv),
                "the matches of a query image in a gallery of tracklets (or a saved index)"),
+    "export": (lambda argv: _app("export", argv),
+               "export the image and tracklet models to ONNX, checked with onnxruntime"),
 }
 
 

@@ -1,0 +1,355 @@
+"""ONNX export of a trained network: an image model and a tracklet model, checked against PyTorch.
+
+    python tools/export.py --config-file vkd_mars_r50 \
+        --weights log/vkd_mars_r50/model/latest.pth.tar --output vkd_mars_r50.onnx
+    python tools/export.py --config-file configs/teacher_mars_r50.yaml \
+        --weights path/to/released/experiment_folder --output teacher.onnx model.name vkd_resnet50
+
+Writes two files:
+
+- ``X.onnx``: ``images`` float32 ``[batch, 3, H, W]`` (resized to ``data.height`` x
+  ``data.width``, scaled to [0, 1], normalised with ``data.norm_mean``/``data.norm_std``) ->
+  ``embeddings`` float32 ``[batch, D]``: the per-frame embedding of the network in eval mode
+  (pooled backbone features before the BNNeck, not L2-normalised);
+- ``X_tracklet.onnx``: ``tracklets`` float32 ``[batch, frames, 3, H, W]`` ->
+  ``set_embeddings`` float32 ``[batch, D]``: the mean over the frames of the per-frame
+  embeddings, as our evaluation builds a tracklet's embedding.
+
+The architecture and class count come from the weights (ours, torchreid's, or a released
+reference experiment folder); ``model.name`` must agree where the weights declare one. The
+export runs on the CPU in float32 (``test.amp`` and ``train.channels_last`` do not apply).
+``data.root`` is never read. Each file is written to a temporary name, checked with
+onnxruntime against PyTorch on a random batch, and only then renamed: a failed export leaves
+no file that looks complete. Needs ``pip install vkd_torchreid[export]``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from vkd_torchreid.apps.demo import DEMO_CONFIG
+from vkd_torchreid.config import build_config
+from vkd_torchreid.models import build_model
+from vkd_torchreid.models.vkdnet import VKDNet
+from vkd_torchreid.models.weights import load_network_state, read_network
+from vkd_torchreid.utils.checkpoint import CheckpointError
+from vkd_torchreid.utils.logs import one_line
+
+logger = logging.getLogger(__name__)
+
+EXIT_ERROR = 2
+IMAGE_INPUT, IMAGE_OUTPUT = "images", "embeddings"
+TRACKLET_INPUT, TRACKLET_OUTPUT = "tracklets", "set_embeddings"
+TRACKLET_SUFFIX = "_tracklet"
+#: A check passes when max |onnxruntime - PyTorch| <= TOLERANCE * (1 + max |PyTorch|).
+TOLERANCE = 1e-4
+#: What the export needs besides torch: the ONNX format, the dynamo exporter's translator
+#: (torch.onnx.export(dynamo=True) requires onnxscript) and the runtime for the check.
+EXPORT_DEPS = ("onnx", "onnxscript", "onnxruntime")
+INSTALL_HINT = "pip install vkd_torchreid[export]"
+#: Shapes of the example inputs the graph is traced with, and of the (different) random
+#: inputs it is checked with, so that the check also exercises the dynamic dimensions.
+_TRACE_BATCH, _TRACE_FRAMES = 2, 3
+_CHECK_BATCH, _CHECK_TRACKLETS, _CHECK_FRAMES = 3, 2, 4
+
+
+class ExportError(RuntimeError):
+    """The export cannot run, failed, or its result does not match PyTorch; one line."""
+
+
+class TrackletModel(nn.Module):
+    """``[B, T, 3, H, W]`` -> ``[B, D]``: the mean over the T frames of the per-frame embeddings
+    of ``model`` (in eval mode), as :func:`vkd_torchreid.engine.extract.extract` builds a
+    tracklet's embedding."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tracklets: torch.Tensor) -> torch.Tensor:
+        b, t = tracklets.shape[0], tracklets.shape[1]
+        frames = tracklets.reshape(b * t, *tracklets.shape[2:])
+        feats = self.model(frames).float()  # [B*T, D]
+        return feats.view(b, t, -1).mean(dim=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxCheck:
+    """onnxruntime against PyTorch on one random input.
+
+    Attributes:
+        path: the ONNX file checked (the final name, once renamed).
+        input_shape: the shape of the random input.
+        max_abs_diff: max |onnxruntime - PyTorch| over the output.
+        max_abs_output: max |PyTorch| over the output.
+    """
+
+    path: str
+    input_shape: Tuple[int, ...]
+    max_abs_diff: float
+    max_abs_output: float
+
+    @property
+    def bound(self) -> float:
+        return TOLERANCE * (1.0 + self.max_abs_output)
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.bound  # False for a NaN difference
+
+    def __str__(self) -> str:
+        shape = "x".join(str(s) for s in self.input_shape)
+        return (f"{self.path}: onnxruntime vs PyTorch on a random [{shape}] input: max abs diff "
+                f"{self.max_abs_diff:.3g} {'<=' if self.ok else 'not <='} {self.bound:.3g} "
+                f"(1e-4 * (1 + max |output| {self.max_abs_output:.3g})): "
+                f"{'ok' if self.ok else 'FAILED'}")
+
+
+def tracklet_path(output: str) -> str:
+    """``X.onnx`` -> ``X_tracklet.onnx`` (same folder)."""
+    root, ext = os.path.splitext(output)
+    return f"{root}{TRACKLET_SUFFIX}{ext}"
+
+
+def require_export_deps() -> None:
+    """Raises :class:`ExportError` naming the install command if a dependency is missing."""
+    missing = []
+    for name in EXPORT_DEPS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ExportError(f"ONNX export needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def load_export_model(config_arch: str, weights: str, last_stride: int = 1,
+                      trust: bool = False) -> VKDNet:
+    """The network of ``weights`` (ours, torchreid's, or a reference experiment folder).
+
+    The class count is the weights' (their ``classifier.weight``); the architecture is the one
+    they declare, which must be ``config_arch`` (the config's ``model.name``), else
+    ``config_arch``.
+
+    Raises:
+        FileNotFoundError: ``weights`` does not exist (named).
+        ValueError: another architecture than ``config_arch`` (both named), no classifier to
+            take the class count from, or weights that do not fit.
+        CheckpointError: an unreadable checkpoint.
+    """
+    if not weights:
+        raise ValueError("no weights to export: pass --weights (or set model.load_weights)")
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"weights not found: {weights}")
+    ckpt = read_network(weights, trust=trust)
+    if ckpt.arch is not None and ckpt.arch != config_arch:
+        raise ValueError(f"{weights} holds a {ckpt.arch} network but the config's model.name is "
+                         f"{config_arch} (pass model.name {ckpt.arch})")
+    if ckpt.num_classes is None:
+        raise ValueError(f"{weights} holds no classifier.weight: cannot tell its class count")
+    arch = ckpt.arch or config_arch
+    model = build_model(arch, ckpt.num_classes, pretrained=False, loss="triplet",
+                        last_stride=last_stride)
+    try:
+        load_network_state(model, ckpt)
+    except ValueError as exc:  # its message names the file, the architecture and the keys
+        if ckpt.arch:
+            raise
+        raise ValueError(f"{weights} declares no architecture and does not fit the config's "
+                         f"model.name {arch}: {one_line(exc)}") from exc
+    return model.eval()
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: str, input_name: str,
+            output_name: str, dynamic: dict) -> None:
+    # The default (dynamo) exporter handles every one of our architectures (ResNet, BAM,
+    # DenseNet, MobileNetV2) with dynamic batch and frame dimensions, so there is no
+    # fallback to the TorchScript exporter (dynamo=False). One file (no external data): our
+    # networks are far below protobuf's 2 GB limit.
+    try:
+        torch.onnx.export(module, (example,), path, dynamo=True, verbose=False,
+                          input_names=[input_name], output_names=[output_name],
+                          dynamic_shapes=(dynamic,), external_data=False)
+    except Exception as exc:  # the exporter raises many kinds; all mean "no file"
+        raise ExportError(f"ONNX export of {type(module).__name__} failed: "
+                          f"{type(exc).__name__}: {one_line(exc)}") from exc
+
+
+def check_onnx(path: str, reference: nn.Module, inputs: torch.Tensor, input_name: str,
+               name: Optional[str] = None) -> OnnxCheck:
+    """Runs ``path`` with onnxruntime (CPU) on ``inputs`` and compares with ``reference``.
+
+    Args:
+        name: the file name to report (``path`` by default).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(path)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {input_name: inputs.numpy()})
+    except Exception as exc:  # onnx/onnxruntime raise their own types
+        raise ExportError(f"{name or path}: onnxruntime cannot run the exported model: "
+                          f"{type(exc).__name__}: {one_line(exc)}") from exc
+    with torch.inference_mode():
+        want = reference(inputs).float()
+    got_t = torch.from_numpy(got).float()
+    if got_t.shape != want.shape:
+        raise ExportError(f"{name or path}: onnxruntime output {tuple(got_t.shape)} but PyTorch "
+                          f"{tuple(want.shape)}")
+    diff = (got_t - want).abs().max().item() if want.numel() else 0.0
+    top = want.abs().max().item() if want.numel() else 0.0
+    return OnnxCheck(name or path, tuple(inputs.shape), float(diff), float(top))
+
+
+def _temp_name(path: str) -> str:
+    """A hidden, unique temporary file next to ``path`` (so that the rename is atomic)."""
+    folder, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def _finish(path: str) -> None:
+    """Flushes a finished temporary file to disk and gives it the permissions a plain
+    ``open(path, "w")`` would (``mkstemp`` makes it private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def export_onnx(model: nn.Module, height: int, width: int, output: str,
+                on_check: Optional[Callable[[OnnxCheck], None]] = None,
+                seed: int = 0) -> Tuple[str, str]:
+    """Exports ``model`` as the image model ``output`` and the tracklet model
+    ``X_tracklet.onnx`` (see the module docstring), each checked with onnxruntime against
+    PyTorch on a random batch before it gets its name.
+
+    Args:
+        model: one of our networks (any device, dtype, mode or memory format: a float32
+            CPU copy in eval mode is exported; ``model`` itself is not changed).
+        height, width: the input frame size (``data.height``, ``data.width``).
+        output: the image model's path; its folder is created if needed.
+        on_check: called with each passed :class:`OnnxCheck` (to print it).
+        seed: of the random check inputs.
+
+    Returns:
+        ``(image model path, tracklet model path)``.
+
+    Raises:
+        ExportError: the export failed, or onnxruntime and PyTorch differ by more than
+            ``1e-4 * (1 + max |PyTorch output|)``. Neither file is written then (an existing
+            file of that name is left as it was).
+        ValueError: ``output`` names a folder.
+        OSError: the folder cannot be written.
+    """
+    if not os.path.basename(output) or os.path.isdir(output):
+        raise ValueError(f"--output must name a file (X.onnx), got {output!r}")
+    require_export_deps()
+    net = copy.deepcopy(model).to("cpu", torch.float32)
+    net = net.to(memory_format=torch.contiguous_format).eval()
+    tracklet_net = TrackletModel(net).eval()
+    paths = (output, tracklet_path(output))
+    folder = os.path.dirname(os.path.abspath(output))
+    os.makedirs(folder, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    batch, frames = torch.export.Dim("batch"), torch.export.Dim("frames")
+    jobs = [  # (module, trace input, check input, input name, output name, dynamic dims)
+        (net, torch.randn(_TRACE_BATCH, 3, height, width, generator=gen),
+         torch.randn(_CHECK_BATCH, 3, height, width, generator=gen),
+         IMAGE_INPUT, IMAGE_OUTPUT, {0: batch}),
+        (tracklet_net, torch.randn(_TRACE_BATCH, _TRACE_FRAMES, 3, height, width, generator=gen),
+         torch.randn(_CHECK_TRACKLETS, _CHECK_FRAMES, 3, height, width, generator=gen),
+         TRACKLET_INPUT, TRACKLET_OUTPUT, {0: batch, 1: frames}),
+    ]
+    temps: List[str] = []
+    checks: List[OnnxCheck] = []
+    try:
+        for path, (module, example, check_input, in_name, out_name, dims) in zip(paths, jobs):
+            temps.append(_temp_name(path))
+            _export(module, example, temps[-1], in_name, out_name, dims)
+            check = check_onnx(temps[-1], module, check_input, in_name, name=path)
+            if not check.ok:
+                raise ExportError(f"exported model does not match PyTorch: {check}")
+            checks.append(check)
+        for tmp in temps:
+            _finish(tmp)
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+        temps = []
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+    with contextlib.suppress(OSError):  # the renames survive a crash (POSIX)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for check in checks:
+        logger.info("%s", check)
+        if on_check is not None:
+            on_check(check)
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``tools/export.py``: exports and checks the two ONNX models; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="",
+                        help="yaml config or packaged config name (vkd_mars_r50): model.name, "
+                             "data.height/width, model.last_stride")
+    parser.add_argument("--weights", default="",
+                        help="our checkpoint, torchreid's, or a released reference experiment "
+                             "folder (default: model.load_weights)")
+    parser.add_argument("--output", required=True,
+                        help="the image model X.onnx; the tracklet model is X_tracklet.onnx")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow legacy pickled checkpoints (torch.load weights_only=False)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="KEY VALUE config overrides, e.g. data.height 256 data.width 128")
+    args = parser.parse_args(argv)
+    start = time.time()
+    try:
+        require_export_deps()
+        cfg = build_config(args.config_file, list(args.opts or []), [DEMO_CONFIG])
+        model = load_export_model(cfg.model.name, args.weights or cfg.model.load_weights,
+                                  last_stride=cfg.model.last_stride,
+                                  trust=args.trust_checkpoint or cfg.model.trust_checkpoint)
+        height, width = int(cfg.data.height), int(cfg.data.width)
+        image, tracklet = export_onnx(model, height, width, args.output,
+                                      on_check=lambda check: print(f"check {check}"))
+    except (OSError, KeyError, ValueError, CheckpointError, ExportError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    dim = model.feature_dim
+    print(f"exported {model.arch} ({model.num_classes} classes) at {height}x{width} in "
+          f"{time.time() - start:.1f} s:")
+    print(f"  {image}: {IMAGE_INPUT} [batch, 3, {height}, {width}] -> {IMAGE_OUTPUT} "
+          f"[batch, {dim}]")
+    print(f"  {tracklet}: {TRACKLET_INPUT} [batch, frames, 3, {height}, {width}] -> "
+          f"{TRACKLET_OUTPUT} [batch, {dim}]")
+    print(f"inputs: RGB resized to {height}x{width} (Pillow bicubic), scaled to [0, 1], "
+          f"normalised with mean {list(cfg.data.norm_mean)} std {list(cfg.data.norm_std)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
