@@ -240,6 +240,8 @@ COMMANDS = {
                "the matches of a query image in a gallery of tracklets (or a saved index)"),
     "export": (lambda argv: _app("export", argv),
                "export the image and tracklet models to ONNX, checked with onnxruntime"),
+    "download": (lambda argv: _app("download", argv),
+                 "the released checkpoints and MARS; where to get VeRi, ATRW and Duke"),
 }
 
 
@@ -249,7 +251,7 @@ def main(argv: Optional[Sequence[str]] = None,
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help") and parser is None:
         print(__doc__.strip() + "\n\ncommands:\n" + "\n".join(
-            f"  {name:7s} {text}" for name, (_, text) in COMMANDS.items()))
+            f"  {name:8s} {text}" for name, (_, text) in COMMANDS.items()))
         return 0
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]][0](argv[1:])
