@@ -22,7 +22,7 @@ def test_dist_bench_reports_finite_positive_times():
             "config"} <= set(out)
     assert (out["world_size"], out["backend"], out["global_batch"]) == (2, "gloo", 8)
     for key in ("single_s", "dist_s", "dist_no_gather_s", "local_step_s", "bare_local_s",
-                "speedup"):
+                "speedup", "single_1thread_s", "speedup_vs_1thread"):
         assert math.isfinite(out[key]) and out[key] > 0, (key, out[key])
     for key in ("comm_s", "gather_s"):  # differences of medians: finite, any sign
         assert math.isfinite(out[key]), (key, out[key])
