@@ -105,7 +105,7 @@ class Server:
 
 @pytest.fixture(autouse=True)
 def _no_waiting(monkeypatch):
-    monkeypatch.setattr(dl, "RETRY_DELAY", 0.0)
+    monkeypatch.setattr(dl.fetch_module, "RETRY_DELAY", 0.0)
 
 
 def _run(capsys, *argv):
