@@ -242,6 +242,8 @@ COMMANDS = {
                "export the image and tracklet models to ONNX, checked with onnxruntime"),
     "download": (lambda argv: _app("download", argv),
                  "the released checkpoints and MARS; where to get VeRi, ATRW and Duke"),
+    "compare": (lambda argv: _app("analysis.compare", argv),
+                "runs side by side: a table, a CSV and a bar chart of their results.json"),
 }
 
 

@@ -1,0 +1,1 @@
+"""The paper's analyses as tools (``vkd-reid compare`` ...); see each module."""
