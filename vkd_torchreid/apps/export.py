@@ -41,9 +41,8 @@ from torch import nn
 
 from vkd_torchreid.apps.demo import DEMO_CONFIG
 from vkd_torchreid.config import build_config
-from vkd_torchreid.models import build_model
+from vkd_torchreid.models import network_from_weights
 from vkd_torchreid.models.vkdnet import VKDNet
-from vkd_torchreid.models.weights import load_network_state, read_network
 from vkd_torchreid.utils.checkpoint import CheckpointError
 from vkd_torchreid.utils.logs import one_line
 
@@ -137,39 +136,12 @@ def require_export_deps() -> None:
 
 def load_export_model(config_arch: str, weights: str, last_stride: int = 1,
                       trust: bool = False) -> VKDNet:
-    """The network of ``weights`` (ours, torchreid's, or a reference experiment folder).
-
-    The class count is the weights' (their ``classifier.weight``); the architecture is the one
-    they declare, which must be ``config_arch`` (the config's ``model.name``), else
-    ``config_arch``.
-
-    Raises:
-        FileNotFoundError: ``weights`` does not exist (named).
-        ValueError: another architecture than ``config_arch`` (both named), no classifier to
-            take the class count from, or weights that do not fit.
-        CheckpointError: an unreadable checkpoint.
-    """
+    """The network of ``weights`` to export: its declared architecture must be
+    ``config_arch`` (the config's ``model.name``); see
+    :func:`vkd_torchreid.models.network_from_weights`."""
     if not weights:
         raise ValueError("no weights to export: pass --weights (or set model.load_weights)")
-    if not os.path.exists(weights):
-        raise FileNotFoundError(f"weights not found: {weights}")
-    ckpt = read_network(weights, trust=trust)
-    if ckpt.arch is not None and ckpt.arch != config_arch:
-        raise ValueError(f"{weights} holds a {ckpt.arch} network but the config's model.name is "
-                         f"{config_arch} (pass model.name {ckpt.arch})")
-    if ckpt.num_classes is None:
-        raise ValueError(f"{weights} holds no classifier.weight: cannot tell its class count")
-    arch = ckpt.arch or config_arch
-    model = build_model(arch, ckpt.num_classes, pretrained=False, loss="triplet",
-                        last_stride=last_stride)
-    try:
-        load_network_state(model, ckpt)
-    except ValueError as exc:  # its message names the file, the architecture and the keys
-        if ckpt.arch:
-            raise
-        raise ValueError(f"{weights} declares no architecture and does not fit the config's "
-                         f"model.name {arch}: {one_line(exc)}") from exc
-    return model.eval()
+    return network_from_weights(weights, config_arch, last_stride, trust, require_arch=True)
 
 
 def _export(module: nn.Module, example: torch.Tensor, path: str, input_name: str,

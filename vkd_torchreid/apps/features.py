@@ -26,8 +26,7 @@ from vkd_torchreid.data.frames import TestFrames
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.data.transforms import AugmentOptions, Collate, TestFrameTransform
 from vkd_torchreid.engine.extract import extract, frame_features
-from vkd_torchreid.models import build_model
-from vkd_torchreid.models.weights import load_network_state, read_network
+from vkd_torchreid.models import network_from_weights
 from vkd_torchreid.utils.device import autocast, to_device
 
 logger = logging.getLogger(__name__)
@@ -59,23 +58,14 @@ class FeatureExtractor:
                  trust_checkpoint: bool = False) -> None:
         if channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order={channel_order!r}: expected one of {CHANNEL_ORDERS}")
-        if not os.path.exists(weights):
-            raise FileNotFoundError(f"weights not found: {weights}")
         self.cfg = build_config(config_file, list(opts), [DEMO_CONFIG])  # demo.yaml too
         cfg = self.cfg
         self.channel_order = channel_order
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() and cfg.use_gpu else "cpu"
         self.device = torch.device(device)
-        ckpt = read_network(weights, trust=trust_checkpoint or cfg.model.trust_checkpoint)
-        num_classes = ckpt.num_classes or _classes_of(ckpt.state)
-        arch = ckpt.arch or cfg.model.name
-        self.model = build_model(arch, num_classes, pretrained=False, loss="triplet",
-                                 last_stride=cfg.model.last_stride)
-        try:
-            load_network_state(self.model, ckpt)
-        except ValueError as exc:
-            raise ValueError(f"{weights} does not fit a {arch}: {exc}") from exc
+        self.model = network_from_weights(weights, cfg.model.name, cfg.model.last_stride,
+                                          trust_checkpoint or cfg.model.trust_checkpoint)
         self.model.eval().to(self.device)
         self.channels_last = bool(cfg.train.channels_last)
         if self.channels_last:
@@ -86,8 +76,8 @@ class FeatureExtractor:
         self.augment = AugmentOptions.from_config(cfg)
         self.transform = TestFrameTransform(self.augment)
         self.collate = Collate(self.augment, _TEST_ERASE_RATIO, train=False)
-        logger.info("feature extractor: %s (%d classes) from %s on %s", arch, num_classes,
-                    weights, self.device)
+        logger.info("feature extractor: %s (%d classes) from %s on %s", self.model.arch,
+                    self.model.num_classes, weights, self.device)
 
     @property
     def feature_dim(self) -> int:
@@ -136,10 +126,3 @@ class FeatureExtractor:
         return extract(self.model, loader, self.device, self.amp, self.channels_last,
                        self.chunk).emb
 
-
-def _classes_of(state_dict: Any) -> int:
-    """The class count of a state dict without metadata: its classifier's rows."""
-    for key, value in state_dict.items():
-        if key.endswith("classifier.weight"):
-            return int(value.shape[0])
-    raise ValueError("the weights declare no class count and hold no classifier.weight")
