@@ -7,8 +7,9 @@
 identity and camera are known (other names are kept as labels, with unknown ids). The gallery
 is embedded as our evaluation does (:class:`~vkd_torchreid.apps.features.FeatureExtractor`)
 and searched by cosine similarity (:class:`~vkd_torchreid.search.GalleryIndex`);
-``--save-index`` keeps it for later queries (``--index``). Prints the top k and writes a
-ranked-list picture with the evaluation's renderer.
+``--save-index`` keeps it for later queries (``--index``). Prints the top k and, from a
+gallery folder (whose frames it can show), writes a ranked-list picture with the
+evaluation's renderer.
 """
 from __future__ import annotations
 
@@ -59,15 +60,6 @@ def gallery_tracklets(folder: str) -> Tuple[List[str], List[List[str]], List[int
     return names, frames, pids, camids
 
 
-def _first_frame(gallery: Optional[str], name: str) -> Optional[str]:
-    if not gallery or not name:
-        return None
-    folder = os.path.join(gallery, name)
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES)) \
-        if os.path.isdir(folder) else []
-    return os.path.join(folder, files[0]) if files else None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vkd-reid search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,11 +82,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         fx = FeatureExtractor(args.config_file, args.weights, args.device, args.opts or ())
-        gallery_dir = args.gallery
+        first_frames = {}  # tracklet name -> first frame, for the picture (a gallery folder)
         if args.index:
             index = GalleryIndex.load(args.index)
         else:
             names, frames, pids, camids = gallery_tracklets(args.gallery)
+            first_frames = {name: files[0] for name, files in zip(names, frames)}
             index = GalleryIndex.build(fx.tracklets(frames), pids, camids, args.backend,
                                        names=names)
         if args.save_index:
@@ -109,9 +102,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 break
             name, pid, cam = index.names[i], int(index.pids[i]), int(index.camids[i])
             print(f"{rank:3d}  {score:.4f}  {name or i}  pid {pid}  cam {cam}")
-            frame = _first_frame(gallery_dir, name)
-            if frame is not None:
-                items.append(RankedItem(read_image(frame), score, None, str(pid)))
+            if name in first_frames:
+                items.append(RankedItem(read_image(first_frames[name]), score, None, str(pid)))
         if items:
             print(f"ranked list: {save_ranked_list(args.output, query, items)}")
         return 0
