@@ -185,25 +185,6 @@ def all_gather(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, 0)
 
 
-def all_reduce_mean(values: List[float], device: torch.device) -> List[float]:
-    """The mean over ranks of each value (one collective)."""
-    ctx = context()
-    if not ctx.enabled:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t / ctx.world_size).tolist()
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one (one small all-reduce)."""
-    if not context().enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def gather_objects(obj: Any) -> Optional[List[Any]]:
     """Every rank's ``obj`` in rank order on rank 0, None on the others (a list of one in a
     single process)."""
