@@ -224,18 +224,13 @@ def _app(name: str, argv: Sequence[str]) -> int:
     return importlib.import_module(f"vkd_torchreid.apps.{name}").main(argv)
 
 
-def _study(argv: Sequence[str]) -> int:
-    from vkd_torchreid.apps.study import main as study_main
-
-    return study_main(argv)
-
-
 #: ``vkd-reid`` commands: name -> (entry point taking the remaining arguments, help).
 COMMANDS = {
     "train": (lambda argv: _train(argv), "train the stage of the config (the default)"),
     "eval": (lambda argv: _train(argv, eval_only=True),
              "evaluate model.load_weights with the protocols of data.targets"),
-    "study": (_study, "the seeded, resumable study of the method's options"),
+    "study": (lambda argv: _app("study", argv),
+              "the seeded, resumable study of the method's options"),
     "search": (lambda argv: _app("search", argv),
                "the matches of a query image in a gallery of tracklets (or a saved index)"),
     "export": (lambda argv: _app("export", argv),
