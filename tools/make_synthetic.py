@@ -1,6 +1,7 @@
 """Writes tiny synthetic datasets in the real on-disk layouts.
 
     python tools/make_synthetic.py --dataset all --root reid-data-synthetic
+    python tools/make_synthetic.py --dataset vkd_mars --root reid-data --masks reid-masks
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--masks", default="",
+                        help="also write each frame's person mask under this folder, outside "
+                             "the dataset layout (for vkd-reid explain --masks)")
     args = parser.parse_args(argv)
 
     names = sorted(DATASET_DIRS) if args.dataset == "all" else [args.dataset]
@@ -35,7 +39,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             counts = write_synthetic(name, args.root, ids=args.ids, cams=args.cams,
                                      tracklets=args.tracklets, frames=args.frames,
-                                     seed=args.seed, height=args.height, width=args.width)
+                                     seed=args.seed, height=args.height, width=args.width,
+                                     masks=args.masks)
         except (ValueError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -239,6 +239,14 @@ COMMANDS = {
                  "the released checkpoints and MARS; where to get VeRi, ATRW and Duke"),
     "compare": (lambda argv: _app("analysis.compare", argv),
                 "runs side by side: a table, a CSV and a bar chart of their results.json"),
+    "explain": (lambda argv: _app("analysis.explain", argv),
+                "Grad-CAM of several networks on the same gallery frames (and foreground share)"),
+    "camera-bias": (lambda argv: _app("analysis.camera_bias", argv),
+                    "how much camera information the embeddings carry, network by network"),
+    "gallery-curve": (lambda argv: _app("analysis.gallery_curve", argv),
+                      "I2V top-1 and mAP as the frames per gallery tracklet grow"),
+    "rank-list": (lambda argv: _app("analysis.rank_list", argv),
+                  "the same queries' top-k of several networks, right and wrong marked"),
 }
 
 
@@ -248,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None,
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help") and parser is None:
         print(__doc__.strip() + "\n\ncommands:\n" + "\n".join(
-            f"  {name:8s} {text}" for name, (_, text) in COMMANDS.items()))
+            f"  {name:13s} {text}" for name, (_, text) in COMMANDS.items()))
         return 0
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]][0](argv[1:])

@@ -117,9 +117,9 @@ atrw/
         for first in (train[0][0][0] if train else "", items[0][0] if items else ""):
             if first and not os.path.isfile(first):
                 raise FileNotFoundError(f"missing image {first}; expected layout:\n{cls.LAYOUT}")
+        protocol = Protocol(("I2I",), junk="atrw", camera_ids=False)
         return Splits(train=train, query=tracklets, gallery=list(tracklets), query_img=items,
-                      gallery_img=list(items), protocol=Protocol(("I2I",), junk="atrw"),
-                      meta=meta)
+                      gallery_img=list(items), protocol=protocol, meta=meta)
 
     @classmethod
     def _train(cls, base: str, views: str) -> List[Tuple[Tuple[str, ...], int, int]]:

@@ -44,11 +44,14 @@ class Protocol:
             ranking, as the reference does for MARS.
         junk: ``"same_camera"`` (gallery items of the query's identity and camera are junk)
             or ``"atrw"`` (ATRW's plain protocol; needs ``Splits.meta``).
+        camera_ids: the items' ``camid`` are cameras (False for ATRW, whose are derived
+            views or video groups).
     """
 
     modes: Tuple[str, ...]
     query_in_gallery: bool = False
     junk: str = "same_camera"
+    camera_ids: bool = True
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]

@@ -185,21 +185,25 @@ class VKDDataManager(VideoDataManager):
         before the loader's first iteration (its workers copy the dataset then)."""
         self.train_loader.dataset.use_teacher_rows(offsets, flips)
 
-    def test_frames(self, items: Sequence[Sequence], tracklets: bool) -> TestFrames:
-        """The test dataset of ``items`` (tracklets or image items)."""
-        method = self.sampling.sample_method if tracklets else "evenly"
+    def test_frames(self, items: Sequence[Sequence], tracklets: bool,
+                    sample_method: str = "") -> TestFrames:
+        """The test dataset of ``items`` (tracklets or image items); tracklets sampled with
+        ``sample_method`` (default: ``video.sample_method``)."""
+        method = (sample_method or self.sampling.sample_method) if tracklets else "evenly"
         return TestFrames(items, TestFrameTransform(self.augment), self.sampling.test_seq_len,
                           method)
 
-    def test_loader_of(self, items: Sequence[Sequence], tracklets: bool) -> Optional[Loader]:
-        """A test loader of ``items`` (tracklets, or image items); None when empty."""
+    def test_loader_of(self, items: Sequence[Sequence], tracklets: bool,
+                       sample_method: str = "") -> Optional[Loader]:
+        """A test loader of ``items`` (tracklets, or image items); None when empty.
+        ``sample_method`` overrides ``video.sample_method`` for tracklets."""
         if not items:
             return None
+        dataset = self.test_frames(items, tracklets, sample_method)
         batch = self.sampling.test_batch_size
-        if tracklets and self.sampling.sample_method == "all":
+        if tracklets and dataset.sample_method == "all":
             batch = 1  # variable length: one tracklet at a time, extracted in chunks
-        return self._loader(self.test_frames(items, tracklets), False, batch_size=batch,
-                            shuffle=False, drop_last=False)
+        return self._loader(dataset, False, batch_size=batch, shuffle=False, drop_last=False)
 
     def _add_target(self, name: str) -> None:
         splits = self._load(name)

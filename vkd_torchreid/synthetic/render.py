@@ -7,7 +7,7 @@ background) and frames add a little jitter and noise: a small CNN can learn re-I
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -89,12 +89,15 @@ def _background(seed: int, cam: int, h: int, w: int) -> np.ndarray:
 
 
 def render(seed: int, pid: int, cam: int, flip: bool, key: int, n: int, h: int,
-           w: int, view: Optional[int] = None) -> np.ndarray:
+           w: int, view: Optional[int] = None,
+           with_masks: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """``n`` RGB frames ``[n, h, w, 3]`` of identity ``pid`` seen by camera ``cam``.
 
     What a camera sees depends on the viewpoint (``view``: 0 front, 1 back, 2 side; by
     default drawn per tracklet from ``key``, ``flip`` mirrors it), the camera's light (colour
     cast and brightness) and its background; frames jitter in position and brightness.
+    With ``with_masks``, also the person's pixels of every frame (bool ``[n, h, w]``, moved
+    with the frame): ``(frames, masks)``. The frames are the same either way.
     """
     if view is None:
         view = int(_rng(seed, 4, pid, cam, key).integers(0, len(VIEWS)))
@@ -115,4 +118,7 @@ def render(seed: int, pid: int, cam: int, flip: bool, key: int, n: int, h: int,
     out = img[rows[:, :, None], cols[:, None, :]]
     out += rng.uniform(-8, 8, (n, 1, 1, 1)).astype(np.float32)
     out += 4 * rng.standard_normal(out.shape, dtype=np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    frames = np.clip(out, 0, 255).astype(np.uint8)
+    if with_masks:
+        return frames, mask[rows[:, :, None], cols[:, None, :]]
+    return frames

@@ -14,6 +14,7 @@ import shutil
 from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
+from PIL import Image
 
 from vkd_torchreid.data.io import write_jpeg
 from vkd_torchreid.synthetic.render import render
@@ -69,10 +70,33 @@ def _tracklets(pids: List[int], cams: int, tracklets: int) -> Iterator[Tuple[int
                 yield pid, cam, t
 
 
+def mask_file(masks: str, image: str) -> str:
+    """Where the foreground mask of ``image`` (a path relative to the data root, as in
+    ``mars/bbox_test/0001/0001C1T0001F001.jpg``) lies under the masks folder ``masks``: the
+    same relative path with ``.png`` (8-bit grey, 255 on the person, 0 elsewhere)."""
+    return os.path.join(masks, os.path.splitext(image)[0] + ".png")
+
+
+class _FrameWriter:
+    """Writes the frames, and with a masks folder the person mask of each (see
+    :func:`mask_file`)."""
+
+    def __init__(self, root: str, masks: str) -> None:
+        self.root = root
+        self.masks = masks
+
+    def write(self, path: str, img: np.ndarray, mask: np.ndarray) -> None:
+        write_jpeg(path, img)
+        if self.masks:
+            target = mask_file(self.masks, os.path.relpath(path, self.root))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(target)  # 2-D uint8: grey
+
+
 # --------------------------------------------------------------------------- writers
 
 def _mars(base: str, train_ids: List[int], test_ids: List[int], cams: int, tracklets: int,
-          frames: int, seed: int, h: int, w: int) -> Dict[str, int]:
+          frames: int, seed: int, h: int, w: int, out: _FrameWriter) -> Dict[str, int]:
     info = os.path.join(base, "info")
     os.makedirs(info, exist_ok=True)
     extra = [(0, 1, 1), (-1, 1, 1)] if len(train_ids) + len(test_ids) >= 4 else []
@@ -83,11 +107,11 @@ def _mars(base: str, train_ids: List[int], test_ids: List[int], cams: int, track
         rows, query = [], []
         for pid, cam, t in items:
             prefix = "00-1" if pid == -1 else f"{pid:04d}"
-            imgs = render(seed, pid, cam, cam % 2 == 0, t, frames, h, w)
+            imgs, masks = render(seed, pid, cam, cam % 2 == 0, t, frames, h, w, with_masks=True)
             start = len(names) + 1
-            for f, img in enumerate(imgs, start=1):
+            for f, (img, mask) in enumerate(zip(imgs, masks), start=1):
                 name = f"{prefix}C{cam}T{t:04d}F{f:03d}.jpg"
-                write_jpeg(os.path.join(base, f"bbox_{split}", prefix, name), img)
+                out.write(os.path.join(base, f"bbox_{split}", prefix, name), img, mask)
                 names.append(name)
             rows.append([start, len(names), pid, cam])
             if split == "test" and pid > 0 and cam == 1 and t == 1:
@@ -107,14 +131,15 @@ def _mars(base: str, train_ids: List[int], test_ids: List[int], cams: int, track
 
 
 def _duke(base: str, train_ids: List[int], test_ids: List[int], cams: int, tracklets: int,
-          frames: int, seed: int, h: int, w: int) -> Dict[str, int]:
+          frames: int, seed: int, h: int, w: int, out: _FrameWriter) -> Dict[str, int]:
     counts = {"images": 0, "train_tracklets": 0, "query": 0, "gallery": 0}
     for ids, is_test in ((train_ids, False), (test_ids, True)):
         for pid, cam, t in _tracklets(ids, cams, tracklets):
             split = ("query" if t == 1 else "gallery") if is_test else "train"
             folder = os.path.join(base, split, f"{pid:04d}", f"{t:04d}")
-            for f, img in enumerate(render(seed, pid, cam, cam % 2 == 0, t, frames, h, w), 1):
-                write_jpeg(os.path.join(folder, f"{pid:04d}_C{cam}_F{f:04d}_X{t}.jpg"), img)
+            imgs, masks = render(seed, pid, cam, cam % 2 == 0, t, frames, h, w, with_masks=True)
+            for f, (img, mask) in enumerate(zip(imgs, masks), 1):
+                out.write(os.path.join(folder, f"{pid:04d}_C{cam}_F{f:04d}_X{t}.jpg"), img, mask)
             counts["images"] += frames
             counts["train_tracklets" if split == "train" else split] += 1
     for split in ("train", "query", "gallery"):
@@ -123,7 +148,7 @@ def _duke(base: str, train_ids: List[int], test_ids: List[int], cams: int, track
 
 
 def _veri(base: str, train_ids: List[int], test_ids: List[int], cams: int, tracklets: int,
-          frames: int, seed: int, h: int, w: int) -> Dict[str, int]:
+          frames: int, seed: int, h: int, w: int, out: _FrameWriter) -> Dict[str, int]:
     lists: Dict[str, List[str]] = {"train": [], "query": [], "test": []}
     tracks: List[str] = []
 
@@ -132,16 +157,17 @@ def _veri(base: str, train_ids: List[int], test_ids: List[int], cams: int, track
 
     for ids, split in ((train_ids, "train"), (test_ids, "test")):
         for vid, cam, t in _tracklets(ids, cams, tracklets):
-            imgs = render(seed, vid, cam, cam % 2 == 0, t, frames + (split == "test"), h, w)
+            imgs, masks = render(seed, vid, cam, cam % 2 == 0, t, frames + (split == "test"), h,
+                                 w, with_masks=True)
             names = [name(vid, cam, t, f) for f in range(frames)]
-            for n, img in zip(names, imgs):
-                write_jpeg(os.path.join(base, f"image_{split}", n), img)
+            for n, img, mask in zip(names, imgs, masks):
+                out.write(os.path.join(base, f"image_{split}", n), img, mask)
             lists[split].extend(names)
             if split == "test":
                 tracks.append(" ".join([names[0], *names]))
                 if t == (cam - 1) * tracklets + 1:  # one query image per vehicle and camera
                     q = name(vid, cam, t, 999)
-                    write_jpeg(os.path.join(base, "image_query", q), imgs[-1])
+                    out.write(os.path.join(base, "image_query", q), imgs[-1], masks[-1])
                     lists["query"].append(q)
     for split, names in lists.items():
         _write_lines(os.path.join(base, f"name_{split}.txt"), names)
@@ -162,14 +188,15 @@ def atrw_keypoints(view: int, h: int, w: int) -> List[float]:
 
 
 def _atrw(base: str, train_ids: List[int], test_ids: List[int], cams: int, tracklets: int,
-          frames: int, seed: int, h: int, w: int) -> Dict[str, int]:
+          frames: int, seed: int, h: int, w: int, out: _FrameWriter) -> Dict[str, int]:
     train_rows: List[str] = []
     train_kp: Dict[str, List[float]] = {}
     for pid, cam, t in _tracklets(train_ids, cams, tracklets):
         view = (cam - 1) % 3
-        for img in render(seed, pid, cam, view == 1, t, frames, h, w):
+        for img, mask in zip(*render(seed, pid, cam, view == 1, t, frames, h, w,
+                                     with_masks=True)):
             fname = f"{len(train_rows):06d}.jpg"
-            write_jpeg(os.path.join(base, "atrw_reid_train", "train", fname), img)
+            out.write(os.path.join(base, "atrw_reid_train", "train", fname), img, mask)
             train_rows.append(f"{pid},{fname}")
             train_kp[fname] = atrw_keypoints(view, h, w)
 
@@ -183,9 +210,11 @@ def _atrw(base: str, train_ids: List[int], test_ids: List[int], cams: int, track
         view = (cam - 1) % 3
         video = 1 if single else cam  # a single-camera tiger: every clip from camera 1
         group = [video, clip]
-        for f, img in enumerate(render(seed, pid, video, view == 1, t, frames, h, w)):
+        for f, (img, mask) in enumerate(zip(*render(seed, pid, video, view == 1, t, frames, h,
+                                                    w, with_masks=True))):
             imgid = len(gt)
-            write_jpeg(os.path.join(base, "atrw_reid_test", "test", f"{imgid:06d}.jpg"), img)
+            out.write(os.path.join(base, "atrw_reid_test", "test", f"{imgid:06d}.jpg"), img,
+                      mask)
             test_kp[f"{imgid:06d}.jpg"] = atrw_keypoints(view, h, w)
             gt.append({"imgid": imgid, "entityid": pid, "query": "sing" if single else "multi",
                        "frame": [*group, 2 * f]})
@@ -208,7 +237,8 @@ _WRITERS = {"mars": _mars, "DukeMTMC-VideoReID": _duke, "VeRi": _veri, "atrw": _
 
 def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, tracklets: int = 2,
                     frames: int = 8, seed: int = 0, height: int = 128,
-                    width: int = 64, first_pid: int = 1, train_ids: int = 0) -> Dict[str, int]:
+                    width: int = 64, first_pid: int = 1, train_ids: int = 0,
+                    masks: str = "") -> Dict[str, int]:
     """Writes a tiny dataset under ``root/<dataset_dir>`` in the real on-disk layout.
 
     Args:
@@ -226,6 +256,9 @@ def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, trackl
             cameras (the demo's validation world) use the same ``seed`` and another range.
         train_ids: identities of the training split (0: half of ``ids``); the rest are test
             identities (a study needs many test queries more than many training identities).
+        masks: a folder for the person mask of every frame, outside the dataset layout (for
+            ``vkd-reid explain --masks``): ``<masks>/<dataset folder>/...png``, see
+            :func:`mask_file`. Empty: no masks.
 
     Returns:
         counts: ``train_ids``, ``test_ids``, ``cams``, ``images``, ``train_tracklets``,
@@ -251,8 +284,10 @@ def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, trackl
     test_ids = list(range(first_pid + n_train, first_pid + ids))
     base = os.path.join(root, folder)
     _prepare(base)
+    if masks:
+        _prepare(os.path.join(masks, folder))
     counts = _WRITERS[folder](base, train_ids, test_ids, cams, tracklets, frames, seed,
-                              height, width)
+                              height, width, _FrameWriter(root, masks))
     counts.update(train_ids=len(train_ids), test_ids=len(test_ids), cams=cams)
     logger.info("wrote synthetic %s to %s: %s", folder, base, counts)
     return counts

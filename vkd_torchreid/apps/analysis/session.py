@@ -1,0 +1,385 @@
+"""What every analysis of a run shares: the config, the dataset, the networks and their
+per-frame features.
+
+An :class:`AnalysisSession` is built once from ``--config-file``, one ``--weights`` per network
+(ours, torchreid's or a reference folder; each network's architecture comes from its
+checkpoint) and KEY VALUE overrides. Each network has a :class:`FrameBank`: every frame it
+embeds is extracted once, with the evaluation's resize, normalisation, precision and model,
+and kept (in memory, and in ``<output>/features/<label>.pt`` so that the next analysis of the
+same output folder reuses it). A tracklet's embedding with any choice of frames is the mean of
+its frames' features, as in the evaluation; the embedding of a whole tracklet (``all``) comes
+from the evaluation's own extraction, streamed, so long tracklets are never held frame by
+frame.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from vkd_torchreid import evaluation
+from vkd_torchreid.apps.demo import DEMO_CONFIG
+from vkd_torchreid.config import build_config
+from vkd_torchreid.data.base import MODES, evenly_indices
+from vkd_torchreid.data.manager import VKDDataManager
+from vkd_torchreid.engine.evaluator import EvalOptions
+from vkd_torchreid.engine.extract import extract
+from vkd_torchreid.models import VKDNet, network_from_weights
+from vkd_torchreid.utils import checkpoint as ckpt_io
+from vkd_torchreid.utils.logs import one_line
+
+logger = logging.getLogger(__name__)
+
+#: Frames per gallery tracklet: a count (evenly sampled) or ``"all"``.
+Frames = Any
+FEATURES_DIR = "features"
+
+
+def add_session_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments every analysis takes (``--config-file``, ``--weights``..., overrides)."""
+    parser.add_argument("--config-file", default="", help="a config path or a packaged name")
+    parser.add_argument("--weights", action="append", required=True,
+                        help="a network's checkpoint (ours, torchreid's or a reference "
+                             "folder); once per network, e.g. the teacher then the student")
+    parser.add_argument("--label", action="append", default=[],
+                        help="a network's name in the pictures (once per --weights, in order; "
+                             "default: its run folder's name)")
+    parser.add_argument("--output", required=True, help="the folder for the PNG and the JSON")
+    parser.add_argument("--dataset", default="",
+                        help="the dataset to analyse (default: the first of data.targets, "
+                             "else of data.sources)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow pickled objects in the checkpoints (trusted files only)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+
+
+def default_label(weights: str) -> str:
+    """A network's name from its checkpoint path: the run folder of ``<run>/model/<file>``,
+    else the file or folder name."""
+    path = os.path.abspath(weights)
+    parent = os.path.dirname(path)
+    if os.path.isfile(path) and os.path.basename(parent) == "model":
+        return os.path.basename(os.path.dirname(parent))
+    return os.path.basename(path)
+
+
+def _labels(weights: Sequence[str], labels: Sequence[str]) -> List[str]:
+    if labels and len(labels) != len(weights):
+        raise ValueError(f"--label given {len(labels)} times for {len(weights)} --weights: "
+                         "give one label per network, in the same order, or none")
+    names = list(labels) or [default_label(w) for w in weights]
+    return [f"{n}#{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+@dataclasses.dataclass
+class Network:
+    """A network under analysis."""
+
+    label: str
+    weights: str
+    model: VKDNet
+
+
+class FrameBank:
+    """The per-frame embeddings of one network (see the module docstring).
+
+    Args:
+        model: in eval mode, on ``device``.
+        datamanager: gives the test loaders (transform, batch size, workers).
+        options: the evaluation's extraction settings (precision, channels-last, chunk).
+        cache_file: where the features are kept between analyses ('' for memory only).
+        key: what the features depend on; a cache file with another key is ignored.
+    """
+
+    def __init__(self, model: VKDNet, datamanager: VKDDataManager, options: EvalOptions,
+                 device: torch.device, cache_file: str = "", key: str = "") -> None:
+        self.model = model
+        self.dm = datamanager
+        self.options = options
+        self.device = device
+        self.cache_file = cache_file
+        self.key = key
+        self.rows: Dict[str, int] = {}
+        self.emb = torch.zeros(0, model.feature_dim)
+        self.whole: Dict[tuple, torch.Tensor] = {}  # tracklet frames -> mean of all frames
+        self.extracted = 0  # frames this process extracted (not read from the cache)
+        if cache_file and os.path.isfile(cache_file):
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            state = torch.load(self.cache_file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a broken cache is recomputed, never trusted
+            logger.warning("ignoring the feature cache %s: %s", self.cache_file, exc)
+            return
+        if state.get("key") != self.key:
+            logger.info("feature cache %s is for other weights or settings: recomputed",
+                        self.cache_file)
+            return
+        self.rows = {p: i for i, p in enumerate(state["paths"])}
+        self.emb = state["emb"]
+        self.whole = {tuple(k): v for k, v in zip(state["whole_keys"], state["whole"])}
+        logger.info("feature cache %s: %d frames, %d whole tracklets", self.cache_file,
+                    len(self.rows), len(self.whole))
+
+    def _save(self) -> None:
+        if not self.cache_file:
+            return
+        keys = list(self.whole)
+        ckpt_io.atomic_save({"key": self.key, "paths": list(self.rows), "emb": self.emb,
+                             "whole_keys": [list(k) for k in keys],
+                             "whole": torch.stack([self.whole[k] for k in keys]) if keys
+                             else torch.zeros(0, self.emb.shape[1])}, self.cache_file)
+
+    def _extract(self, items: List[tuple], tracklets: bool, method: str = "") -> torch.Tensor:
+        o = self.options
+        loader = self.dm.test_loader_of(items, tracklets=tracklets, sample_method=method)
+        self.model.eval()
+        return extract(self.model, loader, self.device, o.amp, o.channels_last, o.chunk,
+                       o.progress, "analysis").emb
+
+    def frames(self, paths: Sequence[str]) -> torch.Tensor:
+        """``[n, D]`` features of the frames ``paths`` (extracting those not seen yet)."""
+        missing = list(dict.fromkeys(p for p in paths if p not in self.rows))
+        if missing:
+            emb = self._extract([(p, -1, -1) for p in missing], tracklets=False)
+            start = len(self.rows)
+            self.rows.update((p, start + i) for i, p in enumerate(missing))
+            self.emb = torch.cat([self.emb, emb])
+            self.extracted += len(missing)
+            self._save()
+        return self.emb[[self.rows[p] for p in paths]]
+
+    def whole_tracklets(self, tracklets: Sequence[Sequence[str]]) -> torch.Tensor:
+        """``[T, D]``: the mean over all frames of each tracklet (the evaluation's
+        ``video.sample_method all``, streamed tracklet by tracklet)."""
+        keys = [tuple(t) for t in tracklets]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.whole))
+        if missing:
+            emb = self._extract([(k, -1, -1) for k in missing], tracklets=True, method="all")
+            self.whole.update(zip(missing, emb))
+            self.extracted += sum(len(k) for k in missing)
+            self._save()
+        return torch.stack([self.whole[k] for k in keys]) if keys else self.emb[:0]
+
+
+def frame_paths(item: Sequence) -> tuple:
+    """The frame files of a test item (a tracklet's, or an image item's one)."""
+    paths = item[0]
+    return (paths,) if isinstance(paths, str) else tuple(paths)
+
+
+class AnalysisSession:
+    """Config, dataset and networks of an analysis (see the module docstring).
+
+    Args:
+        cfg: a validated config (``data``, ``model``, ``video``, ``test`` sections).
+        weights: one checkpoint per network.
+        labels: their names (default: :func:`default_label`).
+        output: the analysis folder (features are cached under ``output/features``; '' for
+            memory only).
+        dataset: the dataset to analyse (default: the first target).
+        device: ``auto``, ``cpu``, ``cuda``...
+        trust: allow pickled checkpoints.
+        datamanager: reuse one (the demo's); default: built from ``cfg``.
+
+    Raises:
+        FileNotFoundError: missing weights or dataset files (named).
+        ValueError: weights that do not fit (another architecture than ``model.name`` for
+            weights that do not declare theirs), a bad label count or an unknown dataset.
+    """
+
+    def __init__(self, cfg: Any, weights: Sequence[str], labels: Sequence[str] = (),
+                 output: str = "", dataset: str = "", device: str = "auto",
+                 trust: bool = False, datamanager: Optional[VKDDataManager] = None) -> None:
+        if not weights:
+            raise ValueError("give at least one network (--weights)")
+        self.cfg = cfg
+        self.output = output
+        if device == "auto":
+            device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.options = EvalOptions.from_config(cfg)
+        names = _labels(weights, labels)
+        trust = trust or bool(cfg.model.trust_checkpoint)
+        self.networks = [Network(n, w, self._network(w, trust)) for n, w in zip(names, weights)]
+        self.dm = datamanager or VKDDataManager.from_config(cfg)
+        self.dataset = dataset or self.dm.targets[0]
+        if self.dataset not in self.dm.test_dataset:
+            raise ValueError(f"--dataset {self.dataset!r} is not among the config's targets "
+                             f"{list(self.dm.targets)} (set data.targets)")
+        self.banks = [self._bank(net) for net in self.networks]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AnalysisSession:
+        cfg = build_config(args.config_file, list(args.opts or ()), [DEMO_CONFIG])
+        return cls(cfg, args.weights, args.label, args.output, args.dataset, args.device,
+                   args.trust_checkpoint)
+
+    def _network(self, weights: str, trust: bool) -> VKDNet:
+        m = self.cfg.model
+        model = network_from_weights(weights, m.name, m.last_stride, trust).to(self.device)
+        if self.options.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        logger.info("network %s from %s", model.arch, weights)
+        return model.eval()
+
+    def _bank(self, net: Network) -> FrameBank:
+        st = os.stat(net.weights)
+        a = self.dm.augment
+        o = self.options
+        key = hashlib.sha1(json.dumps({
+            "weights": os.path.abspath(net.weights), "size": st.st_size,
+            "mtime": st.st_mtime_ns, "arch": net.model.arch, "size_hw": [a.height, a.width],
+            "mean": list(a.norm_mean), "std": list(a.norm_std), "amp": o.amp,
+            "last_stride": self.cfg.model.last_stride}, sort_keys=True).encode()).hexdigest()
+        cache = (os.path.join(self.output, FEATURES_DIR, f"{net.label}.pt")
+                 if self.output else "")
+        return FrameBank(net.model, self.dm, o, self.device, cache, key)
+
+    # ------------------------------------------------------------------ items
+    @property
+    def protocol(self) -> Any:
+        return self.dm.protocols[self.dataset]
+
+    def items(self, kind: str) -> List[tuple]:
+        """The test items of a split: ``query``, ``gallery``, ``query_img``, ``gallery_img``."""
+        return list(self.dm.test_dataset[self.dataset][kind] or [])
+
+    def gallery_items(self, g_kind: str) -> List[tuple]:
+        """The gallery of a protocol in ranking order (MARS' query tracklets first when the
+        dataset puts them back into the gallery), as the Evaluator ranks it."""
+        items = self.items(g_kind)
+        if self.protocol.query_in_gallery:
+            items = self.items("query" if g_kind == "gallery" else "query_img") + items
+        return items
+
+    def require_mode(self, mode: str, tool: str) -> None:
+        """ValueError unless the dataset has protocol ``mode`` (``I2V``...)."""
+        if mode not in self.protocol.modes:
+            raise ValueError(f"{tool} needs the {mode} protocol; {self.dataset} has "
+                             f"{list(self.protocol.modes)} (choose another --dataset)")
+
+    # ------------------------------------------------------------------ features
+    def embed(self, net: int, items: Sequence[tuple], frames: Frames = None) -> torch.Tensor:
+        """``[T, D]`` embeddings of test items with network ``net``: tracklets with
+        ``frames`` per tracklet (a count, evenly sampled; ``'all'``; None: the evaluation's
+        setting), image items with their one frame. Normalised when ``test.normalize_feature``
+        is on, as in the evaluation."""
+        if frames is None:
+            frames = ("all" if self.cfg.video.sample_method == "all"
+                      else self.dm.sampling.test_seq_len)
+        bank = self.banks[net]
+        if not items:
+            return bank.emb[:0]
+        if frames == "all":
+            emb = bank.whole_tracklets([frame_paths(it) for it in items])
+        else:
+            k = int(frames)
+            emb = self._mean(bank, items, lambda n: evenly_indices(n, k))
+        return self._normalized(emb)
+
+    def embed_picked(self, net: int, items: Sequence[tuple],
+                     pick: Callable[[int], Sequence[int]]) -> torch.Tensor:
+        """Like :meth:`embed` with the frames ``pick(n)`` of each tracklet of ``n`` frames
+        (random draws, for instance); image items keep their frame."""
+        return self._normalized(self._mean(self.banks[net], items, pick))
+
+    def _normalized(self, emb: torch.Tensor) -> torch.Tensor:
+        if self.options.normalize_feature:
+            emb = torch.nn.functional.normalize(emb, dim=1)
+        return emb
+
+    @staticmethod
+    def _mean(bank: FrameBank, items: Sequence[tuple],
+              pick: Callable[[int], Sequence[int]]) -> torch.Tensor:
+        """Mean features of the frames ``pick`` chooses per tracklet (an image item: its
+        frame), as :class:`~vkd_torchreid.data.frames.TestFrames` pools them."""
+        if not items:
+            return bank.emb[:0]
+        chosen = [[it[0]] if isinstance(it[0], str)
+                  else [it[0][i] for i in pick(len(it[0]))] for it in items]
+        flat = bank.frames([f for c in chosen for f in c])
+        counts = torch.tensor([len(c) for c in chosen])
+        owner = torch.repeat_interleave(torch.arange(len(chosen)), counts)
+        out = torch.zeros(len(chosen), flat.shape[1]).index_add_(0, owner, flat)
+        return out / counts[:, None].to(out.dtype)
+
+    def first_frames(self, net: int, items: Sequence[tuple]) -> torch.Tensor:
+        """``[T, D]`` features of the first frame of each item (the I2V queries of MARS and
+        Duke), normalised as the evaluation does."""
+        return self._normalized(self.banks[net].frames([frame_paths(it)[0] for it in items]))
+
+    def query_embeddings(self, net: int, mode: str) -> torch.Tensor:
+        """The queries of protocol ``mode`` as the Evaluator embeds them."""
+        q_kind = MODES[mode][0]
+        return (self.first_frames(net, self.items(q_kind)) if q_kind == "query_img"
+                else self.embed(net, self.items(q_kind)))
+
+    def distances(self, q: torch.Tensor, g: torch.Tensor) -> np.ndarray:
+        """``[Q, G]`` distances with ``test.dist_metric``."""
+        return evaluation.compute_distance_matrix(q, g, metric=self.options.dist_metric)
+
+    def ids(self, items: Sequence[tuple]) -> tuple:
+        """(pids, camids) int64 arrays of items."""
+        return (np.asarray([int(it[1]) for it in items], dtype=np.int64),
+                np.asarray([int(it[2]) for it in items], dtype=np.int64))
+
+    def extracted(self) -> Dict[str, int]:
+        """Frames each network extracted in this process (the rest came from the cache)."""
+        return {net.label: bank.extracted for net, bank in zip(self.networks, self.banks)}
+
+
+def tool_main(prog: str, doc: str, argv: Optional[Sequence[str]],
+              add_args: Callable[[argparse.ArgumentParser], None],
+              run: Callable[[AnalysisSession, argparse.Namespace], Dict[str, str]]) -> int:
+    """The ``main`` of an analysis subcommand: the shared arguments plus ``add_args``, a
+    session, ``run`` (returns the files it wrote); bad input is one ``error:`` line, exit 2."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_session_args(parser)
+    add_args(parser)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        session = AnalysisSession.from_args(args)
+        paths = run(session, args)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(paths.values()))
+    return 0
+
+
+def plt_figure(*args: Any, **kwargs: Any) -> tuple:
+    """``matplotlib.pyplot.subplots`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig: Any, path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["AnalysisSession", "FrameBank", "Network", "add_session_args", "default_label",
+           "frame_paths", "plt_figure", "save_figure", "tool_main"]
