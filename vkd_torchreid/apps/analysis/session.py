@@ -27,7 +27,7 @@ import torch
 
 from vkd_torchreid import evaluation
 from vkd_torchreid.apps.demo import DEMO_CONFIG
-from vkd_torchreid.config import build_config
+from vkd_torchreid.config import build_config, get_default_config
 from vkd_torchreid.data.base import MODES, evenly_indices
 from vkd_torchreid.data.manager import VKDDataManager
 from vkd_torchreid.engine.evaluator import EvalOptions
@@ -339,6 +339,20 @@ class AnalysisSession:
         return {net.label: bank.extracted for net, bank in zip(self.networks, self.banks)}
 
 
+def split_overrides(argv: Sequence[str]) -> tuple:
+    """(the tool's own arguments, the KEY VALUE overrides): the overrides start at the first
+    config key (``data.root``, ``use_gpu``...), so that options taking several values
+    (``--frames 1 2 all``) may come anywhere before them."""
+    cfg = get_default_config()
+    DEMO_CONFIG.add(cfg)
+    for i, token in enumerate(argv):
+        head = token.split(".")[0]
+        if not token.startswith("-") and head in cfg and (
+                "." in token or not isinstance(cfg[head], dict)):
+            return list(argv[:i]), list(argv[i:])
+    return list(argv), []
+
+
 def tool_main(prog: str, doc: str, argv: Optional[Sequence[str]],
               add_args: Callable[[argparse.ArgumentParser], None],
               run: Callable[[AnalysisSession, argparse.Namespace], Dict[str, str]]) -> int:
@@ -348,7 +362,9 @@ def tool_main(prog: str, doc: str, argv: Optional[Sequence[str]],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_session_args(parser)
     add_args(parser)
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    own, opts = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(own)
+    args.opts = [*(args.opts or ()), *opts]
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -382,4 +398,4 @@ def save_figure(fig: Any, path: str) -> str:
 
 
 __all__ = ["AnalysisSession", "FrameBank", "Network", "add_session_args", "default_label",
-           "frame_paths", "plt_figure", "save_figure", "tool_main"]
+           "frame_paths", "plt_figure", "save_figure", "split_overrides", "tool_main"]
