@@ -128,7 +128,7 @@ def test_odd_override_list():
     ("demo.min_delta", "-0.1"), ("demo.student_stepsize", "[20, 10]"), ("demo.train_ids", "64"),
 ])
 def test_demo_section_is_an_extension_that_validates_its_keys(key, value):
-    from vkd_torchreid.apps.demo import DEMO_CONFIG
+    from vkd_torchreid.apps.demo_config import DEMO_CONFIG
 
     assert "demo" not in get_default_config()  # the core schema has no demo section
     with pytest.raises(KeyError, match="demo"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vkd_torchreid.apps import paper_configs
-from vkd_torchreid.apps.demo import DEMO_CONFIG
+from vkd_torchreid.apps.demo_config import DEMO_CONFIG
 from vkd_torchreid.config import build_config, get_default_config, merge_from_file
 from vkd_torchreid.data.base import MODES
 from vkd_torchreid.data.manager import build_datamanager

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import types
@@ -42,6 +43,22 @@ def test_demo_runs_twice_into_fresh_run_dirs(tmp_path, capsys):
         with open(os.path.join(runs[0], name, "results.json"), encoding="utf-8") as fh:
             assert {"I2V", "V2V"} <= set(json.load(fh)["vkd_mars"])
     assert 1 <= summary["teacher_selected"]["epoch"] <= 3
+    analysis = os.path.join(runs[0], "analysis")
+    for name in ("compare.png", "gallery_curve.png", "gallery_curve.json"):
+        assert os.path.isfile(os.path.join(analysis, name))
+    with open(os.path.join(analysis, "gallery_curve.json"), encoding="utf-8") as fh:
+        curve = json.load(fh)
+    assert [n["label"] for n in curve["networks"]] == ["teacher", "student", "teacher_control"]
+    # the curve's default point is the evaluation's: the student's results.json
+    with open(os.path.join(runs[0], "student", "results.json"), encoding="utf-8") as fh:
+        i2v = json.load(fh)["vkd_mars"]["I2V"]
+    point = next(p for p in curve["networks"][1]["points"] if p["frames"] == 4)  # seq_len 4
+    assert point["mAP"] == pytest.approx(i2v["mAP"], abs=1e-6)
+    if importlib.util.find_spec("pytorch_grad_cam") is not None:
+        with open(os.path.join(analysis, "explain.json"), encoding="utf-8") as fh:
+            shares = [n["mean_foreground_share"] for n in json.load(fh)["networks"]]
+        assert len(shares) == 3 and all(0 <= s <= 1 for s in shares)
+        assert summary["analysis"]["explain"].endswith("explain.png")
 
 
 class _FakeEngine:

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from vkd_torchreid.apps import study
-from vkd_torchreid.apps.demo import DEMO_CONFIG
+from vkd_torchreid.apps.demo_config import DEMO_CONFIG
 from vkd_torchreid.config import build_config
 
 from conftest import TINY_DEMO

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def config_extensions() -> list:
     """The sections applications add to the schema (the demo's)."""
-    from vkd_torchreid.apps.demo import DEMO_CONFIG
+    from vkd_torchreid.apps.demo_config import DEMO_CONFIG
 
     return [DEMO_CONFIG]
 

@@ -8,6 +8,9 @@
    distillation: the paper's control that rules out "the student merely trained longer".
 5. Evaluates all of them on the test set (each run's ``results.json``) and writes the
    summary (``summary.json``), a table and a chart.
+6. Writes the analyses into ``analysis/``: the ``compare`` chart, the ``gallery-curve`` and
+   the Grad-CAM ``explain`` grid with each network's foreground share (the world's person
+   masks are written with it); Grad-CAM is skipped without the ``analysis`` extra.
 """
 from __future__ import annotations
 
@@ -19,8 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from yacs.config import CfgNode
 
-from vkd_torchreid.config import ConfigExtension
-from vkd_torchreid.config.validation import COUNT, Range, fail, in_range
+from vkd_torchreid.apps.analysis.report import run_report
 from vkd_torchreid.data.manager import VKDDataManager
 from vkd_torchreid.engine import build
 from vkd_torchreid.engine.base import VKDEngineBase
@@ -36,46 +38,6 @@ TABLE_MODES = ("I2V", "V2V")
 SUMMARY_FILE = "summary.json"
 
 
-def add_demo_config(cfg: CfgNode) -> None:
-    """Adds the ``demo`` section (the demo's world and schedules) to a config."""
-    cfg.demo = CfgNode()  # tools/main.py --config-file configs/demo.yaml
-    cfg.demo.enabled = False
-    cfg.demo.ids = 64  # identities of the synthetic world (half train, half test)
-    cfg.demo.train_ids = 0  # training identities of the world; 0: half of demo.ids
-    cfg.demo.cams = 4
-    cfg.demo.tracklets = 2  # per identity and camera
-    cfg.demo.frames = 12
-    cfg.demo.seed = 0
-    cfg.demo.teacher_max_epoch = 40
-    cfg.demo.val_every = 2  # epochs between validation evaluations of the teacher
-    cfg.demo.patience = 3  # validations without a better mAP before the teacher stops
-    cfg.demo.min_delta = 0.01  # a rise of the validation mAP smaller than this does not count
-    cfg.demo.student_epoch = 20
-    cfg.demo.student_stepsize = [14]  # the student's lr milestones (the teacher's: train.stepsize)
-    cfg.demo.control = False  # also train the teacher on for student_epoch epochs
-
-
-
-def validate_demo_config(cfg: CfgNode) -> None:
-    """Checks the ``demo`` section; ValueError naming the key otherwise."""
-    d = cfg.demo
-    for key in ("ids", "cams", "tracklets", "frames", "teacher_max_epoch", "val_every",
-                "student_epoch"):
-        in_range(f"demo.{key}", d[key], COUNT)
-    if d.ids < 4:
-        raise fail("demo.ids", d.ids, "at least 4 identities (half train, half test)")
-    if d.cams < 2:
-        raise fail("demo.cams", d.cams, "at least 2 cameras")
-    if not 0 <= d.train_ids < d.ids:
-        raise fail("demo.train_ids", d.train_ids, f"0 (half) or 1..{d.ids - 1} (< demo.ids)")
-    in_range("demo.patience", d.patience, Range(0, integer=True))
-    in_range("demo.min_delta", d.min_delta, Range(0))
-    if sorted(d.student_stepsize) != list(d.student_stepsize):
-        raise fail("demo.student_stepsize", d.student_stepsize, "increasing epochs")
-
-
-#: The demo's section of the config (``build_config(..., extensions=[DEMO_CONFIG])``).
-DEMO_CONFIG = ConfigExtension(add_demo_config, validate_demo_config)
 
 
 def _sub(cfg: CfgNode, **changes: Any) -> CfgNode:
@@ -92,19 +54,26 @@ def _sub(cfg: CfgNode, **changes: Any) -> CfgNode:
     return out
 
 
+def masks_dir(cfg: CfgNode) -> str:
+    """Where the demo's test world keeps its person masks (for the Grad-CAM share)."""
+    return os.path.join(cfg.data.root, "masks")
+
+
 def ensure_data(cfg: CfgNode) -> Tuple[str, str]:
-    """Writes the demo's test and validation worlds if missing; returns both roots."""
+    """Writes the demo's test world (with its person masks) and validation world if
+    missing; returns both roots."""
     from vkd_torchreid.synthetic import write_synthetic
 
     d = cfg.demo
     roots = (cfg.data.root, os.path.join(cfg.data.root, "validation"))
     # Same seed (same cameras, light and backgrounds), disjoint identities.
-    for root, first_pid in zip(roots, (1, d.ids + 1)):
-        if not os.path.isdir(os.path.join(root, "mars")):
+    for root, first_pid, masks in zip(roots, (1, d.ids + 1), (masks_dir(cfg), "")):
+        if not os.path.isdir(os.path.join(root, "mars")) or (
+                masks and not os.path.isdir(os.path.join(masks, "mars"))):
             logger.info("writing the synthetic dataset to %s", root)
             write_synthetic(DATASET, root, ids=d.ids, cams=d.cams, tracklets=d.tracklets,
                             frames=d.frames, seed=d.seed, first_pid=first_pid,
-                            train_ids=d.train_ids)
+                            train_ids=d.train_ids, masks=masks)
     return roots
 
 
@@ -173,9 +142,12 @@ def run_demo(cfg: CfgNode) -> Dict[str, Any]:
         control.run(ccfg.data.save_dir, done + d.student_epoch, done, cfg.train.print_freq)
         rows["teacher_control"] = control.results
 
+    pictures = run_report(cfg, run_dir, list(rows), masks_dir(cfg),
+                          datamanager=teacher_engine.datamanager)
     summary = {
         "dataset": DATASET,
         "wall_time_s": round(time.time() - start, 1),
+        "analysis": pictures,
         "teacher_selected": teacher_info,
         "teacher_validation_curve": teacher_curve,
         "table": {name: {mode: {k: r[DATASET][mode][k] for k in ("rank1", "mAP", "mAP_mars")}
@@ -187,6 +159,7 @@ def run_demo(cfg: CfgNode) -> Dict[str, Any]:
     chart = write_chart(summary["table"], os.path.join(run_dir, "results.png"))
     print(f"\nsummary: {os.path.join(run_dir, SUMMARY_FILE)}  chart: {chart}  "
           f"wall time: {summary['wall_time_s'] / 60:.1f} min")
+    print("analysis: " + "  ".join(f"{k}: {v}" for k, v in pictures.items()))
     return summary
 
 

@@ -39,7 +39,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from vkd_torchreid.apps.demo import DEMO_CONFIG
+from vkd_torchreid.apps.demo_config import DEMO_CONFIG
 from vkd_torchreid.config import build_config
 from vkd_torchreid.models import network_from_weights
 from vkd_torchreid.models.vkdnet import VKDNet

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vkd_torchreid.apps.demo import DEMO_CONFIG
+from vkd_torchreid.apps.demo_config import DEMO_CONFIG
 from vkd_torchreid.config import build_config
 from vkd_torchreid.data.frames import TestFrames
 from vkd_torchreid.data.io import read_image

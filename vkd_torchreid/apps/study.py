@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from yacs.config import CfgNode
 
 from vkd_torchreid.apps import demo
+from vkd_torchreid.apps.demo_config import DEMO_CONFIG
 from vkd_torchreid.config import build_config, merge_from_list
 from vkd_torchreid.engine import build
 from vkd_torchreid.engine.evaluator import RESULTS_FILE
@@ -221,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     try:
-        cfg = build_config(args.config_file, args.opts, [demo.DEMO_CONFIG])
+        cfg = build_config(args.config_file, args.opts, [DEMO_CONFIG])
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

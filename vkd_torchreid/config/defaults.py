@@ -3,7 +3,7 @@
 Key names follow torchreid's ``scripts/default_config.py`` wherever the two overlap, so a
 torchreid user feels at home; the ``vkd`` section holds the method's own keys. The defaults
 are the reference's (aimagelab/VKD). Applications extend the schema with sections of their
-own (the demo: :func:`vkd_torchreid.apps.demo.add_demo_config`).
+own (the demo: :func:`vkd_torchreid.apps.demo_config.add_demo_config`).
 """
 from __future__ import annotations
 

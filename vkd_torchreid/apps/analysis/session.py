@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vkd_torchreid import evaluation
-from vkd_torchreid.apps.demo import DEMO_CONFIG
+from vkd_torchreid.apps.demo_config import DEMO_CONFIG
 from vkd_torchreid.config import build_config, get_default_config
 from vkd_torchreid.data.base import MODES, evenly_indices
 from vkd_torchreid.data.manager import VKDDataManager
