@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -52,6 +52,21 @@ def _batches(loader: DataLoader, progress: bool, desc: str) -> Iterator:
 
 
 @torch.inference_mode()
+def iter_frame_features(model: nn.Module, loader: DataLoader, device: torch.device,
+                        amp: str = "", channels_last: bool = False, chunk: int = 256,
+                        progress: bool = False, desc: str = "extract"
+                        ) -> Iterator[Tuple[dict, torch.Tensor]]:
+    """``(batch, feats [B, V, D])`` for every batch of a test loader: the per-frame
+    embeddings :func:`extract` pools (float32, on ``device``)."""
+    for batch in _batches(loader, progress, desc):
+        img = to_device(batch["img"], device, channels_last)
+        b, v = img.shape[:2]
+        with autocast(device, amp):
+            feats = frame_features(model, img.reshape(b * v, *img.shape[2:]), chunk)
+        yield batch, feats.view(b, v, -1)
+
+
+@torch.inference_mode()
 def extract(model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "",
             channels_last: bool = False, chunk: int = 256, progress: bool = False,
             desc: str = "extract") -> Features:
@@ -63,12 +78,8 @@ def extract(model: nn.Module, loader: DataLoader, device: torch.device, amp: str
         chunk: frames per forward pass (bounds memory for long tracklets).
     """
     embs, firsts, pids, camids = [], [], [], []
-    for batch in _batches(loader, progress, desc):
-        img = to_device(batch["img"], device, channels_last)
-        b, v = img.shape[:2]
-        with autocast(device, amp):
-            feats = frame_features(model, img.reshape(b * v, *img.shape[2:]), chunk)
-        feats = feats.view(b, v, -1)
+    for batch, feats in iter_frame_features(model, loader, device, amp, channels_last, chunk,
+                                            progress, desc):
         embs.append(feats.mean(1).cpu())
         firsts.append(feats[:, 0].cpu())
         pids.append(batch["pid"].numpy())

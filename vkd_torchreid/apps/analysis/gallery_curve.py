@@ -79,25 +79,32 @@ def gallery_curve(session: AnalysisSession, frames: Sequence[Frames] = FRAMES,
     qp, qc = session.ids(q_items)
     gp, gc = session.ids(g_items)
     ranks = session.options.ranks
+    # a whole-tracklet pass keeps the frames of every count: each frame is extracted once
+    session.keep_counts.update(int(k) for k in frames if k != "all")
+    order = sorted(range(len(frames)), key=lambda j: frames[j] != "all")  # 'all' first
     networks = []
     for i, net in enumerate(session.networks):
-        q = session.query_embeddings(i, "I2V")
-        points = []
-        for k in frames:
+        points: Dict[int, Dict[str, Any]] = {}
+        q = None  # after the first gallery pass, which may already hold the query frames
+        for j in order:
+            k = frames[j]
             if k == "all" or not draws:
                 g = session.embed(i, g_items, k)
+                q = session.query_embeddings(i, "I2V") if q is None else q
                 m = evaluation.rank_all(session.distances(q, g), qp, gp, qc, gc, ranks=ranks)
-                points.append({"frames": k, **{n: m[n] for n in METRICS}})
+                points[j] = {"frames": k, **{n: m[n] for n in METRICS}}
                 continue
+            q = session.query_embeddings(i, "I2V") if q is None else q
             rng = np.random.default_rng([seed, int(k)])  # the same draws for every network
             runs = [evaluation.rank_all(
                 session.distances(q, session.embed_picked(i, g_items, _random_pick(rng, k))),
                 qp, gp, qc, gc, ranks=ranks) for _ in range(draws)]
-            points.append({"frames": k, "draws": draws,
-                           **{n: float(np.mean([r[n] for r in runs])) for n in METRICS},
-                           **{f"{n}_std": float(np.std([r[n] for r in runs])) for n in METRICS}})
+            points[j] = {"frames": k, "draws": draws,
+                         **{n: float(np.mean([r[n] for r in runs])) for n in METRICS},
+                         **{f"{n}_std": float(np.std([r[n] for r in runs])) for n in METRICS}}
         networks.append({"label": net.label, "weights": os.path.abspath(net.weights),
-                         "arch": net.model.arch, "points": points})
+                         "arch": net.model.arch,
+                         "points": [points[j] for j in range(len(frames))]})
     return {"dataset": session.dataset, "protocol": "I2V", "queries": len(q_items),
             "gallery": len(g_items), "sampling": "random" if draws else "evenly",
             "draws": int(draws), "networks": networks}

@@ -31,7 +31,7 @@ from vkd_torchreid.config import build_config, get_default_config
 from vkd_torchreid.data.base import MODES, evenly_indices
 from vkd_torchreid.data.manager import VKDDataManager
 from vkd_torchreid.engine.evaluator import EvalOptions
-from vkd_torchreid.engine.extract import extract
+from vkd_torchreid.engine.extract import extract, iter_frame_features
 from vkd_torchreid.models import VKDNet, network_from_weights
 from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils.logs import one_line
@@ -140,18 +140,15 @@ class FrameBank:
                              "whole": torch.stack([self.whole[k] for k in keys]) if keys
                              else torch.zeros(0, self.emb.shape[1])}, self.cache_file)
 
-    def _extract(self, items: List[tuple], tracklets: bool, method: str = "") -> torch.Tensor:
-        o = self.options
-        loader = self.dm.test_loader_of(items, tracklets=tracklets, sample_method=method)
-        self.model.eval()
-        return extract(self.model, loader, self.device, o.amp, o.channels_last, o.chunk,
-                       o.progress, "analysis").emb
-
     def frames(self, paths: Sequence[str]) -> torch.Tensor:
         """``[n, D]`` features of the frames ``paths`` (extracting those not seen yet)."""
         missing = list(dict.fromkeys(p for p in paths if p not in self.rows))
         if missing:
-            emb = self._extract([(p, -1, -1) for p in missing], tracklets=False)
+            o = self.options
+            loader = self.dm.test_loader_of([(p, -1, -1) for p in missing], tracklets=False)
+            self.model.eval()
+            emb = extract(self.model, loader, self.device, o.amp, o.channels_last, o.chunk,
+                          o.progress, "analysis").emb
             start = len(self.rows)
             self.rows.update((p, start + i) for i, p in enumerate(missing))
             self.emb = torch.cat([self.emb, emb])
@@ -159,15 +156,34 @@ class FrameBank:
             self._save()
         return self.emb[[self.rows[p] for p in paths]]
 
-    def whole_tracklets(self, tracklets: Sequence[Sequence[str]]) -> torch.Tensor:
+    def whole_tracklets(self, tracklets: Sequence[Sequence[str]],
+                        keep: Optional[Callable[[int], Sequence[int]]] = None) -> torch.Tensor:
         """``[T, D]``: the mean over all frames of each tracklet (the evaluation's
-        ``video.sample_method all``, streamed tracklet by tracklet)."""
+        ``video.sample_method all``, streamed tracklet by tracklet). The features of the frames
+        ``keep(n)`` of a tracklet of ``n`` frames are kept as well, so that later choices of
+        frames need no second pass."""
         keys = [tuple(t) for t in tracklets]
         missing = list(dict.fromkeys(k for k in keys if k not in self.whole))
         if missing:
-            emb = self._extract([(k, -1, -1) for k in missing], tracklets=True, method="all")
-            self.whole.update(zip(missing, emb))
+            o = self.options
+            loader = self.dm.test_loader_of([(k, -1, -1) for k in missing], tracklets=True,
+                                            sample_method="all")
+            self.model.eval()
+            new_paths: List[str] = []
+            new_rows: List[torch.Tensor] = []
+            for key, (_, feats) in zip(missing, iter_frame_features(
+                    self.model, loader, self.device, o.amp, o.channels_last, o.chunk,
+                    o.progress, "analysis")):  # one tracklet per batch
+                self.whole[key] = feats.mean(1)[0].cpu()  # as extract() pools it
+                for i in sorted(set(int(i) for i in keep(len(key)))) if keep else ():
+                    if key[i] not in self.rows and key[i] not in new_paths:
+                        new_paths.append(key[i])
+                        new_rows.append(feats[0, i].cpu())
             self.extracted += sum(len(k) for k in missing)
+            if new_paths:
+                start = len(self.rows)
+                self.rows.update((p, start + j) for j, p in enumerate(new_paths))
+                self.emb = torch.cat([self.emb, torch.stack(new_rows)])
             self._save()
         return torch.stack([self.whole[k] for k in keys]) if keys else self.emb[:0]
 
@@ -218,6 +234,9 @@ class AnalysisSession:
             raise ValueError(f"--dataset {self.dataset!r} is not among the config's targets "
                              f"{list(self.dm.targets)} (set data.targets)")
         self.banks = [self._bank(net) for net in self.networks]
+        #: Frame counts whose evenly sampled frames a whole-tracklet pass keeps (the
+        #: evaluation's by default; the gallery curve adds its own).
+        self.keep_counts = {self.dm.sampling.test_seq_len}
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AnalysisSession:
@@ -282,11 +301,15 @@ class AnalysisSession:
         if not items:
             return bank.emb[:0]
         if frames == "all":
-            emb = bank.whole_tracklets([frame_paths(it) for it in items])
+            emb = bank.whole_tracklets([frame_paths(it) for it in items], self._keep)
         else:
             k = int(frames)
             emb = self._mean(bank, items, lambda n: evenly_indices(n, k))
         return self._normalized(emb)
+
+    def _keep(self, n: int) -> List[int]:
+        """The first frame and the evenly sampled frames of every count in ``keep_counts``."""
+        return sorted({0, *(int(i) for k in self.keep_counts for i in evenly_indices(n, k))})
 
     def embed_picked(self, net: int, items: Sequence[tuple],
                      pick: Callable[[int], Sequence[int]]) -> torch.Tensor:
