@@ -57,7 +57,8 @@ def test_demo_runs_twice_into_fresh_run_dirs(tmp_path, capsys):
     if importlib.util.find_spec("pytorch_grad_cam") is not None:
         with open(os.path.join(analysis, "explain.json"), encoding="utf-8") as fh:
             shares = [n["mean_foreground_share"] for n in json.load(fh)["networks"]]
-        assert len(shares) == 3 and all(0 <= s <= 1 for s in shares)
+        # None: every map of a network was zero (no positive evidence at 32 x 16 pixels)
+        assert len(shares) == 3 and all(s is None or 0 <= s <= 1 for s in shares)
         assert summary["analysis"]["explain"].endswith("explain.png")
 
 
