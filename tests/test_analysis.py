@@ -106,9 +106,15 @@ def test_gallery_curve_random_draws_and_one_extraction_per_network(pair, tmp_pat
     for a, b in zip(evenly["networks"], drawn["networks"]):  # 'all' is not drawn
         assert a["points"][1] == b["points"][1]
     # a second session on the same output folder reads every frame from the cache
+    session.save()
     again = AnalysisSession(cfg, [pair["teacher"], pair["student"]], output=out)
     assert gallery_curve(again, (2, "all")) == evenly
     assert again.extracted() == {"teacher": 0, "student": 0}
+    # other input settings: the cache is for other features and is not used
+    smaller = build_config("", [*pair["opts"], "data.height", "32", "data.width", "16"])
+    other = AnalysisSession(smaller, [pair["teacher"]], output=out)
+    gallery_curve(other, (2,))
+    assert other.extracted()["teacher"] > 0
 
 
 @pytest.mark.slow  # the tiny trained pair

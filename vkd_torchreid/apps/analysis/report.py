@@ -35,6 +35,7 @@ def run_report(cfg: Any, run_dir: str, names: Sequence[str], masks: str = "",
         pictures["explain"] = explain.write_outputs(result, out)["png"]
     except ImportError as exc:
         logger.info("Grad-CAM skipped (%s)", exc)
+    session.save()
     return pictures
 
 

@@ -5,8 +5,8 @@ An :class:`AnalysisSession` is built once from ``--config-file``, one ``--weight
 (ours, torchreid's or a reference folder; each network's architecture comes from its
 checkpoint) and KEY VALUE overrides. Each network has a :class:`FrameBank`: every frame it
 embeds is extracted once, with the evaluation's resize, normalisation, precision and model,
-and kept (in memory, and in ``<output>/features/<label>.pt`` so that the next analysis of the
-same output folder reuses it). A tracklet's embedding with any choice of frames is the mean of
+and kept (in memory, and once a tool has run in ``<output>/features/<label>.pt``, so that the
+next analysis of the same output folder reuses it). A tracklet's embedding with any choice of frames is the mean of
 its frames' features, as in the evaluation; the embedding of a whole tracklet (``all``) comes
 from the evaluation's own extraction, streamed, so long tracklets are never held frame by
 frame.
@@ -112,6 +112,7 @@ class FrameBank:
         self.emb = torch.zeros(0, model.feature_dim)
         self.whole: Dict[tuple, torch.Tensor] = {}  # tracklet frames -> mean of all frames
         self.extracted = 0  # frames this process extracted (not read from the cache)
+        self.dirty = False  # holds features the cache file does not
         if cache_file and os.path.isfile(cache_file):
             self._load()
 
@@ -131,8 +132,9 @@ class FrameBank:
         logger.info("feature cache %s: %d frames, %d whole tracklets", self.cache_file,
                     len(self.rows), len(self.whole))
 
-    def _save(self) -> None:
-        if not self.cache_file:
+    def save(self) -> None:
+        """Writes the features to the cache file (atomically), if it lacks any."""
+        if not self.cache_file or not self.dirty:
             return
         keys = list(self.whole)
         ckpt_io.atomic_save({"key": self.key, "paths": list(self.rows), "emb": self.emb,
@@ -153,7 +155,7 @@ class FrameBank:
             self.rows.update((p, start + i) for i, p in enumerate(missing))
             self.emb = torch.cat([self.emb, emb])
             self.extracted += len(missing)
-            self._save()
+            self.dirty = True
         return self.emb[[self.rows[p] for p in paths]]
 
     def whole_tracklets(self, tracklets: Sequence[Sequence[str]],
@@ -180,11 +182,11 @@ class FrameBank:
                         new_paths.append(key[i])
                         new_rows.append(feats[0, i].cpu())
             self.extracted += sum(len(k) for k in missing)
+            self.dirty = True
             if new_paths:
                 start = len(self.rows)
                 self.rows.update((p, start + j) for j, p in enumerate(new_paths))
                 self.emb = torch.cat([self.emb, torch.stack(new_rows)])
-            self._save()
         return torch.stack([self.whole[k] for k in keys]) if keys else self.emb[:0]
 
 
@@ -357,6 +359,12 @@ class AnalysisSession:
         return (np.asarray([int(it[1]) for it in items], dtype=np.int64),
                 np.asarray([int(it[2]) for it in items], dtype=np.int64))
 
+    def save(self) -> None:
+        """Keeps every network's new features in ``<output>/features`` for the next analysis
+        (called once a tool has run)."""
+        for bank in self.banks:
+            bank.save()
+
     def extracted(self) -> Dict[str, int]:
         """Frames each network extracted in this process (the rest came from the cache)."""
         return {net.label: bank.extracted for net, bank in zip(self.networks, self.banks)}
@@ -393,6 +401,7 @@ def tool_main(prog: str, doc: str, argv: Optional[Sequence[str]],
     try:
         session = AnalysisSession.from_args(args)
         paths = run(session, args)
+        session.save()
     except (FileNotFoundError, ValueError, ImportError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
