@@ -12,6 +12,7 @@ rank's error; rank 0 alone prints and writes.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import logging.handlers
 import os
@@ -224,29 +225,34 @@ def _app(name: str, argv: Sequence[str]) -> int:
     return importlib.import_module(f"vkd_torchreid.apps.{name}").main(argv)
 
 
+#: The commands that are an app's ``main``: name -> (module under ``vkd_torchreid.apps``, help).
+APP_COMMANDS = {
+    "study": ("study", "the seeded, resumable study of the method's options"),
+    "search": ("search", "the matches of a query image in a gallery of tracklets (or a saved "
+                         "index)"),
+    "export": ("export", "export the image and tracklet models to ONNX, checked with "
+                         "onnxruntime"),
+    "download": ("download", "the released checkpoints and MARS; where to get VeRi, ATRW and "
+                             "Duke"),
+    "compare": ("analysis.compare", "runs side by side: a table, a CSV and a bar chart of "
+                                    "their results.json"),
+    "explain": ("analysis.explain", "Grad-CAM of several networks on the same gallery frames "
+                                    "(and foreground share)"),
+    "camera-bias": ("analysis.camera_bias", "how much camera information the embeddings "
+                                            "carry, network by network"),
+    "gallery-curve": ("analysis.gallery_curve", "I2V top-1 and mAP as the frames per gallery "
+                                                "tracklet grow"),
+    "rank-list": ("analysis.rank_list", "the same queries' top-k of several networks, right "
+                                        "and wrong marked"),
+}
+
 #: ``vkd-reid`` commands: name -> (entry point taking the remaining arguments, help).
 COMMANDS = {
     "train": (lambda argv: _train(argv), "train the stage of the config (the default)"),
     "eval": (lambda argv: _train(argv, eval_only=True),
              "evaluate model.load_weights with the protocols of data.targets"),
-    "study": (lambda argv: _app("study", argv),
-              "the seeded, resumable study of the method's options"),
-    "search": (lambda argv: _app("search", argv),
-               "the matches of a query image in a gallery of tracklets (or a saved index)"),
-    "export": (lambda argv: _app("export", argv),
-               "export the image and tracklet models to ONNX, checked with onnxruntime"),
-    "download": (lambda argv: _app("download", argv),
-                 "the released checkpoints and MARS; where to get VeRi, ATRW and Duke"),
-    "compare": (lambda argv: _app("analysis.compare", argv),
-                "runs side by side: a table, a CSV and a bar chart of their results.json"),
-    "explain": (lambda argv: _app("analysis.explain", argv),
-                "Grad-CAM of several networks on the same gallery frames (and foreground share)"),
-    "camera-bias": (lambda argv: _app("analysis.camera_bias", argv),
-                    "how much camera information the embeddings carry, network by network"),
-    "gallery-curve": (lambda argv: _app("analysis.gallery_curve", argv),
-                      "I2V top-1 and mAP as the frames per gallery tracklet grow"),
-    "rank-list": (lambda argv: _app("analysis.rank_list", argv),
-                  "the same queries' top-k of several networks, right and wrong marked"),
+    **{name: (functools.partial(_app, module), text)
+       for name, (module, text) in APP_COMMANDS.items()},
 }
 
 

@@ -34,9 +34,9 @@ from vkd_torchreid.apps.analysis.session import (
     plt_figure,
     save_figure,
     tool_main,
+    write_result,
 )
 from vkd_torchreid.data.base import MODES
-from vkd_torchreid.utils.jsonio import write_json
 
 DEFAULT_K = 10
 DEFAULT_L2 = 1e-3
@@ -171,11 +171,7 @@ def plot(result: Dict[str, Any], path: str) -> str:
 
 
 def write_outputs(result: Dict[str, Any], out: str) -> Dict[str, str]:
-    paths = {"json": os.path.join(out, "camera_bias.json"),
-             "png": os.path.join(out, "camera_bias.png")}
-    write_json(result, paths["json"])
-    plot(result, paths["png"])
-    return paths
+    return write_result(result, out, "camera_bias", plot)
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:

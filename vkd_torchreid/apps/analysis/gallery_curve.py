@@ -31,8 +31,8 @@ from vkd_torchreid.apps.analysis.session import (
     plt_figure,
     save_figure,
     tool_main,
+    write_result,
 )
-from vkd_torchreid.utils.jsonio import write_json
 
 FRAMES: tuple = (1, 2, 4, 8, "all")
 METRICS = ("rank1", "mAP", "mAP_mars")
@@ -133,11 +133,7 @@ def plot(curve: Dict[str, Any], path: str) -> str:
 
 
 def write_outputs(curve: Dict[str, Any], out: str) -> Dict[str, str]:
-    paths = {"json": os.path.join(out, "gallery_curve.json"),
-             "png": os.path.join(out, "gallery_curve.png")}
-    write_json(curve, paths["json"])
-    plot(curve, paths["png"])
-    return paths
+    return write_result(curve, out, "gallery_curve", plot)
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:

@@ -34,6 +34,7 @@ from vkd_torchreid.engine.evaluator import EvalOptions
 from vkd_torchreid.engine.extract import extract, iter_frame_features
 from vkd_torchreid.models import VKDNet, network_from_weights
 from vkd_torchreid.utils import checkpoint as ckpt_io
+from vkd_torchreid.utils.jsonio import write_json
 from vkd_torchreid.utils.logs import one_line
 
 logger = logging.getLogger(__name__)
@@ -419,6 +420,15 @@ def plt_figure(*args: Any, **kwargs: Any) -> tuple:
     return plt.subplots(*args, **kwargs)
 
 
+def write_result(result: Dict[str, Any], out: str, name: str,
+                 plot: Callable[[Dict[str, Any], str], str]) -> Dict[str, str]:
+    """Writes ``<out>/<name>.json`` (every number) and ``<out>/<name>.png`` (``plot``)."""
+    paths = {"json": os.path.join(out, f"{name}.json"), "png": os.path.join(out, f"{name}.png")}
+    write_json(result, paths["json"])
+    plot(result, paths["png"])
+    return paths
+
+
 def save_figure(fig: Any, path: str) -> str:
     import matplotlib.pyplot as plt
 
@@ -430,4 +440,5 @@ def save_figure(fig: Any, path: str) -> str:
 
 
 __all__ = ["AnalysisSession", "FrameBank", "Network", "add_session_args", "default_label",
-           "frame_paths", "plt_figure", "save_figure", "split_overrides", "tool_main"]
+           "frame_paths", "plt_figure", "save_figure", "split_overrides", "tool_main",
+           "write_result"]
