@@ -288,3 +288,20 @@ def test_synthetic_masks_follow_the_frames(pair):
             assert m.mode == "L" and m.size == (64, 128)
     assert len(glob.glob(os.path.join(pair["masks"], "mars", "bbox_*", "*", "*.png"))) == \
         len(jpgs)
+
+
+@pytest.mark.parametrize("arch,layer", [("vkd_resnet50_bam", "backbone.layer4"),
+                                        ("vkd_densenet121", "backbone.norm5"),
+                                        ("vkd_mobilenetv2", "backbone.18")])
+def test_grad_cam_runs_on_every_family(arch, layer):
+    pytest.importorskip("pytorch_grad_cam", reason="the analysis extra (grad-cam) is missing")
+    from vkd_torchreid.apps.analysis.explain import grad_cam, target_layer_name
+
+    torch.manual_seed(0)
+    model = build_model(arch, 5, pretrained=False).eval()
+    x = torch.randn(2, 3, 64, 32)
+    maps, top = grad_cam(model, x)
+    assert target_layer_name(model) == layer
+    assert maps.shape == (2, 64, 32) and maps.min() >= 0 and maps.max() <= 1
+    with torch.no_grad():  # the explained class is each frame's top logit
+        assert top.tolist() == model.forward_features(x)[1].argmax(1).tolist()
