@@ -27,7 +27,7 @@ from vkd_torchreid.data.io import read_image
 from vkd_torchreid.data.transforms import AugmentOptions, Collate, TestFrameTransform
 from vkd_torchreid.engine.extract import extract, frame_features
 from vkd_torchreid.models import network_from_weights
-from vkd_torchreid.utils.device import autocast, to_device
+from vkd_torchreid.utils.device import autocast, resolve_device, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,7 @@ class FeatureExtractor:
         self.cfg = build_config(config_file, list(opts), [DEMO_CONFIG])  # demo.yaml too
         cfg = self.cfg
         self.channel_order = channel_order
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() and cfg.use_gpu else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device, bool(cfg.use_gpu))
         self.model = network_from_weights(weights, cfg.model.name, cfg.model.last_stride,
                                           trust_checkpoint or cfg.model.trust_checkpoint)
         self.model.eval().to(self.device)

@@ -37,6 +37,7 @@ from vkd_torchreid.data.base import MODES, first_frames
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.engine.extract import Features, concat, extract
 from vkd_torchreid.utils import distributed
+from vkd_torchreid.utils.device import resolve_device
 from vkd_torchreid.utils.jsonio import write_json
 from vkd_torchreid.utils.progress import progress_enabled
 
@@ -100,7 +101,7 @@ class Evaluator:
     def from_config(cls, cfg: Any, datamanager: Any,
                     device: Optional[torch.device] = None) -> Evaluator:
         if device is None:
-            device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+            device = resolve_device("auto", bool(cfg.use_gpu))
         return cls(datamanager, EvalOptions.from_config(cfg), device)
 
     # ------------------------------------------------------------------ features

@@ -11,6 +11,14 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 AMP_MODES = ("", *AUTOCAST_DTYPES)
 
 
+def resolve_device(name: str, use_gpu: bool) -> torch.device:
+    """``'auto'``: CUDA when ``use_gpu`` and CUDA is available, else the CPU; any other name
+    (``'cpu'``, ``'cuda'``, ``'cuda:1'``) as given."""
+    if name == "auto":
+        name = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for ``amp`` in :data:`AMP_MODES` ('' is a no-op)."""
     if not amp:

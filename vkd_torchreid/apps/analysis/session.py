@@ -34,6 +34,7 @@ from vkd_torchreid.engine.evaluator import EvalOptions
 from vkd_torchreid.engine.extract import extract, iter_frame_features
 from vkd_torchreid.models import VKDNet, network_from_weights
 from vkd_torchreid.utils import checkpoint as ckpt_io
+from vkd_torchreid.utils.device import resolve_device
 from vkd_torchreid.utils.jsonio import write_json
 from vkd_torchreid.utils.logs import one_line
 
@@ -224,9 +225,7 @@ class AnalysisSession:
             raise ValueError("give at least one network (--weights)")
         self.cfg = cfg
         self.output = output
-        if device == "auto":
-            device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device, bool(cfg.use_gpu))
         self.options = EvalOptions.from_config(cfg)
         names = _labels(weights, labels)
         trust = trust or bool(cfg.model.trust_checkpoint)
