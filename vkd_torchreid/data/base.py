@@ -121,6 +121,12 @@ def relabel(tracklets: Sequence[Tracklet]) -> List[Tracklet]:
     return [(paths, mapping[pid], cam) for paths, pid, cam in tracklets]
 
 
+def item_frames(item: Sequence) -> Tuple[str, ...]:
+    """The frame files of a test item: a tracklet's, or an image item's one."""
+    paths = item[0]
+    return (paths,) if isinstance(paths, str) else tuple(paths)
+
+
 def first_frames(tracklets: Sequence[Tracklet]) -> List[ImageItem]:
     """The first frame of each tracklet as an image item (the paper's I2V queries)."""
     return [(paths[0], pid, cam) for paths, pid, cam in tracklets]

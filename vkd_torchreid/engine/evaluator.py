@@ -33,7 +33,7 @@ from torch import nn
 
 from vkd_torchreid import evaluation
 from vkd_torchreid.compat import re_ranking
-from vkd_torchreid.data.base import MODES, first_frames
+from vkd_torchreid.data.base import MODES, first_frames, item_frames
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.engine.extract import Features, concat, extract
 from vkd_torchreid.utils import distributed
@@ -229,12 +229,12 @@ class Evaluator:
         for i, query in enumerate(queries):
             junk = (g.pids == q.pids[i]) & (g.camids == q.camids[i])
             cols = evaluation.top_k(distmat, i, self.options.visrank_topk, exclude=junk)
-            ranked = [evaluation.RankedItem(read_image(_first_path(gallery[c])),
+            ranked = [evaluation.RankedItem(read_image(item_frames(gallery[c])[0]),
                                             float(distmat[i, c]), bool(g.pids[c] == q.pids[i]),
                                             str(int(g.pids[c]))) for c in cols]
             evaluation.save_ranked_list(
                 os.path.join(folder, f"{i:05d}_pid{int(q.pids[i])}.png"),
-                read_image(_first_path(query)), ranked)
+                read_image(item_frames(query)[0]), ranked)
         logger.info("ranked lists of %d %s %s queries in %s", len(queries), name, mode, folder)
         return len(queries)
 
@@ -247,11 +247,6 @@ class Evaluator:
         if distributed.context().is_main:
             write_json(record, os.path.join(save_dir, RESULTS_FILE))
         return record
-
-
-def _first_path(item: Any) -> str:
-    paths = item[0]
-    return paths if isinstance(paths, str) else paths[0]
 
 
 def _empty() -> Features:

@@ -31,11 +31,11 @@ from torch import nn
 
 from vkd_torchreid.apps.analysis.session import (
     AnalysisSession,
-    frame_paths,
     plt_figure,
     save_figure,
     tool_main,
 )
+from vkd_torchreid.data.base import item_frames
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.data.transforms import resize
 from vkd_torchreid.models import VKDNet
@@ -113,7 +113,7 @@ def choose_frames(session: AnalysisSession, count: int, seed: int) -> List[str]:
         raise ValueError(f"--frames {count}: expected a positive number of frames")
     rows = np.sort(np.random.default_rng(seed).choice(len(gallery), min(count, len(gallery)),
                                                      replace=False))
-    return [frame_paths(gallery[int(r)])[0] for r in rows]
+    return [item_frames(gallery[int(r)])[0] for r in rows]
 
 
 def explain(session: AnalysisSession, paths: Sequence[str], masks: str = "") -> Dict[str, Any]:

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vkd_torchreid import evaluation
-from vkd_torchreid.apps.analysis.session import AnalysisSession, frame_paths, tool_main
-from vkd_torchreid.data.base import MODES
+from vkd_torchreid.apps.analysis.session import AnalysisSession, tool_main
+from vkd_torchreid.data.base import MODES, item_frames
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.utils.jsonio import write_json
 
@@ -58,7 +58,7 @@ def rank_lists(session: AnalysisSession, rows: Sequence[int], k: int,
     qp, qc = session.ids(queries)
     gp, gc = session.ids(gallery)
     out = [{"index": int(r), "pid": int(qp[r]), "camid": int(qc[r]),
-            "path": frame_paths(queries[r])[0], "networks": []} for r in rows]
+            "path": item_frames(queries[r])[0], "networks": []} for r in rows]
     for i, net in enumerate(session.networks):
         q = session.query_embeddings(i, protocol)[list(rows)]
         dist = session.distances(q, session.embed(i, gallery))
@@ -66,7 +66,7 @@ def rank_lists(session: AnalysisSession, rows: Sequence[int], k: int,
             junk = (gp == qp[r]) & (gc == qc[r])
             cols = evaluation.top_k(dist, j, k, exclude=junk)
             out[j]["networks"].append({"label": net.label, "ranked": [
-                {"gallery_index": c, "path": frame_paths(gallery[c])[0], "pid": int(gp[c]),
+                {"gallery_index": c, "path": item_frames(gallery[c])[0], "pid": int(gp[c]),
                  "camid": int(gc[c]), "distance": float(dist[j, c]),
                  "correct": bool(gp[c] == qp[r])} for c in cols]})
     return {"dataset": session.dataset, "protocol": protocol, "k": int(k),

@@ -28,7 +28,7 @@ import torch
 from vkd_torchreid import evaluation
 from vkd_torchreid.apps.demo_config import DEMO_CONFIG
 from vkd_torchreid.config import build_config, get_default_config
-from vkd_torchreid.data.base import MODES, evenly_indices
+from vkd_torchreid.data.base import MODES, evenly_indices, item_frames
 from vkd_torchreid.data.manager import VKDDataManager
 from vkd_torchreid.engine.evaluator import EvalOptions
 from vkd_torchreid.engine.extract import extract, iter_frame_features
@@ -192,12 +192,6 @@ class FrameBank:
         return torch.stack([self.whole[k] for k in keys]) if keys else self.emb[:0]
 
 
-def frame_paths(item: Sequence) -> tuple:
-    """The frame files of a test item (a tracklet's, or an image item's one)."""
-    paths = item[0]
-    return (paths,) if isinstance(paths, str) else tuple(paths)
-
-
 class AnalysisSession:
     """Config, dataset and networks of an analysis (see the module docstring).
 
@@ -303,7 +297,7 @@ class AnalysisSession:
         if not items:
             return bank.emb[:0]
         if frames == "all":
-            emb = bank.whole_tracklets([frame_paths(it) for it in items], self._keep)
+            emb = bank.whole_tracklets([item_frames(it) for it in items], self._keep)
         else:
             k = int(frames)
             emb = self._mean(bank, items, lambda n: evenly_indices(n, k))
@@ -342,7 +336,7 @@ class AnalysisSession:
     def first_frames(self, net: int, items: Sequence[tuple]) -> torch.Tensor:
         """``[T, D]`` features of the first frame of each item (the I2V queries of MARS and
         Duke), normalised as the evaluation does."""
-        return self._normalized(self.banks[net].frames([frame_paths(it)[0] for it in items]))
+        return self._normalized(self.banks[net].frames([item_frames(it)[0] for it in items]))
 
     def query_embeddings(self, net: int, mode: str) -> torch.Tensor:
         """The queries of protocol ``mode`` as the Evaluator embeds them."""
@@ -439,5 +433,5 @@ def save_figure(fig: Any, path: str) -> str:
 
 
 __all__ = ["AnalysisSession", "FrameBank", "Network", "add_session_args", "default_label",
-           "frame_paths", "plt_figure", "save_figure", "split_overrides", "tool_main",
+           "plt_figure", "save_figure", "split_overrides", "tool_main",
            "write_result"]
