@@ -30,6 +30,7 @@ from vkd_torchreid.engine.callbacks import EarlyStopping, Validation, default_ca
 from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils.jsonio import write_json
+from vkd_torchreid.utils.plots import save_figure, subplots
 
 logger = logging.getLogger(__name__)
 
@@ -177,14 +178,9 @@ def format_table(table: Dict[str, Dict[str, Dict[str, float]]]) -> str:
 
 def write_chart(table: Dict[str, Dict[str, Dict[str, float]]], path: str) -> str:
     """Bar chart of top-1 and mAP per mode and model, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(table)
     metrics = [(m, k) for m in TABLE_MODES for k in ("rank1", "mAP")]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = subplots(figsize=(7, 3.5))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         values = [100 * table[name][m][k] for m, k in metrics]
@@ -195,7 +191,4 @@ def write_chart(table: Dict[str, Dict[str, Dict[str, float]]], path: str) -> str
     ax.set_ylim(0, 100)
     ax.legend()
     ax.set_title("VKD demo (synthetic MARS layout, CPU)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -31,12 +31,11 @@ import torch
 
 from vkd_torchreid.apps.analysis.session import (
     AnalysisSession,
-    plt_figure,
-    save_figure,
     tool_main,
     write_result,
 )
 from vkd_torchreid.data.base import MODES
+from vkd_torchreid.utils.plots import save_figure, subplots
 
 DEFAULT_K = 10
 DEFAULT_L2 = 1e-3
@@ -150,7 +149,7 @@ def camera_bias(session: AnalysisSession, k: int = DEFAULT_K, protocol: str = "I
 def plot(result: Dict[str, Any], path: str) -> str:
     """Probe accuracy against the majority rate; same-camera share against chance."""
     labels = [n["label"] for n in result["networks"]]
-    fig, (a, b) = plt_figure(1, 2, figsize=(9, 3.6))
+    fig, (a, b) = subplots(1, 2, figsize=(9, 3.6))
     colours = [f"C{i}" for i in range(len(labels))]
     a.bar(labels, [100 * n["probe_accuracy"] for n in result["networks"]], color=colours)
     a.axhline(100 * result["majority_rate"], color="k", ls="--", label="majority rate")

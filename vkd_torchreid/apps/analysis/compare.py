@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from vkd_torchreid.engine.evaluator import RESULTS_FILE
 from vkd_torchreid.utils.jsonio import write_json
 from vkd_torchreid.utils.logs import one_line
+from vkd_torchreid.utils.plots import save_figure, subplots
 
 METRICS = ("rank1", "mAP", "mAP_mars")
 #: ``results.json`` keys that are not datasets.
@@ -50,15 +51,18 @@ def read_run(path: str) -> Tuple[str, Dict[str, Dict[str, Dict[str, float]]]]:
     return os.path.basename(folder) or folder, data
 
 
+def numbered(names: Sequence[str]) -> List[str]:
+    """``names`` with every repeated one numbered by position (``run#1``, ``run#2``)."""
+    return [f"{n}#{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
 def compare(paths: Sequence[str]) -> Dict[str, Any]:
     """Every number of the comparison: runs, the common (dataset, protocol) rows, values in
     percent and deltas against the first run."""
     if not paths:
         raise ValueError("nothing to compare: give at least one results.json or run folder")
     runs = [read_run(p) for p in paths]
-    names = [label for label, _ in runs]
-    labels = [f"{n}#{i + 1}" if names.count(n) > 1 else n  # the same folder name: numbered
-              for i, n in enumerate(names)]
+    labels = numbered([label for label, _ in runs])
     keys = [(d, p) for d, protos in runs[0][1].items() for p in protos
             if all(p in r.get(d, {}) for _, r in runs[1:])]
     if not keys:
@@ -113,15 +117,10 @@ def write_outputs(table: Dict[str, Any], out: str) -> Dict[str, str]:
 
 
 def _chart(table: Dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [r["label"] for r in table["runs"]]
     groups = [(f"{row['protocol']}\n{m}", row) for row in table["rows"] for m in METRICS]
     width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) * max(1, len(labels)) / 2), 4))
+    fig, ax = subplots(figsize=(max(6.0, 0.9 * len(groups) * max(1, len(labels)) / 2), 4))
     for i, lab in enumerate(labels):
         xs = [g + (i - (len(labels) - 1) / 2) * width for g in range(len(groups))]
         ys = [row["values"][lab][name.split("\n")[1]] for name, row in groups]
@@ -132,9 +131,7 @@ def _chart(table: Dict[str, Any], path: str) -> None:
     ax.legend(fontsize=8)
     datasets = sorted({row["dataset"] for row in table["rows"]})
     ax.set_title(", ".join(datasets))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -154,4 +151,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-__all__: List[str] = ["compare", "main", "read_run", "to_markdown", "write_outputs"]
+__all__: List[str] = ["compare", "main", "numbered", "read_run", "to_markdown",
+                       "write_outputs"]

@@ -29,18 +29,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vkd_torchreid.apps.analysis.session import (
-    AnalysisSession,
-    plt_figure,
-    save_figure,
-    tool_main,
-)
+from vkd_torchreid.apps.analysis.session import AnalysisSession, tool_main
 from vkd_torchreid.data.base import item_frames
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.data.transforms import resize
 from vkd_torchreid.models import VKDNet
 from vkd_torchreid.synthetic import mask_file
 from vkd_torchreid.utils.jsonio import write_json
+from vkd_torchreid.utils.plots import save_figure, subplots
 
 DEFAULT_FRAMES = 8
 EXTRA_HINT = "pip install 'vkd_torchreid[analysis]' (the grad-cam package)"
@@ -158,7 +154,7 @@ def plot(result: Dict[str, Any], path: str) -> str:
     maps, shown = result["_maps"], result["_shown"]
     rows, cols = maps.shape[0], 1 + maps.shape[1]
     h, w = shown.shape[1:3]
-    fig, axes = plt_figure(rows, cols, figsize=(1.3 * cols * max(w / h, 0.5) + 0.6,
+    fig, axes = subplots(rows, cols, figsize=(1.3 * cols * max(w / h, 0.5) + 0.6,
                                                 1.3 * rows + 0.5), squeeze=False)
     for r in range(rows):
         axes[r][0].imshow(shown[r])

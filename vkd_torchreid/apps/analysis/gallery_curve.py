@@ -28,11 +28,10 @@ from vkd_torchreid import evaluation
 from vkd_torchreid.apps.analysis.session import (
     AnalysisSession,
     Frames,
-    plt_figure,
-    save_figure,
     tool_main,
     write_result,
 )
+from vkd_torchreid.utils.plots import save_figure, subplots
 
 FRAMES: tuple = (1, 2, 4, 8, "all")
 METRICS = ("rank1", "mAP", "mAP_mars")
@@ -112,7 +111,7 @@ def gallery_curve(session: AnalysisSession, frames: Sequence[Frames] = FRAMES,
 
 def plot(curve: Dict[str, Any], path: str) -> str:
     """Top-1 and mAP against frames per gallery tracklet, one line per network."""
-    fig, axes = plt_figure(1, 2, figsize=(9, 3.6))
+    fig, axes = subplots(1, 2, figsize=(9, 3.6))
     for ax, metric, name in zip(axes, ("rank1", "mAP"), ("top-1", "mAP")):
         for net in curve["networks"]:
             pts = net["points"]

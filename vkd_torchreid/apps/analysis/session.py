@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vkd_torchreid import evaluation
+from vkd_torchreid.apps.analysis.compare import numbered
 from vkd_torchreid.apps.demo_config import DEMO_CONFIG
 from vkd_torchreid.config import build_config, get_default_config
 from vkd_torchreid.data.base import MODES, evenly_indices, item_frames
@@ -78,8 +79,7 @@ def _labels(weights: Sequence[str], labels: Sequence[str]) -> List[str]:
     if labels and len(labels) != len(weights):
         raise ValueError(f"--label given {len(labels)} times for {len(weights)} --weights: "
                          "give one label per network, in the same order, or none")
-    names = list(labels) or [default_label(w) for w in weights]
-    return [f"{n}#{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+    return numbered(list(labels) or [default_label(w) for w in weights])
 
 
 @dataclasses.dataclass
@@ -403,16 +403,6 @@ def tool_main(prog: str, doc: str, argv: Optional[Sequence[str]],
     return 0
 
 
-def plt_figure(*args: Any, **kwargs: Any) -> tuple:
-    """``matplotlib.pyplot.subplots`` on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(*args, **kwargs)
-
-
 def write_result(result: Dict[str, Any], out: str, name: str,
                  plot: Callable[[Dict[str, Any], str], str]) -> Dict[str, str]:
     """Writes ``<out>/<name>.json`` (every number) and ``<out>/<name>.png`` (``plot``)."""
@@ -422,16 +412,5 @@ def write_result(result: Dict[str, Any], out: str, name: str,
     return paths
 
 
-def save_figure(fig: Any, path: str) -> str:
-    import matplotlib.pyplot as plt
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 __all__ = ["AnalysisSession", "FrameBank", "Network", "add_session_args", "default_label",
-           "plt_figure", "save_figure", "split_overrides", "tool_main",
-           "write_result"]
+           "split_overrides", "tool_main", "write_result"]
