@@ -110,8 +110,8 @@ class FrameBank:
         self.device = device
         self.cache_file = cache_file
         self.key = key
-        self.rows: Dict[str, int] = {}
-        self.emb = torch.zeros(0, model.feature_dim)
+        self.rows: Dict[str, int] = {}  # frame path -> row of the buffer
+        self._buf = torch.zeros(0, model.feature_dim)  # rows beyond len(rows) are spare
         self.whole: Dict[tuple, torch.Tensor] = {}  # tracklet frames -> mean of all frames
         self.extracted = 0  # frames this process extracted (not read from the cache)
         self.dirty = False  # holds features the cache file does not
@@ -129,17 +129,35 @@ class FrameBank:
                         self.cache_file)
             return
         self.rows = {p: i for i, p in enumerate(state["paths"])}
-        self.emb = state["emb"]
+        self._buf = state["emb"]
         self.whole = {tuple(k): v for k, v in zip(state["whole_keys"], state["whole"])}
         logger.info("feature cache %s: %d frames, %d whole tracklets", self.cache_file,
                     len(self.rows), len(self.whole))
+
+    @property
+    def emb(self) -> torch.Tensor:
+        """``[frames, D]``: the features of every frame seen, in row order."""
+        return self._buf[:len(self.rows)]
+
+    def _append(self, paths: Sequence[str], emb: torch.Tensor) -> None:
+        """New rows for frames not seen yet; the buffer doubles when full, so adding frames
+        in many small calls (random draws) costs no copy of the whole bank each time."""
+        start, end = len(self.rows), len(self.rows) + len(paths)
+        if end > self._buf.shape[0]:
+            grown = torch.empty(max(end, 2 * self._buf.shape[0]), self._buf.shape[1],
+                                dtype=emb.dtype)
+            grown[:start] = self._buf[:start]
+            self._buf = grown
+        self._buf[start:end] = emb
+        self.rows.update((p, start + i) for i, p in enumerate(paths))
 
     def save(self) -> None:
         """Writes the features to the cache file (atomically), if it lacks any."""
         if not self.cache_file or not self.dirty:
             return
         keys = list(self.whole)
-        ckpt_io.atomic_save({"key": self.key, "paths": list(self.rows), "emb": self.emb,
+        # a clone: torch.save of a view would write the buffer's spare rows too
+        ckpt_io.atomic_save({"key": self.key, "paths": list(self.rows), "emb": self.emb.clone(),
                              "whole_keys": [list(k) for k in keys],
                              "whole": torch.stack([self.whole[k] for k in keys]) if keys
                              else torch.zeros(0, self.emb.shape[1])}, self.cache_file)
@@ -153,9 +171,7 @@ class FrameBank:
             self.model.eval()
             emb = extract(self.model, loader, self.device, o.amp, o.channels_last, o.chunk,
                           o.progress, "analysis").emb
-            start = len(self.rows)
-            self.rows.update((p, start + i) for i, p in enumerate(missing))
-            self.emb = torch.cat([self.emb, emb])
+            self._append(missing, emb)
             self.extracted += len(missing)
             self.dirty = True
         return self.emb[[self.rows[p] for p in paths]]
@@ -173,22 +189,18 @@ class FrameBank:
             loader = self.dm.test_loader_of([(k, -1, -1) for k in missing], tracklets=True,
                                             sample_method="all")
             self.model.eval()
-            new_paths: List[str] = []
-            new_rows: List[torch.Tensor] = []
+            kept: Dict[str, torch.Tensor] = {}
             for key, (_, feats) in zip(missing, iter_frame_features(
                     self.model, loader, self.device, o.amp, o.channels_last, o.chunk,
                     o.progress, "analysis")):  # one tracklet per batch
                 self.whole[key] = feats.mean(1)[0].cpu()  # as extract() pools it
                 for i in sorted(set(int(i) for i in keep(len(key)))) if keep else ():
-                    if key[i] not in self.rows and key[i] not in new_paths:
-                        new_paths.append(key[i])
-                        new_rows.append(feats[0, i].cpu())
+                    if key[i] not in self.rows and key[i] not in kept:
+                        kept[key[i]] = feats[0, i].cpu()
             self.extracted += sum(len(k) for k in missing)
             self.dirty = True
-            if new_paths:
-                start = len(self.rows)
-                self.rows.update((p, start + j) for j, p in enumerate(new_paths))
-                self.emb = torch.cat([self.emb, torch.stack(new_rows)])
+            if kept:
+                self._append(list(kept), torch.stack(list(kept.values())))
         return torch.stack([self.whole[k] for k in keys]) if keys else self.emb[:0]
 
 
@@ -352,6 +364,23 @@ class AnalysisSession:
         """(pids, camids) int64 arrays of items."""
         return (np.asarray([int(it[1]) for it in items], dtype=np.int64),
                 np.asarray([int(it[2]) for it in items], dtype=np.int64))
+
+    @property
+    def emb(self) -> torch.Tensor:
+        """``[frames, D]``: the features of every frame seen, in row order."""
+        return self._buf[:len(self.rows)]
+
+    def _append(self, paths: Sequence[str], emb: torch.Tensor) -> None:
+        """New rows for frames not seen yet; the buffer doubles when full, so adding frames
+        in many small calls (random draws) costs no copy of the whole bank each time."""
+        start, end = len(self.rows), len(self.rows) + len(paths)
+        if end > self._buf.shape[0]:
+            grown = torch.empty(max(end, 2 * self._buf.shape[0]), self._buf.shape[1],
+                                dtype=emb.dtype)
+            grown[:start] = self._buf[:start]
+            self._buf = grown
+        self._buf[start:end] = emb
+        self.rows.update((p, start + i) for i, p in enumerate(paths))
 
     def save(self) -> None:
         """Keeps every network's new features in ``<output>/features`` for the next analysis
