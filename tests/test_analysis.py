@@ -325,3 +325,6 @@ def test_grad_cam_runs_on_every_family(arch, layer):
     assert maps.shape == (2, 64, 32) and maps.min() >= 0 and maps.max() <= 1
     with torch.no_grad():  # the explained class is each frame's top logit
         assert top.tolist() == model.forward_features(x)[1].argmax(1).tolist()
+    # a channels-last network (train.channels_last) gives the same maps
+    last, _ = grad_cam(model.to(memory_format=torch.channels_last), x)
+    np.testing.assert_allclose(last, maps, atol=1e-4)

@@ -120,13 +120,12 @@ def explain(session: AnalysisSession, paths: Sequence[str], masks: str = "") -> 
     size = (a.height, a.width)
     images = [read_image(p) for p in paths]
     shown = np.stack([resize(img, *size) for img in images])
-    batch = torch.stack([session.dm.preprocess_pil_img(img) for img in images])
+    batch = torch.stack([session.dm.preprocess_pil_img(img) for img in images]).to(session.device)
     mask = (np.stack([_read_mask(masks, session.cfg.data.root, p, size) for p in paths])
             if masks else None)
     maps, networks = [], []
     for net in session.networks:
-        model = net.model.to(memory_format=torch.contiguous_format)
-        m, top = grad_cam(model, batch.to(session.device))
+        m, top = grad_cam(net.model, batch)  # a channels-last model works as it is
         maps.append(m)
         shares = ([foreground_share(m[j], mask[j]) for j in range(len(paths))]
                   if mask is not None else None)
@@ -137,8 +136,6 @@ def explain(session: AnalysisSession, paths: Sequence[str], masks: str = "") -> 
                          "foreground_share": None if shares is None else
                          [None if not np.isfinite(s) else s for s in shares],
                          "mean_foreground_share": float(np.mean(finite)) if finite else None})
-        if session.options.channels_last:
-            net.model.to(memory_format=torch.channels_last)
     frames = [{"path": os.path.abspath(p)} for p in paths]
     if mask is not None:
         for f, m in zip(frames, mask):
