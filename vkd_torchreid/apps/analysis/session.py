@@ -365,23 +365,6 @@ class AnalysisSession:
         return (np.asarray([int(it[1]) for it in items], dtype=np.int64),
                 np.asarray([int(it[2]) for it in items], dtype=np.int64))
 
-    @property
-    def emb(self) -> torch.Tensor:
-        """``[frames, D]``: the features of every frame seen, in row order."""
-        return self._buf[:len(self.rows)]
-
-    def _append(self, paths: Sequence[str], emb: torch.Tensor) -> None:
-        """New rows for frames not seen yet; the buffer doubles when full, so adding frames
-        in many small calls (random draws) costs no copy of the whole bank each time."""
-        start, end = len(self.rows), len(self.rows) + len(paths)
-        if end > self._buf.shape[0]:
-            grown = torch.empty(max(end, 2 * self._buf.shape[0]), self._buf.shape[1],
-                                dtype=emb.dtype)
-            grown[:start] = self._buf[:start]
-            self._buf = grown
-        self._buf[start:end] = emb
-        self.rows.update((p, start + i) for i, p in enumerate(paths))
-
     def save(self) -> None:
         """Keeps every network's new features in ``<output>/features`` for the next analysis
         (called once a tool has run)."""
