@@ -87,6 +87,7 @@ def test_paper_configs_are_the_reference(ds):
         cfg = _load(name)
         assert cfg.data.duke_tracklets == ("reference" if ds == "duke" else "folder"), name
         assert cfg.data.veri_query_track == ("first" if ds == "veri" else "longest"), name
+        assert cfg.data.veri_image_gallery == ("tracks" if ds == "veri" else "name_test"), name
     for t, s in paper_configs.CROSS:
         cfg = _load(f"vkd_{ds}_{t}_to_{s}")
         assert cfg.model.name == paper_configs.ARCHS[s]

@@ -468,6 +468,47 @@ def test_veri_query_track_first_vs_longest_and_last_token(tmp_path, caplog, last
         VeRi.load(str(tmp_path), veri_query_track="x")
 
 
+def _reference_veri_gallery_img(base):
+    """Our re-statement of the reference's ``gallery_img`` (data/veri/data_manager.py), as an
+    oracle: every image of every track, read with ``line.split(' ')[1:-1]``, with the key's
+    vehicle and 0-based camera."""
+    items = []
+    with open(os.path.join(base, "test_track.txt")) as fh:
+        for line in fh:
+            tokens = line.split(" ")
+            pid, camera = map(int, tokens[0].replace("c", "").split("_")[:2])
+            items += [(os.path.join(base, "image_test", t), pid, camera - 1)
+                      for t in tokens[1:len(tokens) - 1]]
+    return items
+
+
+@pytest.mark.parametrize("last_line_newline", [True, False])
+def test_veri_image_gallery_tracks_is_the_references(tmp_path, last_line_newline):
+    base = _veri_layout(str(tmp_path), last_line_newline)
+    root = str(tmp_path)
+    default = VeRi.load(root, veri_query_track="first")
+    ref = VeRi.load(root, veri_query_track="first", veri_image_gallery="tracks")
+    names = sorted(os.listdir(os.path.join(base, "image_test")))
+    assert [p for p, _, _ in default.gallery_img] == [
+        os.path.join(base, "image_test", n) for n in names]
+    assert VeRi.load(root, veri_query_track="first", veri_image_gallery="name_test") == default
+    # the reference's: lines' last images dropped (0003_c002_..302, 0003_c003_..401), the
+    # duplicate 0002_c001_..202 twice, the shorter track's images first (file order)
+    assert ref.gallery_img == _reference_veri_gallery_img(base)
+    img = [os.path.basename(p) for p, _, _ in ref.gallery_img]
+    assert len(img) == 2 + 5 + 2 + 1 and img.count("0002_c001_00000202_0.jpg") == 2
+    assert "0003_c002_00000302_0.jpg" not in img and "0003_c003_00000401_0.jpg" not in img
+    # only the image gallery changes
+    for split in ("train", "query", "gallery", "query_img"):
+        assert getattr(ref, split) == getattr(default, split), split
+    # with 'longest' tracks (sorted, de-duplicated, nothing dropped) the track images are the
+    # test images here, each once, track by track
+    longest = VeRi.load(root, veri_image_gallery="tracks")
+    assert sorted(longest.gallery_img) == sorted(VeRi.load(root).gallery_img)
+    with pytest.raises(ValueError, match=r"veri_image_gallery='x'.*'name_test', 'tracks'"):
+        VeRi.load(root, veri_image_gallery="x")
+
+
 def test_veri_first_mode_errors_name_file_and_line(tmp_path):
     base = _veri_layout(str(tmp_path))
     track = os.path.join(base, "test_track.txt")
@@ -727,9 +768,16 @@ def test_duke_and_veri_options_flow_through_config_and_datamanager(tmp_path):
     assert [p for p, _, _ in r.query] == [p[:3] for p, _, _ in d.query]
     assert r.gallery_img == d.gallery_img and len(d.gallery_img) == 96
     assert ref.test_dataset["vkd_veri"]["gallery"] == r.gallery
+    assert cfg.data.veri_image_gallery == "name_test"
+    cfg, tracks = dm_for("data.veri_query_track", "first", "data.veri_image_gallery", "tracks")
+    assert tracks.dataset_options["veri_image_gallery"] == "tracks"
+    t = tracks.splits["vkd_veri"]
+    assert t.gallery_img == [(p, vid, cam) for paths, vid, cam in r.gallery for p in paths]
+    assert len(t.gallery_img) == 72 and tracks.test_dataset["vkd_veri"]["gallery_img"] == t.gallery_img
 
     for key, allowed in (("data.duke_tracklets", "'folder', 'reference'"),
-                         ("data.veri_query_track", "'first', 'longest'")):
+                         ("data.veri_query_track", "'first', 'longest'"),
+                         ("data.veri_image_gallery", "'name_test', 'tracks'")):
         with pytest.raises(ValueError) as info:
             build_config("", [key, "x"])
         message = str(info.value)

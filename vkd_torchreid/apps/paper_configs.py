@@ -44,7 +44,8 @@ Config = Dict[str, Any]
 def _data(ds: str, name: str) -> Config:
     data: Config = {"sources": [f"vkd_{ds}"], "targets": [f"vkd_{ds}"]}
     if ds == "veri":
-        data.update(height=224, width=224, veri_query_track="first")
+        data.update(height=224, width=224, veri_query_track="first",
+                    veri_image_gallery="tracks")
     if ds == "duke":
         data["duke_tracklets"] = "reference"
     data["save_dir"] = f"log/{name}"

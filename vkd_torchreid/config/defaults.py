@@ -52,6 +52,9 @@ def get_default_config() -> CN:
     cfg.data.atrw_views = "side"  # how ATRW training tracklets/views are formed
     cfg.data.duke_tracklets = "folder"  # 'folder' (standard protocol) or 'reference'
     cfg.data.veri_query_track = "longest"  # 'longest' or 'first' (the reference)
+    # VeRi's I2I/V2I gallery: 'name_test' (every test image) or 'tracks' (the reference: the
+    # images of the gallery tracks as data.veri_query_track reads them)
+    cfg.data.veri_image_gallery = "name_test"
 
     cfg.sampler = CN()
     cfg.sampler.train_sampler = MULTIVIEW_SAMPLER

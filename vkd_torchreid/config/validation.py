@@ -21,6 +21,7 @@ from vkd_torchreid.data.base import TEST_SAMPLE_METHODS
 from vkd_torchreid.data.duke import TRACKLET_MODES as DUKE_TRACKLETS
 from vkd_torchreid.data.sampler import MULTIVIEW_SAMPLER, VIEW_STRATEGIES
 from vkd_torchreid.data.transforms import ERASE_RATIO_DISTS
+from vkd_torchreid.data.veri import IMAGE_GALLERIES as VERI_IMAGE_GALLERIES
 from vkd_torchreid.data.veri import QUERY_TRACKS as VERI_QUERY_TRACKS
 from vkd_torchreid.evaluation import METRICS
 from vkd_torchreid.losses import LOGITS_LOSSES
@@ -46,6 +47,7 @@ CHOICES: Dict[str, Tuple[Any, ...]] = {
     "data.atrw_views": ATRW_VIEWS,
     "data.duke_tracklets": DUKE_TRACKLETS,
     "data.veri_query_track": VERI_QUERY_TRACKS,
+    "data.veri_image_gallery": VERI_IMAGE_GALLERIES,
     "data.random_erase_ratio_dist": ERASE_RATIO_DISTS,
     "test.dist_metric": METRICS,
     "test.progress": PROGRESS_MODES,

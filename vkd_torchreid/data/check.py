@@ -53,7 +53,7 @@ def check_dataset(name: str, root: str, decode: bool = True,
         root: the parent folder of the dataset folder.
         decode: also decode every image (slower); otherwise only check that files exist.
         **options: dataset options (``mars_query_in_gallery``, ``atrw_views``,
-            ``duke_tracklets``, ``veri_query_track``).
+            ``duke_tracklets``, ``veri_query_track``, ``veri_image_gallery``).
 
     Returns:
         (splits, problems): problems is empty for a healthy dataset.

@@ -84,7 +84,8 @@ class VKDDataManager(VideoDataManager):
         targets: test dataset name(s); default: the sources.
         augment: input size and augmentation (see :meth:`AugmentOptions.from_config`).
         sampling: batch composition and loader settings.
-        dataset_options: options of our datasets (``mars_query_in_gallery``, ``atrw_views``).
+        dataset_options: options of our datasets (``mars_query_in_gallery``, ``atrw_views``,
+            ``duke_tracklets``, ``veri_query_track``, ``veri_image_gallery``).
         use_gpu: pin memory for CUDA.
     """
 
@@ -246,7 +247,8 @@ class VKDDataManager(VideoDataManager):
                    dataset_options={"mars_query_in_gallery": d.mars_query_in_gallery,
                                     "atrw_views": d.atrw_views,
                                     "duke_tracklets": d.duke_tracklets,
-                                    "veri_query_track": d.veri_query_track},
+                                    "veri_query_track": d.veri_query_track,
+                                    "veri_image_gallery": d.veri_image_gallery},
                    use_gpu=bool(cfg.use_gpu) and torch.cuda.is_available())
 
 

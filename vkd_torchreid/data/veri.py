@@ -1,7 +1,8 @@
 """VeRi-776 (Liu et al., ICME 2016) as a video dataset, following the VKD reference.
 
 - train: one tracklet per (vehicle, camera), its images sorted by name (= by time);
-- gallery: one tracklet per line of ``test_track.txt``; ``gallery_img``: every test image;
+- gallery: one tracklet per line of ``test_track.txt``; ``gallery_img``: the test images
+  (option ``veri_image_gallery``);
 - ``query_img``: every official query image;
 - ``query`` (video queries): for each query image, a gallery track of the same vehicle and
   camera; queries without such a track are skipped with a warning.
@@ -13,6 +14,14 @@ Option ``veri_query_track``:
 - ``first`` (the VKD reference): the first such line of ``test_track.txt``; every track is read
   as the reference reads it, ``line.split(' ')[1:-1]``: file order, duplicates kept, and the
   line's last image dropped when the line does not end with a space (a warning counts them).
+
+Option ``veri_image_gallery`` (the gallery of I2I and V2I):
+
+- ``name_test`` (default): every image of ``name_test.txt``, once each;
+- ``tracks`` (the VKD reference): every image of every gallery track, in track order, with the
+  track's vehicle and camera. With ``veri_query_track first`` the tracks are the reference's
+  reading, so an image dropped as a line's last token is not in the gallery and an image
+  listed twice is there twice, exactly as the reference builds its ``gallery_img``.
 """
 from __future__ import annotations
 
@@ -39,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: Values of the ``veri_query_track`` option.
 QUERY_TRACKS = ("first", "longest")
+#: Values of the ``veri_image_gallery`` option.
+IMAGE_GALLERIES = ("name_test", "tracks")
 #: ``<vid4>_c<cam3>_<time>_<n>.jpg``
 IMAGE_NAME = re.compile(r"^(\d{4})_c(\d{3})_(\d+)_(\d+)\.jpg$")
 NAME_FORM = "<vid4>_c<cam3>_<time>_<n>.jpg"
@@ -56,10 +67,10 @@ def parse_name(name: str, path: str, line: int) -> Tuple[int, int]:
 
 @register_dataset("vkd_veri")
 class VeRi(VKDVideoDataset):
-    """VeRi-776 under ``root/VeRi`` (option ``veri_query_track``)."""
+    """VeRi-776 under ``root/VeRi`` (options ``veri_query_track``, ``veri_image_gallery``)."""
 
     dataset_dir = "VeRi"
-    OPTIONS = ("veri_query_track",)
+    OPTIONS = ("veri_query_track", "veri_image_gallery")
     ERASE_RATIO = (0.7, 1.4)
     INPUT_SIZE = (224, 224)
     LAYOUT = """\
@@ -72,11 +83,14 @@ VeRi/
 
     @classmethod
     def parse(cls, dataset_dir: str, veri_query_track: str = "longest",
-              **unused: Any) -> Splits:
+              veri_image_gallery: str = "name_test", **unused: Any) -> Splits:
         """Reads VeRi-776 at ``dataset_dir``."""
-        if veri_query_track not in QUERY_TRACKS:
-            raise ValueError(f"veri_query_track={veri_query_track!r}: expected one of "
-                             f"{', '.join(repr(m) for m in QUERY_TRACKS)}")
+        for option, value, allowed in (("veri_query_track", veri_query_track, QUERY_TRACKS),
+                                       ("veri_image_gallery", veri_image_gallery,
+                                        IMAGE_GALLERIES)):
+            if value not in allowed:
+                raise ValueError(f"{option}={value!r}: expected one of "
+                                 f"{', '.join(repr(m) for m in allowed)}")
         dirs = {k: require_dir(os.path.join(dataset_dir, f"image_{k}"), cls.LAYOUT)
                 for k in ("train", "query", "test")}
         files = {k: require_file(os.path.join(dataset_dir, f"{k}.txt"), cls.LAYOUT)
@@ -89,11 +103,14 @@ VeRi/
                          for (vid, cam), names in sorted(groups.items())])
 
         query_img = cls._images(files["name_query"], dirs["query"])
-        gallery_img = cls._images(files["name_test"], dirs["test"])
         if veri_query_track == "first":
             gallery = cls._reference_tracks(files["test_track"], dirs["test"])
         else:
             gallery = cls._tracks(files["test_track"], dirs["test"])
+        if veri_image_gallery == "tracks":
+            gallery_img = [(path, vid, cam) for paths, vid, cam in gallery for path in paths]
+        else:
+            gallery_img = cls._images(files["name_test"], dirs["test"])
 
         chosen: Dict[Tuple[int, int], Tracklet] = {}
         for track in gallery:
