@@ -5,15 +5,8 @@ and the tools. For each target it extracts the features of every split once (per
 features pooled per item; an item's first frame gives the image queries of MARS and Duke
 without decoding them again) and derives every protocol of the dataset from them.
 
-``results.json`` has one layout, written only here (later features add keys, never move
-them)::
-
-    {"stage": "teacher" | "student", "generation": 0, "epoch": 300, "world_size": 1,
-     "<dataset>": {"<protocol>": {"rank1", "rank5", "rank10", "rank20", "mAP", "mAP_mars"}}}
-
-Protocols are ``I2V``, ``V2V``, ``I2I``, ``V2I`` (ATRW: ``I2I_single``, ``I2I_cross``);
-values are fractions in [0, 1]; ``mAP`` is torchreid's step rule, ``mAP_mars`` MARS' trapezoid
-rule (the paper's).
+``results.json`` is written only here (:meth:`Evaluator.write_results`, through
+:func:`results_record`); its layout is documented once, in ``docs/evaluation.md``.
 
 Under torchrun each rank extracts a contiguous share of every split with rank 0's weights and
 buffers; rank 0 gathers the shares in order, ranks and writes, and every rank gets its metrics
