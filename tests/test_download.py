@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -529,6 +530,42 @@ def test_mars_gdown_failure_is_one_line(tmp_path, capsys, monkeypatch):
     assert dl.SOURCES["mars_bbox_train"].url in err[0] and "Too many users" in err[0]
     assert str(tmp_path / "mars" / "bbox_train.zip") in err[0]
     assert not (tmp_path / "mars" / "bbox_train.zip").exists()
+
+
+def _tar(entries):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_public_dataset_is_one_table_entry_and_a_tar_unpacks(tmp_path, capsys, monkeypatch):
+    """How a dataset such as iLIDS-VID is added: its Source (a tar archive here) and a DATASETS
+    entry make a ``download`` command that fetches, checks and unpacks it."""
+    data = _tar({"toy-set/sequences/cam1/p001/f0001.png": b"frame" * 100,
+                 "toy-set/splits.json": b"[]"})
+    with Server({"toy.tar": data}) as srv:
+        monkeypatch.setitem(dl.SOURCES, "toy", sources.Source(
+            srv.url("toy.tar"), sources.HTTPS, "toy.tar",
+            fetch_module.Checksums(sha256=_sha(data)), top=("toy-set",), origin="a test"))
+        monkeypatch.setitem(dl.DATASETS, "toy", sources.Dataset(
+            "toy", "vkd_toy", ("toy",), "a toy dataset"))
+        code, out, err = _run(capsys, "toy", "--root", str(tmp_path))
+        assert code == 0, err
+        assert srv.requests == [("/toy.tar", None)]
+        assert (tmp_path / "toy/toy-set/sequences/cam1/p001/f0001.png").read_bytes() == \
+            b"frame" * 100
+        assert f"toy: {tmp_path / 'toy' / 'toy-set'}" in out and "--dataset vkd_toy" in out
+        # a truncated tar is refused and nothing is unpacked
+        srv.files["toy.tar"] = data[:700]
+        monkeypatch.setitem(dl.SOURCES, "toy", dataclasses.replace(
+            dl.SOURCES["toy"], checksums=fetch_module.Checksums()))
+        code, _, err = _run(capsys, "toy", "--root", str(tmp_path / "again"))
+    assert code == 2 and len(err) == 1 and "tar archive" in err[0] and "deleted" in err[0]
+    assert _leftovers(tmp_path / "again") == ["toy"]
 
 
 @pytest.mark.parametrize("what,needles", [

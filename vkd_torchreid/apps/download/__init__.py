@@ -36,6 +36,7 @@ from vkd_torchreid.apps.download.fetch import (
     Fetched,
     check_archive,
     fetch,
+    short_reason,
     unpack,
 )
 from vkd_torchreid.apps.download.sources import (
@@ -84,7 +85,7 @@ def _address(src: Source, dest: str, listing: Listing) -> str:
             files = gdown.download_folder(id=src.drive_id, skip_download=True, quiet=True)
         except Exception as exc:  # gdown raises its own errors, requests', ValueError...
             raise DownloadError(f"cannot list the Google Drive folder {src.url} "
-                                f"({one_line(exc)}); open it in a browser, download "
+                                f"({short_reason(exc)}); open it in a browser, download "
                                 f"{src.filename} and put it at {dest}, then run this "
                                 "again") from None
         listing[src.drive_id] = {os.path.basename(str(f.path)): str(f.id) for f in files or []}

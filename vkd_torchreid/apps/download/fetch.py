@@ -126,7 +126,7 @@ def verify(path: str, expected: Checksums, check: Optional[Callable[[str], None]
     return found["sha256"]
 
 
-def _reason(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
     """A short reason for a failed transfer (requests' own messages nest several errors)."""
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return f"HTTP {exc.response.status_code} {exc.response.reason or ''}".strip()
@@ -183,17 +183,18 @@ def _transfer(url: str, staged: str, retries: int, show: bool) -> None:
                 restarted = True
                 continue
             if _kept(stage, name) <= before or attempt == retries:
-                raise DownloadError(_reason(exc)) from None
+                raise DownloadError(short_reason(exc)) from None
             delay = min(RETRY_DELAY * 2 ** attempt, 30.0)
             attempt += 1
             logger.warning("%s: %s; resuming from byte %d in %.0f s (retry %d of %d)", url,
-                           _reason(exc), _kept(stage, name), delay, attempt, retries)
+                           short_reason(exc), _kept(stage, name), delay, attempt, retries)
             time.sleep(delay)
 
 
 def _manual(url: str, dest: str, stage: str, page: Optional[str]) -> str:
-    text = (f"download {os.path.basename(dest)} in a browser from {page or url} and put it at "
-            f"{dest}, then run this again")
+    where = f"from {page}" if page and page != url else "from that address"
+    text = (f"download {os.path.basename(dest)} {where} in a browser and put it at {dest}, "
+            "then run this again")
     kept = _kept(stage, os.path.basename(dest))
     if kept:
         text += f" (or run this again to resume from the {kept} bytes kept in {stage})"
@@ -232,9 +233,8 @@ def fetch(url: str, dest: str, checksums: Optional[Checksums] = None,
     resumed = os.path.isfile(staged) or _kept(stage, os.path.basename(dest)) > 0
     if resumed:
         logger.info("resuming %s from %s", url, stage)
-    fd = None
+    fd = _lock(stage)
     try:
-        fd = _lock(stage)
         if not os.path.isfile(staged):  # else: complete, stopped before its checks
             _transfer(url, staged, retries, progress_enabled("auto") if show is None else show)
     except DownloadError as exc:
