@@ -1,12 +1,14 @@
-"""``tools/download.py``: every transfer is served by a real HTTP server on 127.0.0.1 (never the
-internet): one that honours Range, one that ignores it (200), one that fails (404/500), one that
-drops the connection midway. Google Drive is reached only through gdown, which is replaced here.
+"""``tools/download.py``: every transfer goes through the real gdown to a real HTTP server on
+127.0.0.1 (never the internet): one that honours Range, one that ignores it (200), one that
+fails (404/500), one that drops the connection midway. Google Drive itself is never contacted:
+its folder listing and its file downloads are replaced here.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -16,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,13 +27,21 @@ import pytest
 import torch
 
 from vkd_torchreid.apps import download as dl
+from vkd_torchreid.apps.download import sources
 from vkd_torchreid.data.mars import Mars
 from vkd_torchreid.models import build_model
 from vkd_torchreid.models.weights import load_weights
 
+#: The module (the package's ``fetch`` is its function of that name).
+fetch_module = importlib.import_module("vkd_torchreid.apps.download.fetch")
 #: What gdown.download_folder(skip_download=True) lists: a file id and its path in the folder.
 DriveFile = collections.namedtuple("DriveFile", "id path")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # gdown closes its first response of a resume early: a broken pipe here
 
 
 class Server:
@@ -87,7 +98,8 @@ class Server:
                     return
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        Handler.timeout = 10  # a stalled client cannot hold a handler thread for longer
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,),
                                        daemon=True)
 
@@ -105,7 +117,7 @@ class Server:
 
 @pytest.fixture(autouse=True)
 def _no_waiting(monkeypatch):
-    monkeypatch.setattr(dl.fetch_module, "RETRY_DELAY", 0.0)
+    monkeypatch.setattr(fetch_module, "RETRY_DELAY", 0.0)
 
 
 def _run(capsys, *argv):
@@ -126,8 +138,9 @@ def _zip(entries, compression=zipfile.ZIP_DEFLATED):
     return buf.getvalue()
 
 
-def _archive(n=200_000):
-    """A small archive in the released layout (a top folder with one experiment)."""
+def _archive(n=1_500_000):
+    """A small archive in the released layout (a top folder with one experiment); larger than
+    gdown's 512 KiB chunk, so a transfer dropped at half has written some bytes."""
     rnd = random.Random(0).randbytes(n)  # incompressible: the archive is about n bytes
     return _zip({"baseline_public/mars/base_mars_resnet50/params/hparams.json":
                  json.dumps({"backbone_type": "resnet50", "num_classes": 625}),
@@ -173,7 +186,8 @@ def test_download_unpacks_a_folder_load_weights_accepts(tmp_path, capsys):
         assert (root / "distilled.zip").read_bytes() == data
         folder = root / exp
         assert f"experiment: {folder}" in out and _sha(data) in out
-        assert not [p for p in _leftovers(root) if p.endswith((".part", dl.UNPACK_SUFFIX))]
+        assert not [p for p in _leftovers(root)
+                    if p.endswith((fetch_module.STAGE_SUFFIX, fetch_module.UNPACK_SUFFIX))]
         loaded = build_model("vkd_mobilenetv2", 5, pretrained=False)
         load_weights(loaded, str(folder))
         for key, value in model.state_dict().items():
@@ -184,72 +198,98 @@ def test_download_unpacks_a_folder_load_weights_accepts(tmp_path, capsys):
         assert code == 0 and len(srv.requests) == 1 and "existing" in out
 
 
-def test_resume_from_part_file(tmp_path, capsys):
+STAGE = "baseline.zip" + fetch_module.STAGE_SUFFIX
+
+
+def _checkpoint_args(tmp_path, url, *more):
+    return ["checkpoints", "--root", str(tmp_path), "--which", "baseline", "--url", url, *more]
+
+
+def _partial(tmp_path):
+    """The bytes gdown kept in the staging folder (its partial file, whatever its name)."""
+    files = [p for p in (tmp_path / STAGE).iterdir() if p.name != "baseline.zip"]
+    assert len(files) == 1, files
+    return files[0].read_bytes()
+
+
+def _break_off(tmp_path, capsys, data):
+    """A first run whose transfer breaks off at half (no retry): the bytes it kept."""
+    with Server({"b.zip": data}, mode="drop") as srv:
+        code, _, err = _run(capsys, *_checkpoint_args(tmp_path, srv.url("b.zip"), "--retries",
+                                                      "0"))
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert srv.url("b.zip") in err[0] and "resume" in err[0] and STAGE in err[0]
+    kept = _partial(tmp_path)
+    assert 0 < len(kept) <= len(data) // 2 and f"{len(kept)} bytes" in err[0]
+    assert not (tmp_path / "baseline.zip").exists()
+    assert not (tmp_path / "baseline_public").exists()
+    return kept
+
+
+def test_resume_from_the_bytes_an_earlier_run_kept(tmp_path, capsys):
     data = _archive()
-    assert len(data) > 200_000
-    (tmp_path / "baseline.zip.part").write_bytes(data[:12345])
+    kept = _break_off(tmp_path, capsys, data)
+    assert data.startswith(kept)
     with Server({"b.zip": data}) as srv:
-        code, out, err = _run(capsys, "checkpoints", "--root", str(tmp_path), "--which",
-                              "baseline", "--url", srv.url("b.zip"))
+        code, out, err = _run(capsys, *_checkpoint_args(tmp_path, srv.url("b.zip")))
         assert code == 0, err
-        assert srv.requests == [("/b.zip", "bytes=12345-")]
+        # gdown opens with a plain request (closed after its headers), then asks for the rest
+        assert srv.requests[-1] == ("/b.zip", f"bytes={len(kept)}-")
+        assert [r for _, r in srv.requests if r] == [f"bytes={len(kept)}-"]
     assert (tmp_path / "baseline.zip").read_bytes() == data
-    assert not (tmp_path / "baseline.zip.part").exists()
+    assert not (tmp_path / STAGE).exists()
     assert "resumed" in out
     assert (tmp_path / "baseline_public/mars/base_mars_resnet50/params/hparams.json").is_file()
 
 
-def test_complete_part_file_is_finished_on_416(tmp_path, capsys):
+def test_complete_staged_file_is_verified_without_a_request(tmp_path, capsys):
     data = _archive()
-    (tmp_path / "baseline.zip.part").write_bytes(data)  # killed between transfer and rename
+    (tmp_path / STAGE).mkdir()
+    (tmp_path / STAGE / "baseline.zip").write_bytes(data)  # killed before its checks
     with Server({"b.zip": data}) as srv:
-        code, _, err = _run(capsys, "checkpoints", "--root", str(tmp_path), "--which",
-                            "baseline", "--url", srv.url("b.zip"), "--sha256", _sha(data))
+        code, _, err = _run(capsys, *_checkpoint_args(tmp_path, srv.url("b.zip"), "--sha256",
+                                                      _sha(data)))
         assert code == 0, err
-        assert srv.requests == [("/b.zip", f"bytes={len(data)}-")]
+        assert srv.requests == []
     assert (tmp_path / "baseline.zip").read_bytes() == data
-    assert not (tmp_path / "baseline.zip.part").exists()
+    assert not (tmp_path / STAGE).exists()
 
 
 def test_server_answering_200_to_range_restarts_from_zero(tmp_path, capsys):
     data = _archive()
     # bytes that are NOT the file's start: appending the 200 body to them would corrupt it
-    (tmp_path / "baseline.zip.part").write_bytes(b"\xff" * 5000)
+    kept = _break_off(tmp_path, capsys, b"\xff" * len(data))
     with Server({"b.zip": data}, mode="norange") as srv:
-        code, _, err = _run(capsys, "checkpoints", "--root", str(tmp_path), "--which",
-                            "baseline", "--url", srv.url("b.zip"), "--sha256", _sha(data))
+        code, out, err = _run(capsys, *_checkpoint_args(tmp_path, srv.url("b.zip"), "--sha256",
+                                                        _sha(data)))
         assert code == 0, err
-        assert srv.requests == [("/b.zip", "bytes=5000-")]
+        assert ("/b.zip", f"bytes={len(kept)}-") in srv.requests
+        assert srv.requests[-1] == ("/b.zip", None)  # the new start
+    assert "starting again from zero" in out
     assert (tmp_path / "baseline.zip").read_bytes() == data
 
 
 def test_dropped_connection_resumes_with_range(tmp_path, capsys):
     data = _archive()
     with Server({"b.zip": data}, mode="drop") as srv:
-        code, out, err = _run(capsys, "checkpoints", "--root", str(tmp_path), "--which",
-                              "baseline", "--url", srv.url("b.zip"), "--sha256", _sha(data))
+        code, out, err = _run(capsys, *_checkpoint_args(tmp_path, srv.url("b.zip"), "--sha256",
+                                                        _sha(data)))
         assert code == 0, err
-        half = len(data) // 2
-        assert srv.requests == [("/b.zip", None), ("/b.zip", f"bytes={half}-")]
+        assert srv.requests[0] == ("/b.zip", None)
+        start = int(re.fullmatch(r"bytes=(\d+)-", srv.requests[-1][1]).group(1))
+        assert 0 < start <= len(data) // 2
     assert (tmp_path / "baseline.zip").read_bytes() == data
     assert "retry 1 of 3" in out  # the run's log (stdout) says it resumed
 
 
 def test_dropped_connection_without_retries_resumes_on_the_next_run(tmp_path, capsys):
     data = _archive()
-    with Server({"b.zip": data}, mode="drop") as srv:
-        args = ["checkpoints", "--root", str(tmp_path), "--which", "baseline", "--url",
-                srv.url("b.zip"), "--retries", "0"]
-        code, _, err = _run(capsys, *args)
-        assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
-        assert srv.url("b.zip") in err[0] and "resume" in err[0]
-        half = len(data) // 2
-        assert (tmp_path / "baseline.zip.part").read_bytes() == data[:half]
-        assert not (tmp_path / "baseline.zip").exists()
-        assert not (tmp_path / "baseline_public").exists()
-        code, _, err = _run(capsys, *args)
+    kept = _break_off(tmp_path, capsys, data)
+    with Server({"b.zip": data}) as srv:
+        code, _, err = _run(capsys, *_checkpoint_args(tmp_path, srv.url("b.zip"), "--retries",
+                                                      "0"))
         assert code == 0, err
-        assert srv.requests[-1] == ("/b.zip", f"bytes={half}-")
+        assert srv.requests[-1] == ("/b.zip", f"bytes={len(kept)}-")
     assert (tmp_path / "baseline.zip").read_bytes() == data
 
 
@@ -299,12 +339,12 @@ def test_http_error_is_one_line_and_leaves_nothing_complete(tmp_path, capsys, st
 
 
 def test_http_error_keeps_a_partial_download_only_as_part(tmp_path, capsys):
-    (tmp_path / "baseline.zip.part").write_bytes(b"x" * 100)
+    kept = _break_off(tmp_path, capsys, _archive())
     with Server({}, mode="fail", status=404) as srv:
-        code, _, err = _run(capsys, "checkpoints", "--root", str(tmp_path), "--which",
-                            "baseline", "--url", srv.url("b.zip"))
-    assert code == 2 and len(err) == 1 and "100 bytes" in err[0]
-    assert _leftovers(tmp_path) == ["baseline.zip.part"]
+        code, _, err = _run(capsys, *_checkpoint_args(tmp_path, srv.url("b.zip")))
+    assert code == 2 and len(err) == 1 and f"{len(kept)} bytes" in err[0] and "HTTP 404" in err[0]
+    assert _partial(tmp_path) == kept
+    assert [p.split(os.sep)[0] for p in _leftovers(tmp_path)] == [STAGE, STAGE]
 
 
 def test_offline_fails_at_once(tmp_path, capsys):
@@ -353,7 +393,7 @@ def test_bad_arguments_are_one_line(tmp_path, capsys, args):
     assert _leftovers(tmp_path) == []
 
 
-def test_drive_folder_is_listed_once_and_fetched_with_requests(tmp_path, capsys, monkeypatch):
+def test_drive_folder_is_listed_once_and_fetched_with_gdown(tmp_path, capsys, monkeypatch):
     import gdown
 
     baseline = _archive()
@@ -391,6 +431,19 @@ def test_drive_folder_listing_failure_says_what_to_do(tmp_path, capsys, monkeypa
     assert _leftovers(tmp_path) == []
 
 
+def _on_drive(monkeypatch, fake):
+    """``gdown.download`` answers Google Drive addresses with ``fake``; any other address (the
+    loopback server) goes to the real gdown."""
+    import gdown
+
+    real = gdown.download
+
+    def download(**kwargs):
+        return (fake if "drive.google.com" in kwargs["url"] else real)(**kwargs)
+
+    monkeypatch.setattr(gdown, "download", download)
+
+
 def _zip_folder(folder):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
@@ -404,8 +457,6 @@ def _zip_folder(folder):
 
 def test_mars_frames_through_gdown_and_info_through_loopback(tmp_path, capsys, monkeypatch,
                                                             mars_root):
-    import gdown
-
     src = os.path.join(mars_root[0], "mars")
     zips = {"bbox_train.zip": _zip_folder(os.path.join(src, "bbox_train")),
             "bbox_test.zip": _zip_folder(os.path.join(src, "bbox_test"))}
@@ -418,29 +469,31 @@ def test_mars_frames_through_gdown_and_info_through_loopback(tmp_path, capsys, m
             fh.write(zips[name])
         return kwargs["output"]
 
-    monkeypatch.setattr(gdown, "download", fake_gdown)
-    for key in dl.MARS_FRAMES:  # the synthetic archives are not the real ones
+    _on_drive(monkeypatch, fake_gdown)
+    for key in sources.MARS_FRAMES:  # the synthetic archives are not the real ones
         entry = dl.SOURCES[key]
         monkeypatch.setitem(dl.SOURCES, key, dataclasses.replace(
-            entry, checksums=dl.Checksums(md5=hashlib.md5(zips[entry.filename]).hexdigest())))
+            entry, checksums=fetch_module.Checksums(
+                md5=hashlib.md5(zips[entry.filename]).hexdigest())))
     info = {}
-    for key in dl.MARS_INFO:
+    for key in sources.MARS_INFO:
         with open(os.path.join(src, "info", dl.SOURCES[key].filename), "rb") as fh:
             info[dl.SOURCES[key].filename] = fh.read()
     root = tmp_path / "reid-data"
     with Server(info) as srv:
-        for key in dl.MARS_INFO:
+        for key in sources.MARS_INFO:
             entry = dl.SOURCES[key]
             data = info[entry.filename]
             blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
             monkeypatch.setitem(dl.SOURCES, key, dataclasses.replace(
-                entry, url=srv.url(entry.filename), checksums=dl.Checksums(
+                entry, url=srv.url(entry.filename), checksums=fetch_module.Checksums(
                     sha256=_sha(data), git_sha1=blob)))
         code, out, err = _run(capsys, "mars", "--root", str(root))
         assert code == 0, err
         assert sorted(p for p, _ in srv.requests) == sorted("/" + n for n in info)
-    assert [c["id"] for c in calls] == [dl.SOURCES[k].drive_id for k in dl.MARS_FRAMES]
-    assert calls[0]["id"] == "0B6tjyrV1YrHeY0hsVExLOTk3eVU"
+    assert [c["url"] for c in calls] == [f"https://drive.google.com/uc?id={dl.SOURCES[k].drive_id}"
+                                         for k in sources.MARS_FRAMES]
+    assert calls[0]["url"].endswith("=0B6tjyrV1YrHeY0hsVExLOTk3eVU")
     ours, theirs = Mars.parse(str(root / "mars")), Mars.parse(src)
     for split in ("train", "query", "gallery"):
         assert [(len(t[0]), t[1], t[2]) for t in getattr(ours, split)] == \
@@ -449,11 +502,9 @@ def test_mars_frames_through_gdown_and_info_through_loopback(tmp_path, capsys, m
 
 
 def test_mars_info_checksum_mismatch_stops_before_the_frames(tmp_path, capsys, monkeypatch):
-    import gdown
-
-    monkeypatch.setattr(gdown, "download", lambda **kw: pytest.fail("gdown called"))
+    _on_drive(monkeypatch, lambda **kw: pytest.fail("Google Drive asked"))
     with Server({n: b"not the real file" for n in ("a",)}) as srv:
-        for key in dl.MARS_INFO:
+        for key in sources.MARS_INFO:
             monkeypatch.setitem(dl.SOURCES, key, dataclasses.replace(dl.SOURCES[key],
                                                                      url=srv.url("a")))
         code, _, err = _run(capsys, "mars", "--root", str(tmp_path))
@@ -463,24 +514,58 @@ def test_mars_info_checksum_mismatch_stops_before_the_frames(tmp_path, capsys, m
 
 
 def test_mars_gdown_failure_is_one_line(tmp_path, capsys, monkeypatch):
-    import gdown
-
     def fail(**kwargs):
         raise RuntimeError("Too many users have viewed or downloaded this file recently")
 
-    monkeypatch.setattr(gdown, "download", fail)
-    for key in dl.MARS_INFO:  # info/ already there and right
+    _on_drive(monkeypatch, fail)
+    for key in sources.MARS_INFO:  # info/ already there and right
         entry = dl.SOURCES[key]
         path = tmp_path / "mars" / "info" / entry.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(entry.filename.encode())
         monkeypatch.setitem(dl.SOURCES, key, dataclasses.replace(
-            entry, checksums=dl.Checksums(sha256=_sha(entry.filename.encode()))))
+            entry, checksums=fetch_module.Checksums(sha256=_sha(entry.filename.encode()))))
     code, _, err = _run(capsys, "mars", "--root", str(tmp_path))
     assert code == 2 and len(err) == 1
     assert dl.SOURCES["mars_bbox_train"].url in err[0] and "Too many users" in err[0]
     assert str(tmp_path / "mars" / "bbox_train.zip") in err[0]
     assert not (tmp_path / "mars" / "bbox_train.zip").exists()
+
+
+def _tar(entries):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_public_dataset_is_one_table_entry_and_a_tar_unpacks(tmp_path, capsys, monkeypatch):
+    """How a dataset such as iLIDS-VID is added: its Source (a tar archive here) and a DATASETS
+    entry make a ``download`` command that fetches, checks and unpacks it."""
+    data = _tar({"toy-set/sequences/cam1/p001/f0001.png": b"frame" * 100,
+                 "toy-set/splits.json": b"[]"})
+    with Server({"toy.tar": data}) as srv:
+        monkeypatch.setitem(dl.SOURCES, "toy", sources.Source(
+            srv.url("toy.tar"), sources.HTTPS, "toy.tar",
+            fetch_module.Checksums(sha256=_sha(data)), top=("toy-set",), origin="a test"))
+        monkeypatch.setitem(dl.DATASETS, "toy", sources.Dataset(
+            "toy", "vkd_toy", ("toy",), "a toy dataset"))
+        code, out, err = _run(capsys, "toy", "--root", str(tmp_path))
+        assert code == 0, err
+        assert srv.requests == [("/toy.tar", None)]
+        assert (tmp_path / "toy/toy-set/sequences/cam1/p001/f0001.png").read_bytes() == \
+            b"frame" * 100
+        assert f"toy: {tmp_path / 'toy' / 'toy-set'}" in out and "--dataset vkd_toy" in out
+        # a truncated tar is refused and nothing is unpacked
+        srv.files["toy.tar"] = data[:700]
+        monkeypatch.setitem(dl.SOURCES, "toy", dataclasses.replace(
+            dl.SOURCES["toy"], checksums=fetch_module.Checksums()))
+        code, _, err = _run(capsys, "toy", "--root", str(tmp_path / "again"))
+    assert code == 2 and len(err) == 1 and "tar archive" in err[0] and "deleted" in err[0]
+    assert _leftovers(tmp_path / "again") == ["toy"]
 
 
 @pytest.mark.parametrize("what,needles", [
@@ -503,7 +588,7 @@ def test_every_address_is_https():
     for key, src in dl.SOURCES.items():
         assert src.url.startswith("https://"), key
         assert src.origin, key
-        if src.kind in (dl.GDRIVE_FILE, dl.GDRIVE_FOLDER):
+        if src.kind in (sources.GDRIVE_FILE, sources.GDRIVE_FOLDER):
             assert src.drive_id and src.drive_id in src.url, key
 
 

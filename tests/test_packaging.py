@@ -1,7 +1,10 @@
-"""Packaging: PEP 621 metadata with one version, the extras, the vkd-reid command and its
-grammar, and the configs shipped as package data and found by name."""
+"""Packaging: PEP 621 metadata with one version, the setup.py shim that defers to it (``pip
+install -e .`` and ``python setup.py develop`` both work, into throwaway targets, offline), the
+extras, the vkd-reid command and its grammar, and the configs shipped as package data and found
+by name."""
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import os
 import shutil
@@ -35,9 +38,93 @@ def test_metadata_is_pep621_with_one_version(pyproject):
     assert project["name"] == "vkd_torchreid" and project["dynamic"] == ["version"]
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
         "attr": "vkd_torchreid.__version__"}
-    assert not os.path.exists(os.path.join(REPO, "setup.py"))
     assert importlib.metadata.version("vkd_torchreid") == vkd_torchreid.__version__
     assert project["scripts"]["vkd-reid"] == "vkd_torchreid.cli:main"
+
+
+#: What an install needs from the repository (a copy is installed: nothing is written here).
+PROJECT_FILES = ("setup.py", "pyproject.toml", "README.md", "vkd_torchreid", "configs")
+#: pip without the network and without an isolated build environment (it would need the index).
+OFFLINE_PIP = {"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0",
+               "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A copy of the project's installable files in ``tmp_path/src``."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in PROJECT_FILES:
+        path = os.path.join(REPO, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, src / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(path, src / name)
+    return src
+
+
+def _run(args, cwd, **env):
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_setup_py_is_a_shim_over_the_pep621_metadata(project, tmp_path):
+    with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as fh:
+        body = ast.parse(fh.read()).body
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    # no metadata of its own: `from setuptools import setup; setup()`
+    assert [ast.dump(node) for node in body] == [ast.dump(node) for node in ast.parse(
+        "from setuptools import setup\nsetup()").body]
+    out = _run([sys.executable, "setup.py", "--version"], project)
+    assert out.strip().splitlines()[-1] == vkd_torchreid.__version__
+    egg = tmp_path / "egg"
+    egg.mkdir()
+    _run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(egg)], project)
+    info = egg / "vkd_torchreid.egg-info"
+    pkg_info = (info / "PKG-INFO").read_text(encoding="utf-8")
+    assert "Name: vkd_torchreid" in pkg_info
+    assert f"Version: {vkd_torchreid.__version__}" in pkg_info
+    assert "vkd-reid = vkd_torchreid.cli:main" in (info / "entry_points.txt").read_text()
+    assert "torchreid>=0.2.5" in (info / "requires.txt").read_text().splitlines()
+    sources_txt = (info / "SOURCES.txt").read_text().splitlines()
+    assert "configs/vkd_mars_r50.yaml" in sources_txt  # the configs ship as package data
+
+
+def _check_editable(target, project):
+    """``target`` holds an editable install of ``project``: metadata, console script, and an
+    import hook that maps the package and its configs to the copy (checked without site
+    packages or PYTHONPATH, so the shared venv and this checkout cannot answer)."""
+    script = os.path.join(target, "bin", "vkd-reid")
+    with open(script, encoding="utf-8") as fh:
+        assert "from vkd_torchreid.cli import main" in fh.read()
+    check = (
+        "import importlib.metadata, importlib.util, site, sys\n"
+        f"site.addsitedir({str(target)!r})\n"
+        "print(importlib.util.find_spec('vkd_torchreid').origin)\n"
+        "hooks = [f for f in sys.meta_path if 'editable' in getattr(f, '__module__', '')]\n"
+        "print(hooks[0].find_spec('vkd_torchreid.configs', None).origin)\n"
+        f"print([d.version for d in importlib.metadata.distributions(path=[{str(target)!r}])])\n")
+    out = _run([sys.executable, "-I", "-S", "-c", check], os.path.dirname(target)).splitlines()
+    assert out == [str(project / "vkd_torchreid" / "__init__.py"),
+                   str(project / "configs" / "__init__.py"), str([vkd_torchreid.__version__])]
+
+
+def test_pip_install_editable(project, tmp_path):
+    target = tmp_path / "pip-target"
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+          "--no-index", "-e", str(project), "--target", str(target)], tmp_path)
+    _check_editable(target, project)
+
+
+def test_setup_py_develop(project, tmp_path):
+    target = tmp_path / "develop-target"
+    _run([sys.executable, "setup.py", "develop", "--no-deps", "--install-dir", str(target)],
+         project, **OFFLINE_PIP)
+    _check_editable(target, project)
 
 
 def test_extras(pyproject):

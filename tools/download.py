@@ -4,8 +4,8 @@
     python tools/download.py mars --root reid-data
     python tools/download.py veri|atrw|duke [--root reid-data]   (where to get them, layout)
 
-Downloads resume from a ``.part`` file; archives are verified (length, checksums, zip CRCs)
-before they get their final name and are unpacked atomically.
+gdown does the transfers, which resume from ``<file>.download/``; files are verified (checksums,
+archive CRCs) before they get their final name and archives are unpacked atomically.
 See :mod:`vkd_torchreid.apps.download`.
 """
 from __future__ import annotations

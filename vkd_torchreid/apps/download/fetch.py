@@ -1,36 +1,49 @@
-"""HTTP downloads that resume (a ``.part`` file and Range requests), verify (length, checksums,
-zip CRCs) and unpack atomically; see :mod:`vkd_torchreid.apps.download`."""
+"""Verified downloads through gdown, and atomic unpacking; see :mod:`vkd_torchreid.apps.download`.
+
+gdown does every transfer, plain HTTP(S) and Google Drive alike (Drive's confirmation page and
+cookies, a partial file that ``resume=True`` continues with a Range request, the byte count).
+Kept here, each because gdown does not do it:
+
+- a staging folder ``<file>.download``: gdown's partial-file names differ across versions;
+- the retry loop: gdown's ``retries`` also retry before the first byte, so offline is not fast;
+- a new start when the server ignores the Range: gdown >= 6.5 gives up and keeps the bytes;
+- the checks (checksums, archive CRCs, no web page) before the file gets its final name;
+- unpacking into a hidden folder renamed into place: ``gdown.extractall`` writes in place.
+"""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import logging
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import time
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import gdown
 import requests
-from tqdm import tqdm
 
 from vkd_torchreid.utils.logs import one_line
 from vkd_torchreid.utils.progress import progress_enabled
 
 logger = logging.getLogger(__name__)
-PART_SUFFIX = ".part"
+STAGE_SUFFIX = ".download"
 UNPACK_SUFFIX = ".unpacking"
 CHUNK = 1 << 20
-#: (connect, read) seconds for every HTTP request.
+#: (connect, read) seconds for every HTTP request (passed to gdown where it takes a timeout).
 TIMEOUT = (15.0, 60.0)
 #: Retries of a transfer that broke off after some bytes (each resumes where it stopped).
 RETRIES = 3
 #: Seconds before retry k (times 2**k, at most 30 s).
 RETRY_DELAY = 1.0
+_WEB_PAGE = (b"<!doctype html", b"<html")
 
 
 @dataclass(frozen=True)
@@ -50,18 +63,6 @@ class DownloadError(Exception):
     """A download or unpack that did not succeed; the message is one line for the user."""
 
 
-class _BadDataError(DownloadError):
-    """The bytes received cannot be the file (sizes disagree): the partial file is deleted."""
-
-
-class _InterruptedError(Exception):
-    """A transfer that stopped early; ``received`` bytes of it were written."""
-
-    def __init__(self, received: int, reason: str) -> None:
-        super().__init__(reason)
-        self.received = received
-
-
 @dataclass(frozen=True)
 class Fetched:
     """A file that is complete and verified at ``path``."""
@@ -69,41 +70,15 @@ class Fetched:
     path: str
     size: int
     sha256: str
-    #: ``downloaded``, ``resumed`` (from a ``.part``) or ``existing`` (already there).
+    #: ``downloaded``, ``resumed`` (from a partial download) or ``existing`` (already there).
     how: str
-
-
-def _manual(dest: str) -> str:
-    part = dest + PART_SUFFIX
-    text = f"download it in a browser and put it at {dest}, then run this again"
-    if os.path.isfile(part) and os.path.getsize(part) > 0:
-        text += (f" (or run this again to resume from the {os.path.getsize(part)} bytes kept "
-                 f"in {part})")
-    return text
-
-
-def _reason(exc: BaseException) -> str:
-    """A short reason for a requests error (the full one nests several exceptions)."""
-    text = str(exc)
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    match = re.search(r"\[Errno -?\d+\] [^'\")]*", text)
-    if match:
-        return "cannot connect (" + match.group(0).strip() + ")"
-    if isinstance(exc, requests.ConnectionError):
-        return "cannot connect (no network?)"
-    return one_line(exc)
 
 
 def digests(path: str, names: Sequence[str] = ("sha256",)) -> Dict[str, str]:
     """Hex digests of the file at ``path``: any of ``sha256``, ``md5``, ``git_sha1``."""
     size = os.path.getsize(path)
-    hashers = {}
-    for name in names:
-        if name == "git_sha1":
-            hashers[name] = hashlib.sha1(f"blob {size}\0".encode())
-        else:
-            hashers[name] = hashlib.new(name)
+    hashers = {n: hashlib.sha1(f"blob {size}\0".encode()) if n == "git_sha1" else hashlib.new(n)
+               for n in names}
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(CHUNK), b""):
             for h in hashers.values():
@@ -111,25 +86,36 @@ def digests(path: str, names: Sequence[str] = ("sha256",)) -> Dict[str, str]:
     return {name: h.hexdigest() for name, h in hashers.items()}
 
 
-def check_zip(path: str) -> None:
-    """Raises DownloadError unless ``path`` is a zip archive whose members' CRCs all match."""
-    try:
+def _members(path: str, crc: bool = False) -> Tuple[List[str], Optional[str]]:
+    """(member names, the first member whose CRC fails when ``crc``) of a zip or tar archive."""
+    if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-            if not zf.namelist():
-                raise DownloadError("the zip archive is empty")
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
-        raise DownloadError(f"not a readable zip archive ({one_line(exc)})") from None
+            return zf.namelist(), zf.testzip() if crc else None
+    with tarfile.open(path) as tf:
+        return tf.getnames(), None
+
+
+def check_archive(path: str) -> None:
+    """Raises DownloadError unless ``path`` is a readable, non-empty zip (every member's CRC
+    checked) or tar archive."""
+    try:
+        names, bad = _members(path, crc=True)
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError,
+            NotImplementedError) as exc:
+        raise DownloadError(f"not a readable zip or tar archive ({one_line(exc)})") from None
     if bad is not None:
         raise DownloadError(f"the zip archive is corrupt (CRC check failed for member {bad!r})")
+    if not names:
+        raise DownloadError("the archive is empty")
 
 
 def verify(path: str, expected: Checksums, check: Optional[Callable[[str], None]]) -> str:
-    """The file's sha256 after checking it against ``expected`` and ``check``.
-
-    Raises:
-        DownloadError: a checksum differs or ``check`` refuses the file.
-    """
+    """The file's sha256; DownloadError if it is a web page, a checksum differs or ``check``
+    refuses it."""
+    with open(path, "rb") as fh:
+        if fh.read(512).lstrip().lower().startswith(_WEB_PAGE):
+            raise DownloadError("the server answered with a web page, not the file (Google "
+                                "Drive does this when its download quota is exceeded)")
     known = expected.known()
     found = digests(path, sorted({"sha256", *known}))
     for name, want in known.items():
@@ -140,140 +126,98 @@ def verify(path: str, expected: Checksums, check: Optional[Callable[[str], None]
     return found["sha256"]
 
 
-def _lock(fh: IO[bytes], part: str) -> None:
+def short_reason(exc: BaseException) -> str:
+    """A short reason for a failed transfer (requests' own messages nest several errors)."""
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code} {exc.response.reason or ''}".strip()
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    match = re.search(r"\[Errno -?\d+\] [^'\")]*", str(exc))
+    if isinstance(exc, requests.ConnectionError) and match:
+        return "cannot connect (" + match.group(0).strip() + ")"
+    return one_line(exc)
+
+
+def _kept(stage: str, name: str) -> int:
+    """Bytes of gdown's partial file(s) in ``stage`` (everything but the complete ``name``)."""
+    if not os.path.isdir(stage):
+        return 0
+    return sum(os.path.getsize(os.path.join(stage, f)) for f in os.listdir(stage) if f != name)
+
+
+def _lock(stage: str) -> Optional[int]:
+    """An open descriptor holding an exclusive lock on ``stage`` (None where not POSIX)."""
     try:
         import fcntl
-    except ImportError:  # not on POSIX: no lock
-        return
+    except ImportError:
+        return None
+    fd = os.open(stage, os.O_RDONLY)
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        raise DownloadError(f"{part} is being written by another download; wait for it to "
-                            "finish") from None
+        os.close(fd)
+        raise DownloadError(f"{stage} is being written by another download") from None
+    return fd
 
 
-_CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
+def _transfer(url: str, staged: str, retries: int, show: bool) -> None:
+    """Downloads ``url`` to ``staged`` with gdown, resuming up to ``retries`` times after a
+    break (gdown continues the partial file it left beside ``staged``)."""
+    stage, name = os.path.split(staged)
+    extra = {"timeout": TIMEOUT} if "timeout" in inspect.signature(gdown.download).parameters \
+        else {}  # gdown < 6.5 takes no timeout
+    attempt, restarted = 0, False
+    while True:
+        before = _kept(stage, name)
+        try:
+            if gdown.download(url=url, output=staged, quiet=not show, resume=True, **extra) \
+                    and os.path.isfile(staged):
+                return
+            raise DownloadError("gdown returned no file")
+        except Exception as exc:  # requests', gdown's and OSError: their kinds vary by version
+            if "byte range" in str(exc) and before and not restarted:  # gdown >= 6.5's words
+                logger.warning("%s: the server did not resume from byte %d; starting again "
+                               "from zero", url, before)
+                shutil.rmtree(stage)
+                os.makedirs(stage)
+                restarted = True
+                continue
+            if _kept(stage, name) <= before or attempt == retries:
+                raise DownloadError(short_reason(exc)) from None
+            delay = min(RETRY_DELAY * 2 ** attempt, 30.0)
+            attempt += 1
+            logger.warning("%s: %s; resuming from byte %d in %.0f s (retry %d of %d)", url,
+                           short_reason(exc), _kept(stage, name), delay, attempt, retries)
+            time.sleep(delay)
 
 
-def _content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
-    """(first byte, total size) of a ``Content-Range`` header (None where absent)."""
-    match = _CONTENT_RANGE.match((value or "").strip())
-    if match is None:
-        total = re.match(r"^bytes\s+\*/(\d+)$", (value or "").strip())
-        return None, int(total.group(1)) if total else None
-    return int(match.group(1)), None if match.group(3) == "*" else int(match.group(3))
-
-
-def _request(session: requests.Session, url: str, fh: IO[bytes], show: bool,
-             label: str) -> Tuple[int, Optional[int], int]:
-    """One GET of ``url`` appended to ``fh`` (resumed from its size with a Range request).
-
-    Returns:
-        (size of the file, total announced by the server or None, bytes it started from).
-
-    Raises:
-        _InterruptedError: the transfer stopped early (retry when bytes were received).
-        DownloadError: an HTTP error, a web page instead of the file, or sizes that disagree.
-    """
-    have = fh.seek(0, os.SEEK_END)
-    headers = {"Accept-Encoding": "identity"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    try:
-        resp = session.get(url, headers=headers, stream=True, timeout=TIMEOUT)
-    except requests.RequestException as exc:
-        raise _InterruptedError(0, _reason(exc)) from None
-    with resp:
-        status = resp.status_code
-        if status == 416 and have:  # nothing left after `have`: complete, or a different file
-            _, total = _content_range(resp.headers.get("Content-Range"))
-            if total == have:
-                return have, total, have
-            logger.warning("%s: the server has no bytes after the %d of %s; starting again "
-                           "from zero", url, have, label)
-            fh.seek(0)
-            fh.truncate()
-            return _request(session, url, fh, show, label)
-        if status >= 400:
-            raise DownloadError(f"HTTP {status} {resp.reason or ''}".strip())
-        if resp.headers.get("Content-Type", "").lower().startswith("text/html"):
-            raise DownloadError("the server answered with a web page, not the file (Google "
-                                "Drive does this when its download quota is exceeded)")
-        total: Optional[int] = None
-        if status == 206:
-            start, total = _content_range(resp.headers.get("Content-Range"))
-            if start != have and not have:
-                raise DownloadError(f"the server sent a range (Content-Range "
-                                    f"{resp.headers.get('Content-Range')!r}) that was not "
-                                    "asked for")
-            if start != have:
-                logger.warning("%s: asked for bytes from %d, got a range from %s; starting "
-                               "again from zero", url, have, start)
-                resp.close()
-                fh.seek(0)
-                fh.truncate()
-                return _request(session, url, fh, show, label)
-        elif status == 200:
-            if have:
-                logger.warning("%s: the server does not resume (answered 200 to a Range "
-                               "request); starting again from zero", url)
-                fh.seek(0)
-                fh.truncate()
-                have = 0
-        else:
-            raise DownloadError(f"unexpected HTTP {status} {resp.reason or ''}".strip())
-        length = resp.headers.get("Content-Length")
-        encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
-        expected = int(length) if length and length.isdigit() and not encoded else None
-        if total is None and status == 200 and expected is not None:
-            total = expected
-        if hasattr(resp.raw, "enforce_content_length"):
-            # urllib3 drops the bytes of a read cut short when it enforces the length itself;
-            # keep them (they are resumed from) and check the length below instead.
-            resp.raw.enforce_content_length = False
-        received = 0
-        with tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                  desc=label, disable=not show, leave=False) as bar:
-            try:
-                for chunk in resp.iter_content(CHUNK):
-                    fh.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            except requests.RequestException as exc:
-                fh.flush()
-                lost = "timed out" if isinstance(exc, requests.Timeout) else "connection lost"
-                raise _InterruptedError(received, f"{lost} after {have + received} bytes"
-                                        ) from None
-        fh.flush()
-        if expected is not None and received < expected:
-            raise _InterruptedError(received, f"the connection was closed after {received} of "
-                                         f"{expected} bytes")
-        if expected is not None and received > expected:
-            raise _BadDataError(f"the server sent {received} bytes, announced {expected}")
-    size = have + received
-    if total is not None and size != total:
-        raise _BadDataError(f"got {size} bytes, the server announced {total}")
-    return size, total, have
+def _manual(url: str, dest: str, stage: str, page: Optional[str]) -> str:
+    where = f"from {page}" if page and page != url else "from that address"
+    text = (f"download {os.path.basename(dest)} {where} in a browser and put it at {dest}, "
+            "then run this again")
+    kept = _kept(stage, os.path.basename(dest))
+    if kept:
+        text += f" (or run this again to resume from the {kept} bytes kept in {stage})"
+    return text
 
 
 def fetch(url: str, dest: str, checksums: Optional[Checksums] = None,
           check: Optional[Callable[[str], None]] = None, retries: int = RETRIES,
-          show: Optional[bool] = None, session: Optional[requests.Session] = None) -> Fetched:
-    """Downloads ``url`` to ``dest`` through ``dest + '.part'``, resuming that file if present.
+          show: Optional[bool] = None, page: Optional[str] = None) -> Fetched:
+    """Downloads ``url`` (HTTP(S) or Google Drive) to ``dest`` through ``dest + '.download'``.
 
-    The download is renamed to ``dest`` only when its size matches what the server announced
-    (``Content-Length``, or the total of ``Content-Range``), it matches every known checksum
-    and ``check`` (e.g. :func:`check_zip`) accepts it. A ``dest`` that already exists is
-    verified and kept, never downloaded again.
+    ``dest`` gets its name only once the file is not a web page, matches every known checksum
+    and ``check`` (e.g. :func:`check_archive`) accepts it; a failed check deletes it. A ``dest``
+    that exists is verified and kept. A transfer that breaks off after some bytes is resumed up
+    to ``retries`` times; a failure before any byte (offline, an HTTP error) stops at once and
+    keeps what an earlier run received for the next.
 
-    A transfer that breaks off after some bytes is resumed up to ``retries`` times. A failure
-    before any byte (no network, an HTTP error) stops at once and keeps the ``.part`` for a
-    later resume; a checksum or ``check`` failure deletes the download.
+    Args:
+        page: where a person can download the file by hand (named in the error).
 
     Raises:
-        DownloadError: one line naming ``url`` and what to do by hand.
+        DownloadError: one line naming ``url``, the file, and where to put it by hand.
     """
-    label = os.path.basename(dest)
     checksums = checksums or Checksums()
     if os.path.isfile(dest):
         try:
@@ -283,76 +227,52 @@ def fetch(url: str, dest: str, checksums: Optional[Checksums] = None,
                                 "this again") from None
         logger.info("%s is already there (verified)", dest)
         return Fetched(dest, os.path.getsize(dest), sha, "existing")
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    part = dest + PART_SUFFIX
-    show = progress_enabled("auto") if show is None else show
-    own_session = session is None
-    session = session or requests.Session()
+    stage = dest + STAGE_SUFFIX
+    staged = os.path.join(stage, os.path.basename(dest))
+    os.makedirs(stage, exist_ok=True)
+    resumed = os.path.isfile(staged) or _kept(stage, os.path.basename(dest)) > 0
+    if resumed:
+        logger.info("resuming %s from %s", url, stage)
+    fd = _lock(stage)
     try:
-        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
-        with os.fdopen(fd, "r+b") as fh:
-            _lock(fh, part)
-            size, start = _transfer(session, url, fh, retries, show, label)
-            os.fsync(fh.fileno())
+        if not os.path.isfile(staged):  # else: complete, stopped before its checks
+            _transfer(url, staged, retries, progress_enabled("auto") if show is None else show)
     except DownloadError as exc:
-        if isinstance(exc, _BadDataError):
-            os.remove(part)
-        _drop_empty(part)
-        raise DownloadError(f"cannot download {url}: {exc}; {_manual(dest)}") from None
+        if not os.listdir(stage):
+            os.rmdir(stage)
+        raise DownloadError(f"cannot download {url}: {exc}; {_manual(url, dest, stage, page)}"
+                            ) from None
     finally:
-        if own_session:
-            session.close()
+        if fd is not None:
+            os.close(fd)
     try:
-        sha = verify(part, checksums, check)
+        sha = verify(staged, checksums, check)
     except DownloadError as exc:
-        os.remove(part)
+        shutil.rmtree(stage)
         raise DownloadError(f"{url}: {exc}; the download was deleted and nothing was "
                             "unpacked") from None
-    os.replace(part, dest)
+    os.replace(staged, dest)
+    shutil.rmtree(stage)
+    size = os.path.getsize(dest)
     logger.info("downloaded %s to %s (%d bytes)", url, dest, size)
-    return Fetched(dest, size, sha, "resumed" if start else "downloaded")
-
-
-def _drop_empty(part: str) -> None:
-    if os.path.isfile(part) and os.path.getsize(part) == 0:
-        os.remove(part)
-
-
-def _transfer(session: requests.Session, url: str, fh: IO[bytes], retries: int, show: bool,
-              label: str) -> Tuple[int, int]:
-    """(final size, the byte the first request started from) after up to ``retries`` resumes."""
-    first = fh.seek(0, os.SEEK_END)
-    if first:
-        logger.info("resuming %s from byte %d", label, first)
-    for attempt in range(retries + 1):
-        try:
-            size, _, _ = _request(session, url, fh, show, label)
-            return size, first
-        except _InterruptedError as exc:
-            if exc.received == 0 or attempt == retries:
-                raise DownloadError(str(exc)) from None
-            delay = min(RETRY_DELAY * 2 ** attempt, 30.0)
-            logger.warning("%s: %s; resuming from byte %d in %.0f s (retry %d of %d)",
-                           url, exc, fh.tell(), delay, attempt + 1, retries)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _top(name: str) -> str:
-    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    return parts[0] if parts else ""
+    return Fetched(dest, size, sha, "resumed" if resumed else "downloaded")
 
 
 def unpack(archive: str, into: str) -> List[str]:
-    """Unpacks the zip ``archive`` into ``into``; returns the paths of its top-level entries.
+    """Unpacks the zip or tar ``archive`` into ``into``; returns its top-level entries' paths.
 
-    The archive is extracted into a hidden temporary folder in ``into`` and each top-level
-    entry is then renamed into place, so a folder under its final name is always complete.
-    When every top-level entry already exists nothing is done; when only some do, nothing is
-    overwritten (DownloadError).
+    The archive is extracted (``gdown.extractall``) into a hidden temporary folder in ``into``
+    and each top-level entry is then renamed into place, so a folder under its final name is
+    always complete. When every top-level entry already exists nothing is done; when only
+    some do, nothing is overwritten (DownloadError).
     """
-    with zipfile.ZipFile(archive) as zf:
-        tops = sorted({_top(n) for n in zf.namelist()} - {"", "__MACOSX"})
+    try:
+        names = _members(archive)[0]
+    except (zipfile.BadZipFile, tarfile.TarError, OSError) as exc:
+        raise DownloadError(f"cannot read {archive}: {one_line(exc)}") from None
+    firsts = {next((p for p in n.replace("\\", "/").split("/") if p not in ("", ".", "..")), "")
+              for n in names}
+    tops = sorted(firsts - {"", "__MACOSX"})
     if not tops:
         raise DownloadError(f"{archive} holds nothing to unpack")
     targets = [os.path.join(into, t) for t in tops]
@@ -368,12 +288,11 @@ def unpack(archive: str, into: str) -> List[str]:
     moved: List[str] = []
     try:
         logger.info("unpacking %s into %s", archive, into)
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)
+        gdown.extractall(archive, tmp)
         for top, target in zip(tops, targets):
             os.rename(os.path.join(tmp, top), target)
             moved.append(target)
-    except (OSError, zipfile.BadZipFile, zlib.error) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, tarfile.TarError, zlib.error) as exc:
         for target in moved:
             shutil.rmtree(target, ignore_errors=True)
         raise DownloadError(f"cannot unpack {archive} into {into}: {one_line(exc)}") from None

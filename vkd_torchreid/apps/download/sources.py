@@ -1,4 +1,9 @@
-"""Every address :mod:`vkd_torchreid.apps.download` uses, in one table (:data:`SOURCES`)."""
+"""Every address :mod:`vkd_torchreid.apps.download` uses, in one table (:data:`SOURCES`), and
+the public datasets made of them (:data:`DATASETS`).
+
+A new public dataset is one :class:`Source` per file (an archive names its top-level folders in
+``top`` and is unpacked) and one :data:`DATASETS` entry; ``download <name>`` then fetches,
+verifies and unpacks it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +12,8 @@ from typing import Dict, Tuple
 from vkd_torchreid.apps.download.fetch import Checksums
 
 # Kinds of :class:`Source`.
-HTTPS = "https"                 # a file fetched with requests
-GDRIVE_FILE = "gdrive_file"     # a Google Drive file fetched with gdown (``drive_id``)
+HTTPS = "https"                 # a file at a plain address
+GDRIVE_FILE = "gdrive_file"     # a Google Drive file (``drive_id``)
 GDRIVE_FOLDER = "gdrive_folder"  # a file inside a Google Drive folder (``drive_id``, ``filename``)
 TEMPLATE = "template"           # an address pattern
 PAGE = "page"                   # a web page for a person to read
@@ -23,8 +28,12 @@ class Source:
     filename: str = ""
     checksums: Checksums = Checksums()
     drive_id: str = ""
-    #: The archive's top-level folders (lets a run after ``--remove-archive`` skip it).
+    #: An archive's top-level folders: it is unpacked, and skipped once they exist.
     top: Tuple[str, ...] = ()
+    #: Where it goes, under the dataset's folder.
+    subdir: str = ""
+    #: Where a person can download it by hand, if not ``url`` (named when a download fails).
+    page: str = ""
     #: Where the address comes from.
     origin: str = ""
 
@@ -37,6 +46,14 @@ _MARS_RAW = f"https://raw.githubusercontent.com/{_MARS_EVAL}/{_MARS_EVAL_COMMIT}
 _MARS_ORIGIN = (f"github.com/{_MARS_EVAL} tree info/ at {_MARS_EVAL_COMMIT[:7]} (sha256 of "
                 "the .mat files computed from that commit; the .txt files' git blob ids from "
                 "its tree)")
+
+
+def _mars_info(name: str, checksums: Checksums) -> Source:
+    """A file of MARS-evaluation's ``info/`` at the pinned commit."""
+    return Source(_MARS_RAW + name, HTTPS, name, checksums, subdir="info", origin=_MARS_ORIGIN)
+
+
+_MARS_DRIVE = "https://drive.google.com/drive/folders/0B6tjyrV1YrHeMVV2UFFXQld6X1E"
 _VKD_MODEL_ZOO = "https://drive.google.com/drive/folders/1EiiV4Q02dP9ASE7-zvlZdIDin3Xf6qp2"
 _VKD_ZOO_ORIGIN = ("github.com/aimagelab/VKD README, 'Model Zoo'. The README links only this "
                    "Google Drive folder (baseline.zip, distilled.zip); it gives no per-file "
@@ -51,14 +68,11 @@ SOURCES: Dict[str, Source] = {
     "distilled": Source(_VKD_MODEL_ZOO, GDRIVE_FOLDER, "distilled.zip",
                         drive_id="1EiiV4Q02dP9ASE7-zvlZdIDin3Xf6qp2", top=("distilled_public",),
                         origin=_VKD_ZOO_ORIGIN),
-    # Google Drive's direct download of a file id (what gdown requests after the large-file
-    # confirmation); answers with a web page when the quota is exceeded.
-    "gdrive_direct": Source(
-        "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t",
-        TEMPLATE, origin="Google Drive's download endpoint, as used by gdown"),
+    # The address of a Drive file id; gdown follows Drive's large-file confirmation from it.
+    "gdrive_direct": Source("https://drive.google.com/uc?id={id}", TEMPLATE,
+                            origin="Google Drive's download address, as gdown builds it"),
     # -- MARS -------------------------------------------------------------------------------
-    "mars_drive": Source("https://drive.google.com/drive/folders/0B6tjyrV1YrHeMVV2UFFXQld6X1E",
-                         PAGE, origin="github.com/aimagelab/VKD README, 'Data preparation'"),
+    "mars_drive": Source(_MARS_DRIVE, PAGE, origin="github.com/aimagelab/VKD README, 'Data preparation'"),
     "mars_bbox_train": Source(
         "https://drive.google.com/file/d/0B6tjyrV1YrHeY0hsVExLOTk3eVU/view", GDRIVE_FILE,
         "bbox_train.zip", Checksums(md5="f4a3c5967a1b440ccf770f388c609602"),
@@ -69,24 +83,16 @@ SOURCES: Dict[str, Source] = {
         "bbox_test.zip", Checksums(md5="950d3bfbd792103d12729ac4f57199cf"),
         drive_id="0B6tjyrV1YrHeTEE2c2hFMTdpRFU", top=("bbox_test",),
         origin="open-reid's MARS dataset class (reid/datasets/mars.py, file id and md5)"),
-    "mars_info_train_name": Source(
-        _MARS_RAW + "train_name.txt", HTTPS, "train_name.txt",
-        Checksums(git_sha1="72c8a124c9a3113356f7eb4b54123c0205075205"), origin=_MARS_ORIGIN),
-    "mars_info_test_name": Source(
-        _MARS_RAW + "test_name.txt", HTTPS, "test_name.txt",
-        Checksums(git_sha1="cf85618306ef6902dca900a18f91532e44f4dad4"), origin=_MARS_ORIGIN),
-    "mars_info_tracks_train": Source(
-        _MARS_RAW + "tracks_train_info.mat", HTTPS, "tracks_train_info.mat",
-        Checksums(sha256="bae1ca16a6afbad1db664fbd4a60f8761585d7fb591c5e20b714f637dba3636b"),
-        origin=_MARS_ORIGIN),
-    "mars_info_tracks_test": Source(
-        _MARS_RAW + "tracks_test_info.mat", HTTPS, "tracks_test_info.mat",
-        Checksums(sha256="35a5464d1219cc42001ddb6cdb2c1e88ae2bc9d516e559d44a68310521386b56"),
-        origin=_MARS_ORIGIN),
-    "mars_info_query_idx": Source(
-        _MARS_RAW + "query_IDX.mat", HTTPS, "query_IDX.mat",
-        Checksums(sha256="2b580c94cf7934dbe3320c628b915dba76153c60effa94c1f48995ae8b96a932"),
-        origin=_MARS_ORIGIN),
+    "mars_info_train_name": _mars_info(
+        "train_name.txt", Checksums(git_sha1="72c8a124c9a3113356f7eb4b54123c0205075205")),
+    "mars_info_test_name": _mars_info(
+        "test_name.txt", Checksums(git_sha1="cf85618306ef6902dca900a18f91532e44f4dad4")),
+    "mars_info_tracks_train": _mars_info("tracks_train_info.mat", Checksums(
+        sha256="bae1ca16a6afbad1db664fbd4a60f8761585d7fb591c5e20b714f637dba3636b")),
+    "mars_info_tracks_test": _mars_info("tracks_test_info.mat", Checksums(
+        sha256="35a5464d1219cc42001ddb6cdb2c1e88ae2bc9d516e559d44a68310521386b56")),
+    "mars_info_query_idx": _mars_info("query_IDX.mat", Checksums(
+        sha256="2b580c94cf7934dbe3320c628b915dba76153c60effa94c1f48995ae8b96a932")),
     # -- datasets given out on request -------------------------------------------------------
     "veri": Source("https://vehiclereid.github.io/VeRi/", PAGE,
                    origin="the VeRi-776 project page of its authors"),
@@ -102,3 +108,22 @@ CHECKPOINTS = ("baseline", "distilled")
 MARS_INFO = ("mars_info_train_name", "mars_info_test_name", "mars_info_tracks_train",
              "mars_info_tracks_test", "mars_info_query_idx")
 MARS_FRAMES = ("mars_bbox_train", "mars_bbox_test")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A public dataset: its :data:`SOURCES` in download order, fetched into ``root/folder``."""
+
+    folder: str
+    #: The registered dataset that reads it (named in the check command printed at the end).
+    registered: str
+    sources: Tuple[str, ...]
+    help: str
+
+
+#: ``download <name>``: the public datasets. The metadata comes first, so a wrong checksum
+#: stops a run before the large archives.
+DATASETS: Dict[str, Dataset] = {
+    "mars": Dataset("mars", "vkd_mars", MARS_INFO + MARS_FRAMES,
+                    "MARS frames (Google Drive) and info/ metadata"),
+}
