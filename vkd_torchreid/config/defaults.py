@@ -52,6 +52,7 @@ def get_default_config() -> CN:
     cfg.data.atrw_views = "side"  # how ATRW training tracklets/views are formed
     cfg.data.duke_tracklets = "folder"  # 'folder' (standard protocol) or 'reference'
     cfg.data.veri_query_track = "longest"  # 'longest' or 'first' (the reference)
+    cfg.data.split_id = 0  # iLIDS-VID / PRID2011: which of the ten train/test splits (0-9)
 
     cfg.sampler = CN()
     cfg.sampler.train_sampler = MULTIVIEW_SAMPLER

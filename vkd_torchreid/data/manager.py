@@ -246,7 +246,8 @@ class VKDDataManager(VideoDataManager):
                    dataset_options={"mars_query_in_gallery": d.mars_query_in_gallery,
                                     "atrw_views": d.atrw_views,
                                     "duke_tracklets": d.duke_tracklets,
-                                    "veri_query_track": d.veri_query_track},
+                                    "veri_query_track": d.veri_query_track,
+                                    "split_id": d.split_id},
                    use_gpu=bool(cfg.use_gpu) and torch.cuda.is_available())
 
 
