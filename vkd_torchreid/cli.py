@@ -228,6 +228,7 @@ def _app(name: str, argv: Sequence[str]) -> int:
 #: The commands that are an app's ``main``: name -> (module under ``vkd_torchreid.apps``, help).
 APP_COMMANDS = {
     "study": ("study", "the seeded, resumable study of the method's options"),
+    "splits": ("splits", "a config over the ten splits of iLIDS-VID or PRID2011 (mean ± std)"),
     "search": ("search", "the matches of a query image in a gallery of tracklets (or a saved "
                          "index)"),
     "export": ("export", "export the image and tracklet models to ONNX, checked with "
