@@ -243,3 +243,81 @@ def test_check_tool_healthy_world(tmp_path, capsys):
     rc = _check_tool()(["--dataset", "vkd_prid2011", "--root", str(tmp_path), "--split-id", "4"])
     out = capsys.readouterr().out
     assert rc == 0 and "vkd_prid2011" in out and out.strip().endswith("ok")
+
+
+# ----------------------------------------------------------------------------- downloads
+
+def _ilids_tar(tmp_path, tops=("i-LIDS-VID", "train-test people splits")):
+    import tarfile
+
+    src = str(tmp_path / "src")
+    write_synthetic("vkd_ilidsvid", src, **SMALL)
+    path = str(tmp_path / "iLIDS-VID.tar")
+    with tarfile.open(path, "w") as tf:
+        for top in tops:
+            tf.add(os.path.join(src, "ilids-vid", top), arcname=top)
+    return path
+
+
+def _download(capsys, *argv):
+    from vkd_torchreid.apps import download
+
+    code = download.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+def test_download_ilidsvid_over_http_lays_out_what_the_loader_reads(tmp_path, capsys,
+                                                                   monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    from vkd_torchreid.apps.download import SOURCES
+
+    tar = _ilids_tar(tmp_path)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=os.path.dirname(tar))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/iLIDS-VID.tar"
+        monkeypatch.setitem(SOURCES, "ilidsvid", dataclasses.replace(SOURCES["ilidsvid"],
+                                                                     url=url))
+        root = str(tmp_path / "data")
+        code, out, err = _download(capsys, "ilidsvid", "--root", root, "--remove-archive")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert code == 0, err
+    base = os.path.join(root, "ilids-vid")
+    assert sorted(os.listdir(base)) == ["i-LIDS-VID", "train-test people splits"]
+    assert f"ilidsvid: {os.path.join(base, 'i-LIDS-VID')}" in out
+    clear_cache()
+    assert len(ILIDSVID.load(root, split_id=5).query) == 6
+    # a second run finds it complete and fetches nothing (the server is gone)
+    code, out, err = _download(capsys, "ilidsvid", "--root", root)
+    assert code == 0, err
+
+
+def test_download_ilidsvid_refuses_a_tar_without_the_split_folder(tmp_path, capsys):
+    tar = _ilids_tar(tmp_path, tops=("i-LIDS-VID",))
+    root = str(tmp_path / "data")
+    base = os.path.join(root, "ilids-vid")
+    os.makedirs(base)
+    shutil.copy(tar, os.path.join(base, "iLIDS-VID.tar"))  # put there by hand: no network
+    code, out, err = _download(capsys, "ilidsvid", "--root", root)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert "train-test people splits" in err[0] and "iLIDS-VID.tar" in err[0]
+    assert os.listdir(base) == ["iLIDS-VID.tar"]  # nothing unpacked
+
+
+def test_download_prid2011_prints_where_and_the_layout(tmp_path, capsys):
+    code, out, err = _download(capsys, "prid2011", "--root", str(tmp_path))
+    assert code == 0 and err == []
+    for needle in ("tugraz.at", "splits_prid2011.json", "1qw7SI7YdIgfHetIQO7LLW4SHpL_qkieT",
+                   "multi_shot/cam_a/", "vkd_prid2011", str(tmp_path)):
+        assert needle in out
+    assert os.listdir(str(tmp_path)) == []

@@ -62,6 +62,7 @@ from vkd_torchreid.apps.download.sources import (  # noqa: F401
 from vkd_torchreid.data.atrw import ATRW
 from vkd_torchreid.data.duke import DukeVideo
 from vkd_torchreid.data.mars import Mars
+from vkd_torchreid.data.prid2011 import PRID2011
 from vkd_torchreid.data.veri import VeRi
 from vkd_torchreid.models.reference import HPARAMS
 from vkd_torchreid.utils.logs import one_line, setup_logging, teardown_logging
@@ -219,7 +220,7 @@ def _layout(layout: str, root: Optional[str]) -> str:
 
 
 def instructions(what: str, root: Optional[str] = None) -> str:
-    """What to print for ``veri``, ``atrw`` and ``duke``."""
+    """What to print for ``veri``, ``atrw``, ``duke`` and ``prid2011``."""
     shown = root or "<root>"
     if what == "veri":
         text = [
@@ -253,6 +254,17 @@ def instructions(what: str, root: Optional[str] = None) -> str:
             _layout(DukeVideo.LAYOUT, root),
         ]
         name = "vkd_duke"
+    elif what == "prid2011":
+        text = [
+            "PRID2011 has no archive address this tool can fetch (torchreid's PRID2011 class "
+            "has none either).",
+            f"Get prid_2011.zip from its authors' page: {SOURCES['prid2011'].url}",
+            "and torchreid's split file splits_prid2011.json (ten splits of the 178 people of "
+            f"the standard protocol) from {SOURCES['prid2011_splits'].url}",
+            "Lay them out as (dataset vkd_prid2011):",
+            _layout(PRID2011.LAYOUT, root),
+        ]
+        name = "vkd_prid2011"
     else:
         raise ValueError(f"no instructions for {what!r}")
     text.append(f"Then check it: python tools/check_dataset.py --dataset {name} --root {shown}")
@@ -279,7 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     mars.add_argument("--root", required=True, help="data root; MARS goes to ROOT/mars")
     mars.add_argument("--retries", type=int, default=RETRIES,
                       help=f"resumes of a transfer that breaks off (default {RETRIES})")
-    for what, text in (("veri", "where to request VeRi-776, and its layout"),
+    ilids = sub.add_parser("ilidsvid", help="iLIDS-VID (public tar), laid out as torchreid's")
+    ilids.add_argument("--root", required=True, help="data root; it goes to ROOT/ilids-vid")
+    ilids.add_argument("--retries", type=int, default=RETRIES,
+                       help=f"resumes of a transfer that breaks off (default {RETRIES})")
+    ilids.add_argument("--remove-archive", action="store_true",
+                       help="delete the archive once it is unpacked")
+    for what, text in (("prid2011", "where to get PRID2011 and its split file, and its layout"),
+                       ("veri", "where to request VeRi-776, and its layout"),
                        ("atrw", "where to get ATRW, and its layout"),
                        ("duke", "DukeMTMC-VideoReID's status, and its layout")):
         sub.add_parser(what, help=text).add_argument("--root", help="data root (for the paths)")
@@ -297,7 +316,7 @@ def _valid_hex(value: Optional[str], length: int, flag: str) -> Optional[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit code (2 and one ``error:`` line on failure)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.what in ("veri", "atrw", "duke"):
+    if args.what in ("veri", "atrw", "duke", "prid2011"):
         print(instructions(args.what, args.root))
         return 0
     setup_logging()
@@ -324,6 +343,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     print(f"  experiment: {folder}")
             print("evaluate an experiment with: python tools/main.py --config-file CONFIG "
                   "--root DATA_ROOT --eval-only model.load_weights EXPERIMENT_FOLDER")
+        elif args.what == "ilidsvid":
+            from vkd_torchreid.apps.download.video_sets import download_ilidsvid
+
+            for path in download_ilidsvid(args.root, args.retries, args.remove_archive):
+                print(f"ilidsvid: {path}")
+            print(f"check it with: python tools/check_dataset.py --dataset vkd_ilidsvid "
+                  f"--root {args.root}")
         else:
             out = download_mars(args.root, args.retries)
             for path in out["info"] + out["frames"]:

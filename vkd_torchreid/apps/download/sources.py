@@ -87,6 +87,18 @@ SOURCES: Dict[str, Source] = {
         _MARS_RAW + "query_IDX.mat", HTTPS, "query_IDX.mat",
         Checksums(sha256="2b580c94cf7934dbe3320c628b915dba76153c60effa94c1f48995ae8b96a932"),
         origin=_MARS_ORIGIN),
+    # -- iLIDS-VID and PRID2011 ---------------------------------------------------------------
+    "ilidsvid": Source(
+        "https://www.eecs.qmul.ac.uk/~xiatian/iLIDS-VID/iLIDS-VID.tar", HTTPS, "iLIDS-VID.tar",
+        top=("i-LIDS-VID", "train-test people splits"),
+        origin="torchreid's iLIDSVID.dataset_url (http://www.eecs.qmul.ac.uk/~xiatian/iLIDS-VID/"
+               "iLIDS-VID.tar), asked over https; no published checksum, so the archive is "
+               "checked as a tar holding both folders"),
+    "prid2011": Source("https://www.tugraz.at/institute/icg/research/team-bischof/lrs/downloads/"
+                       "PRID11/", PAGE, origin="torchreid's PRID2011 class docstring (URL)"),
+    "prid2011_splits": Source(
+        "https://drive.google.com/open?id=1qw7SI7YdIgfHetIQO7LLW4SHpL_qkieT", PAGE,
+        origin="torchreid's docs (docs/datasets.rst, PRID2011: 'the split created by iLIDS-VID')"),
     # -- datasets given out on request -------------------------------------------------------
     "veri": Source("https://vehiclereid.github.io/VeRi/", PAGE,
                    origin="the VeRi-776 project page of its authors"),
