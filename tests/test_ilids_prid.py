@@ -321,3 +321,68 @@ def test_download_prid2011_prints_where_and_the_layout(tmp_path, capsys):
                    "multi_shot/cam_a/", "vkd_prid2011", str(tmp_path)):
         assert needle in out
     assert os.listdir(str(tmp_path)) == []
+
+
+# ----------------------------------------------------------------------------- through the CLI
+
+def _cli_opts(config, root, save, *extra):
+    from conftest import TINY
+
+    return ["--config-file", os.path.join(REPO, "configs", config), "--root", root,
+            "data.save_dir", save, *TINY, "train.max_epoch", "1", "train.batch_size", "4",
+            "sampler.num_instances", "2", "video.seq_len", "4", "train.stepsize", "[1]",
+            "train.amp", "", "test.amp", "", *extra]
+
+
+@pytest.mark.slow  # a teacher, its student and an evaluation, one epoch each
+def test_prid2011_trains_and_evaluates_through_the_cli(tmp_path, capsys):
+    from vkd_torchreid import cli
+
+    root = str(tmp_path / "data")
+    write_synthetic("vkd_prid2011", root, ids=12, frames=4, height=32, width=16)
+    teacher = str(tmp_path / "teacher")
+    assert cli.main(_cli_opts("teacher_prid2011_r50.yaml", root, teacher,
+                              "data.split_id", "7")) == 0
+    ckpt = os.path.join(teacher, "model", "latest.pth.tar")
+    student = str(tmp_path / "student")
+    assert cli.main(_cli_opts("vkd_prid2011_r50.yaml", root, student, "data.split_id", "7",
+                              "vkd.teacher_checkpoint", ckpt)) == 0
+    evaluation = str(tmp_path / "eval")
+    assert cli.main(["eval", *_cli_opts("vkd_prid2011_r50.yaml", root, evaluation,
+                                        "data.split_id", "7", "vkd.teacher_checkpoint", ckpt,
+                                        "model.load_weights",
+                                        os.path.join(student, "model", "latest.pth.tar"))]) == 0
+    for run in (teacher, student, evaluation):
+        with open(os.path.join(run, "results.json"), encoding="utf-8") as fh:
+            metrics = json.load(fh)["vkd_prid2011"]
+        assert set(metrics) == {"I2V", "V2V"}
+        assert all(0.0 <= metrics[m]["rank1"] <= metrics[m]["rank20"] <= 1.0 for m in metrics)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("value,needle", [("12", "data.split_id=12 is invalid"),
+                                          ("-1", "data.split_id=-1 is invalid")])
+def test_cli_split_id_out_of_range_writes_nothing(tmp_path, capsys, value, needle):
+    from vkd_torchreid import cli
+
+    root = str(tmp_path / "data")
+    write_synthetic("vkd_ilidsvid", root, **SMALL)
+    save = str(tmp_path / "run")
+    code = cli.main(_cli_opts("teacher_ilidsvid_r50.yaml", root, save, "data.split_id", value))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
+    assert not os.path.exists(save)
+
+
+def test_cli_missing_split_file_writes_nothing(tmp_path, capsys):
+    from vkd_torchreid import cli
+
+    root = str(tmp_path / "data")
+    write_synthetic("vkd_prid2011", root, **SMALL)
+    path = os.path.join(root, "prid2011", "splits_prid2011.json")
+    os.remove(path)
+    save = str(tmp_path / "run")
+    code = cli.main(_cli_opts("teacher_prid2011_r50.yaml", root, save))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: missing file {path}")
+    assert not os.path.exists(save)
