@@ -303,6 +303,8 @@ def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, trackl
         _prepare(os.path.join(masks, folder))
     counts = _WRITERS[folder](base, train_ids, test_ids, cams, tracklets, frames, seed,
                               height, width, _FrameWriter(root, masks))
-    counts = {"train_ids": len(train_ids), "test_ids": len(test_ids), "cams": cams, **counts}
+    for key, value in (("train_ids", len(train_ids)), ("test_ids", len(test_ids)),
+                       ("cams", cams)):
+        counts.setdefault(key, value)  # iLIDS-VID and PRID2011 count their own
     logger.info("wrote synthetic %s to %s: %s", folder, base, counts)
     return counts
