@@ -147,6 +147,18 @@ def test_sampler_teacher_frames_come_from_both_cameras(tmp_path, strategy):
             assert {train[t][2] for t, _ in refs} == {0, 1} and len(student) == 2
 
 
+@pytest.mark.parametrize("name,cls", [("vkd_ilidsvid", ILIDSVID), ("vkd_prid2011", PRID2011)])
+def test_torchreid_registry_passes_split_id(tmp_path, name, cls):
+    from vkd_torchreid import compat
+
+    write_synthetic(name, str(tmp_path), **SMALL)
+    dataset = compat.data.datasets.init_video_dataset(name, root=str(tmp_path), mode="train",
+                                                      verbose=False, split_id=3)
+    assert isinstance(dataset, cls)
+    assert dataset.splits.query == cls.load(str(tmp_path), split_id=3).query
+    assert dataset.splits.query != cls.load(str(tmp_path), split_id=4).query
+
+
 def test_synthetic_split_files_are_reproducible(tmp_path):
     files = []
     for i in range(2):
@@ -196,6 +208,17 @@ def test_split_id_out_of_range(tmp_path, capsys, name):
     write_synthetic(name, str(tmp_path), **SMALL)
     line = _bad(tmp_path, capsys, name, split_id=10)
     assert "data.split_id=10 is out of range" in line and "holds 10 splits (0-9)" in line
+
+
+def test_split_id_beyond_a_short_split_file(tmp_path, capsys):
+    write_synthetic("vkd_prid2011", str(tmp_path), **SMALL)
+    path = os.path.join(str(tmp_path), "prid2011", "splits_prid2011.json")
+    with open(path, encoding="utf-8") as fh:
+        two = json.load(fh)[:2]
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(two, fh)
+    line = _bad(tmp_path, capsys, "vkd_prid2011", split_id=3)
+    assert f"data.split_id=3 is out of range: {path} holds 2 splits (0-1)" in line
 
 
 def test_split_id_out_of_range_in_the_config():
