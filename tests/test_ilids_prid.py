@@ -39,6 +39,14 @@ def ilids300(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def ilids300_torchreid(ilids300):
+    """A copy of that world for torchreid's class, which writes splits.json into it."""
+    copy = ilids300 + "_torchreid"
+    shutil.copytree(ilids300, copy)
+    return copy
+
+
 def _torchreid(cls, root, split_id):
     with contextlib.redirect_stdout(io.StringIO()):
         return cls(root=root, split_id=split_id, transform=lambda x: x)
@@ -64,9 +72,8 @@ def _same_as_torchreid(ours, theirs):
 
 
 @pytest.mark.parametrize("split_id", range(10))
-def test_ilidsvid_parses_as_torchreid(ilids300, split_id):
-    theirs_root = ilids300 + f"_torchreid{split_id}"
-    shutil.copytree(ilids300, theirs_root)  # torchreid writes splits.json into the dataset
+def test_ilidsvid_parses_as_torchreid(ilids300, ilids300_torchreid, split_id):
+    theirs_root = ilids300_torchreid
     ours = ILIDSVID.load(ilids300, split_id=split_id)
     theirs = _torchreid(TorchreidILIDSVID, theirs_root, split_id)
     assert len(ours.train) == 300 and len(ours.query) == len(ours.gallery) == 150
