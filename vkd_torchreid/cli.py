@@ -233,8 +233,8 @@ APP_COMMANDS = {
                          "index)"),
     "export": ("export", "export the image and tracklet models to ONNX, checked with "
                          "onnxruntime"),
-    "download": ("download", "the released checkpoints and MARS; where to get VeRi, ATRW and "
-                             "Duke"),
+    "download": ("download", "the released checkpoints, MARS and iLIDS-VID; where to get VeRi, "
+                             "ATRW, Duke and PRID2011"),
     "compare": ("analysis.compare", "runs side by side: a table, a CSV and a bar chart of "
                                     "their results.json"),
     "explain": ("analysis.explain", "Grad-CAM of several networks on the same gallery frames "

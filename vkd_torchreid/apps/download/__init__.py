@@ -3,7 +3,8 @@
     python tools/download.py checkpoints --root logs [--which baseline|distilled|all]
                                          [--url URL] [--sha256 HEX] [--remove-archive]
     python tools/download.py mars --root reid-data
-    python tools/download.py veri|atrw|duke [--root reid-data]
+    python tools/download.py ilidsvid --root reid-data [--remove-archive]
+    python tools/download.py veri|atrw|duke|prid2011 [--root reid-data]
 
 ``checkpoints`` fetches the reference implementation's Model Zoo archives (``baseline.zip``: the
 teachers, ``distilled.zip``: the students; about 4.8 GB together) into ``--root`` and unpacks
