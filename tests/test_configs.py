@@ -23,11 +23,11 @@ BASES = [p for p in CONFIGS if os.path.basename(p).startswith("_")]
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    """All four layouts under one data.root, with enough identities for every P x K."""
+    """All six layouts under one data.root, with enough identities for every P x K."""
     from vkd_torchreid.synthetic import write_synthetic
 
     root = str(tmp_path_factory.mktemp("all_layouts"))
-    for name in ("vkd_mars", "vkd_duke", "vkd_veri", "vkd_atrw"):
+    for name in ("vkd_mars", "vkd_duke", "vkd_veri", "vkd_atrw", "vkd_ilidsvid", "vkd_prid2011"):
         write_synthetic(name, root, ids=40, cams=2, tracklets=1, frames=2, seed=1,
                         height=32, width=16)
     return root
@@ -51,6 +51,16 @@ def test_there_is_a_config_per_paper_experiment():
                      "multiview"):
         assert f"vkd_mars_r50_{ablation}" in names
     assert "demo" in names
+    for ds in ("ilidsvid", "prid2011"):  # no reference numbers: MARS's recipe, said so
+        for name in (f"teacher_{ds}_r50", f"vkd_{ds}_r50"):
+            assert name in names
+            lines = Path(REPO, "configs", f"{name}.yaml").read_text(encoding="utf-8")
+            header = " ".join(line[2:] for line in lines.splitlines() if line.startswith("# "))
+            assert "report no numbers" in header and "schedule is MARS's" in header
+            mars, cfg = _load(name.replace(ds, "mars")), _load(name)
+            assert all(cfg[k] == mars[k] for k in ("train", "video", "sampler", "loss")), name
+            assert {k for k in cfg.vkd if cfg.vkd[k] != mars.vkd[k]} <= {"teacher_checkpoint"}
+            assert list(cfg.data.sources) == [f"vkd_{ds}"] and cfg.data.split_id == 0
 
 
 def test_generated_configs_are_the_table():

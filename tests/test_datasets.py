@@ -611,19 +611,22 @@ def test_synthetic_is_byte_identical_and_encodes_each_image_once(tmp_path, name,
     from vkd_torchreid.synthetic import writers
 
     encoded = []
-    real_write = writers.write_jpeg
 
-    def counting_write(path, *args, **kwargs):
-        encoded.append(os.path.abspath(path))
-        return real_write(path, *args, **kwargs)
+    def counting(real_write):
+        def counting_write(path, *args, **kwargs):
+            encoded.append(os.path.abspath(path))
+            return real_write(path, *args, **kwargs)
+        return counting_write
 
-    monkeypatch.setattr(writers, "write_jpeg", counting_write)
+    # JPEG frames; iLIDS-VID and PRID2011 frames are PNG
+    monkeypatch.setattr(writers, "write_jpeg", counting(writers.write_jpeg))
+    monkeypatch.setattr(writers, "write_png", counting(writers.write_png))
     counts = write_synthetic(name, str(tmp_path / "a"), ids=8, cams=3, tracklets=2, frames=8,
                              seed=4)
-    # the work is one JPEG encode per image of the dataset: no image written twice
+    # the work is one encode per image of the dataset: no image written twice
     on_disk = sorted(os.path.abspath(os.path.join(d, f))
                      for d, _, files in os.walk(tmp_path / "a") for f in files
-                     if f.endswith(".jpg"))
+                     if f.endswith((".jpg", ".png")))
     assert len(encoded) == len(set(encoded)) == counts["images"]
     assert sorted(encoded) == on_disk
     write_synthetic(name, str(tmp_path / "b"), ids=8, cams=3, tracklets=2, frames=8, seed=4)

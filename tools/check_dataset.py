@@ -3,6 +3,7 @@
     python tools/check_dataset.py --dataset vkd_mars --root reid-data
     python tools/check_dataset.py --dataset vkd_atrw --root reid-data --atrw-views side
     python tools/check_dataset.py --dataset vkd_duke --root reid-data --duke-tracklets reference
+    python tools/check_dataset.py --dataset vkd_ilidsvid --root reid-data --split-id 3
 
 Exit status: 0 healthy, 1 some images are missing or corrupt (each is listed), 2 the dataset
 folder or an annotation file is missing or malformed (one ``error:`` line on stderr).
@@ -23,7 +24,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True,
-                        help="vkd_mars, vkd_duke, vkd_veri or vkd_atrw")
+                        help="vkd_mars, vkd_duke, vkd_veri, vkd_atrw, vkd_ilidsvid or "
+                             "vkd_prid2011")
     parser.add_argument("--root", required=True, help="the folder holding the dataset folder")
     parser.add_argument("--no-decode", action="store_true",
                         help="only check that image files exist (much faster)")
@@ -34,6 +36,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--veri-query-track", default=None, choices=("first", "longest"),
                         help="VeRi video query: the longest track, or the first as the "
                              "reference (vkd_veri)")
+    parser.add_argument("--split-id", type=int, default=None,
+                        help="which of the ten train/test splits, 0-9 (vkd_ilidsvid, "
+                             "vkd_prid2011)")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.root):  # fail fast, before importing torch
         print(f"error: missing root folder {args.root}", file=sys.stderr)
@@ -43,7 +48,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     options = {key: value for key, value in (("atrw_views", args.atrw_views),
                                              ("duke_tracklets", args.duke_tracklets),
-                                             ("veri_query_track", args.veri_query_track))
+                                             ("veri_query_track", args.veri_query_track),
+                                             ("split_id", args.split_id))
                if value is not None}
     try:
         splits, problems = check_dataset(args.dataset, args.root, decode=not args.no_decode,

@@ -1,7 +1,7 @@
 """vkd_torchreid: Views Knowledge Distillation (Porrello et al., ECCV 2020) for torchreid.
 
 Importing the package registers our datasets (``vkd_mars``, ``vkd_duke``, ``vkd_veri``,
-``vkd_atrw``) and models (``vkd_resnet50``...) with torchreid. Re-importing is safe.
+``vkd_atrw``, ``vkd_ilidsvid``, ``vkd_prid2011``) and models (``vkd_resnet50``...) with torchreid. Re-importing is safe.
 """
 from __future__ import annotations
 

@@ -228,12 +228,13 @@ def _app(name: str, argv: Sequence[str]) -> int:
 #: The commands that are an app's ``main``: name -> (module under ``vkd_torchreid.apps``, help).
 APP_COMMANDS = {
     "study": ("study", "the seeded, resumable study of the method's options"),
+    "splits": ("splits", "a config over the ten splits of iLIDS-VID or PRID2011 (mean ± std)"),
     "search": ("search", "the matches of a query image in a gallery of tracklets (or a saved "
                          "index)"),
     "export": ("export", "export the image and tracklet models to ONNX, checked with "
                          "onnxruntime"),
-    "download": ("download", "the released checkpoints and MARS; where to get VeRi, ATRW and "
-                             "Duke"),
+    "download": ("download", "the released checkpoints, MARS and iLIDS-VID; where to get VeRi, "
+                             "ATRW, Duke and PRID2011"),
     "compare": ("analysis.compare", "runs side by side: a table, a CSV and a bar chart of "
                                     "their results.json"),
     "explain": ("analysis.explain", "Grad-CAM of several networks on the same gallery frames "

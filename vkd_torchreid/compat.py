@@ -50,6 +50,7 @@ models = _sub("models")
 optim = _sub("optim")
 utils = _sub("utils")
 _datasets = _sub("data.datasets")
+_video_datasets = _sub("data.datasets.video")
 _rank = _sub("metrics.rank")
 _sampler = _sub("data.sampler")
 _optimizer = _sub("optim.optimizer")
@@ -66,6 +67,10 @@ build_lr_scheduler = optim.build_lr_scheduler
 #: ``train.optim`` and ``train.lr_scheduler`` values: torchreid's optimisers and schedulers.
 TORCHREID_OPTIMIZERS: tuple[str, ...] = tuple(_optimizer.AVAI_OPTIMS)
 TORCHREID_SCHEDULERS: tuple[str, ...] = tuple(_lr_scheduler.AVAI_SCH)
+#: torchreid's own iLIDS-VID and PRID2011 classes: our loaders call their per-person tracklet
+#: parsing (``process_data`` / ``process_dir``), and the tests compare with the whole classes.
+TorchreidILIDSVID = _video_datasets.iLIDSVID
+TorchreidPRID2011 = _video_datasets.PRID2011
 MetricMeter = utils.MetricMeter
 AverageMeter = utils.AverageMeter
 re_ranking = utils.re_ranking

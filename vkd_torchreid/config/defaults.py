@@ -55,6 +55,7 @@ def get_default_config() -> CN:
     # VeRi's I2I/V2I gallery: 'name_test' (every test image) or 'tracks' (the reference: the
     # images of the gallery tracks as data.veri_query_track reads them)
     cfg.data.veri_image_gallery = "name_test"
+    cfg.data.split_id = 0  # iLIDS-VID / PRID2011: which of the ten train/test splits (0-9)
 
     cfg.sampler = CN()
     cfg.sampler.train_sampler = MULTIVIEW_SAMPLER

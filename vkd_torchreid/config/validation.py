@@ -92,7 +92,7 @@ RANGES: Dict[str, Range] = {
     "vkd.student_frames": COUNT, "sampler.num_instances": COUNT, "train.batch_size": COUNT,
     "vkd.generations": COUNT, "test.visrank_topk": COUNT,
     "train.max_epoch": Range(0, integer=True), "data.workers": Range(0, integer=True),
-    "data.pad": Range(0, integer=True),
+    "data.pad": Range(0, integer=True), "data.split_id": Range(0, 9, integer=True),
     "vkd.alpha": NON_NEGATIVE, "vkd.beta": NON_NEGATIVE, "train.weight_decay": NON_NEGATIVE,
     "loss.triplet.weight_t": NON_NEGATIVE, "loss.triplet.weight_x": NON_NEGATIVE,
     "loss.triplet.margin": NON_NEGATIVE, "vkd.generation_lr_floor": NON_NEGATIVE,

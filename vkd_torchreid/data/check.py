@@ -49,11 +49,12 @@ def check_dataset(name: str, root: str, decode: bool = True,
     """Parses dataset ``name`` under ``root`` and checks every image it references.
 
     Args:
-        name: a registered dataset name (``vkd_mars``, ``vkd_duke``, ``vkd_veri``, ``vkd_atrw``).
+        name: a registered dataset name (``vkd_mars``, ``vkd_duke``, ``vkd_veri``, ``vkd_atrw``,
+            ``vkd_ilidsvid``, ``vkd_prid2011``).
         root: the parent folder of the dataset folder.
         decode: also decode every image (slower); otherwise only check that files exist.
         **options: dataset options (``mars_query_in_gallery``, ``atrw_views``,
-            ``duke_tracklets``, ``veri_query_track``, ``veri_image_gallery``).
+            ``duke_tracklets``, ``veri_query_track``, ``veri_image_gallery``, ``split_id``).
 
     Returns:
         (splits, problems): problems is empty for a healthy dataset.

@@ -248,7 +248,8 @@ class VKDDataManager(VideoDataManager):
                                     "atrw_views": d.atrw_views,
                                     "duke_tracklets": d.duke_tracklets,
                                     "veri_query_track": d.veri_query_track,
-                                    "veri_image_gallery": d.veri_image_gallery},
+                                    "veri_image_gallery": d.veri_image_gallery,
+                                    "split_id": d.split_id},
                    use_gpu=bool(cfg.use_gpu) and torch.cuda.is_available())
 
 

@@ -1,5 +1,6 @@
 """Tiny synthetic datasets written in the exact on-disk layouts of MARS, DukeMTMC-VideoReID,
-VeRi-776 and ATRW, for tests, the demo, the study and the benchmarks.
+VeRi-776 and ATRW (and iLIDS-VID and PRID2011, see :mod:`.twocam`), for tests, the demo, the
+study and the benchmarks.
 
 The same arguments always produce byte-identical files. A dataset folder is only rewritten
 if this module wrote it (it holds a ``.vkd_synthetic`` marker); real data is never touched.
@@ -18,12 +19,13 @@ from PIL import Image
 
 from vkd_torchreid.data.io import write_jpeg
 from vkd_torchreid.synthetic.render import render
+from vkd_torchreid.synthetic.twocam import person_numbers, write_ilidsvid, write_png, write_prid2011
 
 logger = logging.getLogger(__name__)
 
 MARKER = ".vkd_synthetic"
 DATASET_DIRS = {"vkd_mars": "mars", "vkd_duke": "DukeMTMC-VideoReID", "vkd_veri": "VeRi",
-                "vkd_atrw": "atrw"}
+                "vkd_atrw": "atrw", "vkd_ilidsvid": "ilids-vid", "vkd_prid2011": "prid2011"}
 # Kept as first written: the files stay byte-identical across versions.
 _MAT_HEADER = b"MATLAB 5.0 MAT-file, written by vkd_torchreid.data.synthetic"
 
@@ -86,7 +88,7 @@ class _FrameWriter:
         self.masks = masks
 
     def write(self, path: str, img: np.ndarray, mask: np.ndarray) -> None:
-        write_jpeg(path, img)
+        (write_png if path.endswith(".png") else write_jpeg)(path, img)
         if self.masks:
             target = mask_file(self.masks, os.path.relpath(path, self.root))
             os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -232,7 +234,20 @@ def _atrw(base: str, train_ids: List[int], test_ids: List[int], cams: int, track
             "query": len(gt), "gallery": len(gt)}
 
 
-_WRITERS = {"mars": _mars, "DukeMTMC-VideoReID": _duke, "VeRi": _veri, "atrw": _atrw}
+def _ilidsvid(base: str, train_ids: List[int], test_ids: List[int], cams: int, tracklets: int,
+              frames: int, seed: int, h: int, w: int, out: _FrameWriter) -> Dict[str, int]:
+    people = person_numbers(train_ids[0], len(train_ids) + len(test_ids))
+    return write_ilidsvid(base, people, frames, seed, h, w, out.write, _write_mat)
+
+
+def _prid2011(base: str, train_ids: List[int], test_ids: List[int], cams: int, tracklets: int,
+              frames: int, seed: int, h: int, w: int, out: _FrameWriter) -> Dict[str, int]:
+    people = list(range(train_ids[0], test_ids[-1] + 1))
+    return write_prid2011(base, people, len(train_ids), frames, seed, h, w, out.write)
+
+
+_WRITERS = {"mars": _mars, "DukeMTMC-VideoReID": _duke, "VeRi": _veri, "atrw": _atrw,
+            "ilids-vid": _ilidsvid, "prid2011": _prid2011}
 
 
 def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, tracklets: int = 2,
@@ -288,6 +303,8 @@ def write_synthetic(dataset: str, root: str, ids: int = 8, cams: int = 3, trackl
         _prepare(os.path.join(masks, folder))
     counts = _WRITERS[folder](base, train_ids, test_ids, cams, tracklets, frames, seed,
                               height, width, _FrameWriter(root, masks))
-    counts.update(train_ids=len(train_ids), test_ids=len(test_ids), cams=cams)
+    for key, value in (("train_ids", len(train_ids)), ("test_ids", len(test_ids)),
+                       ("cams", cams)):
+        counts.setdefault(key, value)  # iLIDS-VID and PRID2011 count their own
     logger.info("wrote synthetic %s to %s: %s", folder, base, counts)
     return counts

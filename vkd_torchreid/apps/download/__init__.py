@@ -49,6 +49,7 @@ from vkd_torchreid.apps.download.sources import (
 )
 from vkd_torchreid.data.atrw import ATRW
 from vkd_torchreid.data.duke import DukeVideo
+from vkd_torchreid.data.prid2011 import PRID2011
 from vkd_torchreid.data.veri import VeRi
 from vkd_torchreid.models.reference import HPARAMS
 from vkd_torchreid.utils.logs import one_line, setup_logging, teardown_logging
@@ -121,7 +122,7 @@ def fetch_source(key: str, folder: str, retries: int = RETRIES, url: Optional[st
         url = src.url if os.path.isfile(dest) else _address(src, dest, {} if listing is None else listing)
     fetched = fetch(url, dest, checks, check_archive if src.top else None, retries,
                     page=src.page or src.url)
-    return fetched, unpack(dest, folder) if src.top else [dest]
+    return fetched, unpack(dest, folder, src.top) if src.top else [dest]
 
 
 def download_checkpoints(root: str, names: Sequence[str], url: Optional[str] = None,
@@ -184,6 +185,13 @@ ON_REQUEST: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
         "University) in 2019 and is no longer distributed; this tool does not point to copies.",
         "If you hold a copy obtained under its original terms, lay it out as (dataset "
         "vkd_duke):")),
+    "prid2011": ("vkd_prid2011", PRID2011.LAYOUT, (
+        "PRID2011 has no archive address this tool can fetch (torchreid's PRID2011 class has "
+        "none either).",
+        f"Get prid_2011.zip from its authors' page: {SOURCES['prid2011'].url}",
+        "and torchreid's split file splits_prid2011.json (ten splits of the 178 people of the "
+        f"standard protocol) from {SOURCES['prid2011_splits'].url}",
+        "Lay them out as (dataset vkd_prid2011):")),
 }
 
 

@@ -258,8 +258,11 @@ def fetch(url: str, dest: str, checksums: Optional[Checksums] = None,
     return Fetched(dest, size, sha, "resumed" if resumed else "downloaded")
 
 
-def unpack(archive: str, into: str) -> List[str]:
+def unpack(archive: str, into: str, expected: Sequence[str] = ()) -> List[str]:
     """Unpacks the zip or tar ``archive`` into ``into``; returns its top-level entries' paths.
+
+    ``expected``: top-level folders the archive must hold (DownloadError naming the missing
+    ones and the archive, before anything is unpacked).
 
     The archive is extracted (``gdown.extractall``) into a hidden temporary folder in ``into``
     and each top-level entry is then renamed into place, so a folder under its final name is
@@ -275,6 +278,10 @@ def unpack(archive: str, into: str) -> List[str]:
     tops = sorted(firsts - {"", "__MACOSX"})
     if not tops:
         raise DownloadError(f"{archive} holds nothing to unpack")
+    missing = [t for t in expected if t not in tops]
+    if missing:
+        raise DownloadError(f"{archive} holds {tops[:5]} but not {missing}: not the expected "
+                            "archive; remove it and run this again")
     targets = [os.path.join(into, t) for t in tops]
     present = [t for t in targets if os.path.lexists(t)]
     if len(present) == len(targets):

@@ -93,6 +93,19 @@ SOURCES: Dict[str, Source] = {
         sha256="35a5464d1219cc42001ddb6cdb2c1e88ae2bc9d516e559d44a68310521386b56")),
     "mars_info_query_idx": _mars_info("query_IDX.mat", Checksums(
         sha256="2b580c94cf7934dbe3320c628b915dba76153c60effa94c1f48995ae8b96a932")),
+    # -- iLIDS-VID and PRID2011 ---------------------------------------------------------------
+    "ilidsvid": Source(
+        "https://www.eecs.qmul.ac.uk/~xiatian/iLIDS-VID/iLIDS-VID.tar", HTTPS, "iLIDS-VID.tar",
+        top=("i-LIDS-VID", "train-test people splits"),
+        page="https://www.eecs.qmul.ac.uk/~xiatian/downloads_qmul_iLIDS-VID_ReID_dataset.html",
+        origin="torchreid's iLIDSVID.dataset_url (http://www.eecs.qmul.ac.uk/~xiatian/iLIDS-VID/"
+               "iLIDS-VID.tar), asked over https; no published checksum, so the archive is "
+               "checked as a tar holding both folders"),
+    "prid2011": Source("https://www.tugraz.at/institute/icg/research/team-bischof/lrs/downloads/"
+                       "PRID11/", PAGE, origin="torchreid's PRID2011 class docstring (URL)"),
+    "prid2011_splits": Source(
+        "https://drive.google.com/open?id=1qw7SI7YdIgfHetIQO7LLW4SHpL_qkieT", PAGE,
+        origin="torchreid's docs (docs/datasets.rst, PRID2011: 'the split created by iLIDS-VID')"),
     # -- datasets given out on request -------------------------------------------------------
     "veri": Source("https://vehiclereid.github.io/VeRi/", PAGE,
                    origin="the VeRi-776 project page of its authors"),
@@ -126,4 +139,6 @@ class Dataset:
 DATASETS: Dict[str, Dataset] = {
     "mars": Dataset("mars", "vkd_mars", MARS_INFO + MARS_FRAMES,
                     "MARS frames (Google Drive) and info/ metadata"),
+    "ilidsvid": Dataset("ilids-vid", "vkd_ilidsvid", ("ilidsvid",),
+                        "iLIDS-VID (public tar), laid out as torchreid's"),
 }
