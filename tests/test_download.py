@@ -445,7 +445,7 @@ def test_mars_frames_through_gdown_and_info_through_loopback(tmp_path, capsys, m
     for split in ("train", "query", "gallery"):
         assert [(len(t[0]), t[1], t[2]) for t in getattr(ours, split)] == \
                [(len(t[0]), t[1], t[2]) for t in getattr(theirs, split)]
-    assert "check_dataset.py --dataset vkd_mars" in out
+    assert "vkd-reid check-dataset --root " in out and "-s vkd_mars" in out
 
 
 def test_mars_info_checksum_mismatch_stops_before_the_frames(tmp_path, capsys, monkeypatch):

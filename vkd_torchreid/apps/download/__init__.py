@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import requests
 
+from vkd_torchreid.apps.common import EXIT_ERROR
 from vkd_torchreid.apps.download import fetch as fetch_module  # noqa: F401  (tests patch it)
 from vkd_torchreid.apps.download.fetch import (  # noqa: F401  (the package's API)
     PART_SUFFIX,
@@ -68,8 +69,6 @@ from vkd_torchreid.utils.logs import one_line, setup_logging, teardown_logging
 from vkd_torchreid.utils.progress import progress_enabled
 
 logger = logging.getLogger(__name__)
-
-EXIT_ERROR = 2
 
 
 def find_experiments(paths: Sequence[str]) -> List[str]:
@@ -255,13 +254,13 @@ def instructions(what: str, root: Optional[str] = None) -> str:
         name = "vkd_duke"
     else:
         raise ValueError(f"no instructions for {what!r}")
-    text.append(f"Then check it: python tools/check_dataset.py --dataset {name} --root {shown}")
+    text.append(f"Then check it: vkd-reid check-dataset --root {shown} -s {name}")
     return "\n".join(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="download", description=__doc__.splitlines()[0].split(": ", 1)[-1],
+        prog="vkd-reid download", description=__doc__.splitlines()[0].split(": ", 1)[-1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
     ck = sub.add_parser("checkpoints", help="the authors' released checkpoints (Model Zoo)")
@@ -328,8 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             out = download_mars(args.root, args.retries)
             for path in out["info"] + out["frames"]:
                 print(f"mars: {path}")
-            print(f"check it with: python tools/check_dataset.py --dataset vkd_mars "
-                  f"--root {args.root}")
+            print(f"check it with: vkd-reid check-dataset --root {args.root} -s vkd_mars")
         return 0
     except (DownloadError, OSError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
