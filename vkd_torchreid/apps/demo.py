@@ -46,6 +46,7 @@ from vkd_torchreid.utils.distributed import env_world_size
 from vkd_torchreid.utils.jsonio import write_json
 from vkd_torchreid.utils.logs import setup_logging, teardown_logging
 from vkd_torchreid.utils.plots import save_figure, subplots
+from vkd_torchreid.utils.seeding import set_seed
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         setup_logging()
         try:
             start_run_folder(cfg)
+            set_seed(cfg.train.seed)  # the same run for the same config
             run_demo(cfg)
         finally:
             teardown_logging()
