@@ -123,6 +123,18 @@ def test_odd_override_list():
         build_config("", ["train.lr"])
 
 
+def test_list_keys_take_bare_words():
+    for value in ("[vkd_mars, vkd_duke]", "['vkd_mars', 'vkd_duke']", "[vkd_mars,vkd_duke]"):
+        assert build_config("", ["data.sources", value]).data.sources == ["vkd_mars",
+                                                                          "vkd_duke"]
+    assert build_config("", ["data.targets", "[]"]).data.targets == []
+    assert build_config("", ["train.stepsize", "[3, 5]"]).train.stepsize == [3, 5]
+    with pytest.raises(ValueError, match="data.sources"):  # still validated
+        build_config("", ["data.sources", "[market]"])
+    with pytest.raises(ValueError, match="bad override"):  # a list key takes no bare string
+        build_config("", ["data.sources", "vkd_mars"])
+
+
 @pytest.mark.parametrize("key,value", [
     ("demo.ids", "2"), ("demo.cams", "1"), ("demo.val_every", "0"), ("demo.patience", "-1"),
     ("demo.min_delta", "-0.1"), ("demo.student_stepsize", "[20, 10]"), ("demo.train_ids", "64"),

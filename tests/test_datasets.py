@@ -707,7 +707,7 @@ def _run_tool(*args):
                           cwd=REPO, timeout=120)
 
 
-@pytest.mark.slow  # a tools/check_dataset.py subprocess
+@pytest.mark.slow  # a tools/check_dataset.py subprocess (vkd-reid check-dataset)
 def test_check_tool_reports_a_corrupt_image(tmp_path):
     root, _ = _write("vkd_mars", tmp_path, ids=4, cams=2, tracklets=1, frames=2)
     train = os.path.join(root, "mars", "bbox_train")
@@ -715,7 +715,7 @@ def test_check_tool_reports_a_corrupt_image(tmp_path):
     bad = os.path.join(pid_dir, sorted(os.listdir(pid_dir))[1])
     with open(bad, "wb") as fh:
         fh.write(b"\x00garbage, not a JPEG")
-    proc = _run_tool("--dataset", "vkd_mars", "--root", root)
+    proc = _run_tool("--root", root, "-s", "vkd_mars")
     assert proc.returncode == 1, proc.stderr
     assert bad in proc.stdout and "1 problem(s)" in proc.stdout
 
@@ -724,7 +724,7 @@ def test_check_tool_reports_a_corrupt_image(tmp_path):
 @pytest.mark.parametrize("where", ["root", "dataset folder"])
 def test_check_tool_missing_layout_is_one_error_line(tmp_path, where):
     root = str(tmp_path / "missing") if where == "root" else str(tmp_path)
-    proc = _run_tool("--dataset", "vkd_mars", "--root", root)
+    proc = _run_tool("--root", root, "-s", "vkd_mars")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "missing" in lines[0]
@@ -793,20 +793,20 @@ def test_check_tool_passes_duke_and_veri_options(tmp_path):
     _veri_layout(str(tmp_path))
     splits, problems = check_dataset("vkd_duke", str(tmp_path), duke_tracklets="reference")
     assert problems == [] and len(splits.train) == 4
-    proc = _run_tool("--dataset", "vkd_duke", "--root", str(tmp_path), "--no-decode",
-                     "--duke-tracklets", "reference")
+    proc = _run_tool("--root", str(tmp_path), "-s", "vkd_duke", "--no-decode",
+                     "data.duke_tracklets", "reference")
     assert proc.returncode == 0, proc.stderr
     train_row = [line.split() for line in proc.stdout.splitlines() if line.startswith("train")]
     assert train_row == [["train", "2", "4", "7", "2"]]
-    proc = _run_tool("--dataset", "vkd_veri", "--root", str(tmp_path), "--no-decode",
-                     "--veri-query-track", "first")
+    proc = _run_tool("--root", str(tmp_path), "-s", "vkd_veri", "--no-decode",
+                     "data.veri_query_track", "first")
     assert proc.returncode == 0, proc.stderr
     gallery_row = [line.split() for line in proc.stdout.splitlines()
                    if line.startswith("gallery ")]
     assert gallery_row == [["gallery", "2", "4", "10", "3"]]
-    proc = _run_tool("--dataset", "vkd_duke", "--root", str(tmp_path),
-                     "--veri-query-track", "first")
-    assert proc.returncode == 2 and "veri_query_track" in proc.stderr
+    proc = _run_tool("--root", str(tmp_path), "-s", "vkd_duke", "data.veri_query_track", "x")
+    assert proc.returncode == 2 and "data.veri_query_track" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_veri_first_mode_accepts_a_bare_vehicle_camera_key(tmp_path):

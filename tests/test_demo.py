@@ -35,6 +35,10 @@ def test_demo_runs_twice_into_fresh_run_dirs(tmp_path, capsys):
     assert len(runs) == 2
     with open(os.path.join(runs[0], "summary.json"), encoding="utf-8") as fh:
         summary = json.load(fh)
+    with open(os.path.join(runs[1], "summary.json"), encoding="utf-8") as fh:
+        again = json.load(fh)
+    for key in ("table", "teacher_selected", "teacher_validation_curve"):  # seeded: train.seed
+        assert again[key] == summary[key], key
     assert set(summary["table"]) == {"teacher", "student", "teacher_control"}
     for row in summary["table"].values():
         assert set(row) == {"I2V", "V2V"} and 0 <= row["I2V"]["mAP"] <= 1

@@ -17,12 +17,6 @@ CONFIGS = os.path.join(REPO, "configs")
 README = os.path.join(REPO, "README.md")
 DOCS = [README, *sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))]
 
-# Commands the docs already use that another branch (every tool a `vkd-reid` subcommand) adds
-# to the CLI. TO BE REMOVED BY THE LEAD WHEN THAT BRANCH MERGES:
-# test_pending_commands_are_not_yet_in_the_cli fails as soon as the CLI has them.
-PENDING_COMMANDS = frozenset({"demo", "check-dataset", "make-synthetic", "model-info",
-                              "benchmark"})
-
 #: ``vkd-reid`` followed by a lower-case word: the command (options start with '-', and an
 #: upper-case word such as COMMAND is a placeholder).
 COMMAND = re.compile(r"\bvkd-reid[ \t]+(?:\\\n[ \t]*)?([a-z][a-z0-9-]*)")
@@ -81,7 +75,7 @@ def test_docs_exist():
 
 
 def test_every_vkd_reid_command_in_the_docs_exists():
-    known = _cli_commands() | PENDING_COMMANDS
+    known = _cli_commands()
     seen = set()
     for path in DOCS:
         for match in COMMAND.finditer(_read(path)):
@@ -91,13 +85,6 @@ def test_every_vkd_reid_command_in_the_docs_exists():
                                    f"the CLI has {sorted(_cli_commands())}")
     # the check reads real mentions: the README's command table and the docs' examples
     assert {"train", "eval", "search", "download", "benchmark"} <= seen
-
-
-def test_pending_commands_are_not_yet_in_the_cli():
-    """Marks the moment to empty PENDING_COMMANDS: once the CLI has a name, it is not pending."""
-    assert not (PENDING_COMMANDS & _cli_commands()), (
-        f"remove {sorted(PENDING_COMMANDS & _cli_commands())} from PENDING_COMMANDS in "
-        "tests/test_docs.py: the CLI has them now")
 
 
 def test_every_config_the_docs_name_exists():

@@ -498,7 +498,7 @@ def test_mars_frames_through_gdown_and_info_through_loopback(tmp_path, capsys, m
     for split in ("train", "query", "gallery"):
         assert [(len(t[0]), t[1], t[2]) for t in getattr(ours, split)] == \
                [(len(t[0]), t[1], t[2]) for t in getattr(theirs, split)]
-    assert "check_dataset.py --dataset vkd_mars" in out
+    assert "vkd-reid check-dataset --root " in out and "-s vkd_mars" in out
 
 
 def test_mars_info_checksum_mismatch_stops_before_the_frames(tmp_path, capsys, monkeypatch):
@@ -558,7 +558,7 @@ def test_a_public_dataset_is_one_table_entry_and_a_tar_unpacks(tmp_path, capsys,
         assert srv.requests == [("/toy.tar", None)]
         assert (tmp_path / "toy/toy-set/sequences/cam1/p001/f0001.png").read_bytes() == \
             b"frame" * 100
-        assert f"toy: {tmp_path / 'toy' / 'toy-set'}" in out and "--dataset vkd_toy" in out
+        assert f"toy: {tmp_path / 'toy' / 'toy-set'}" in out and "-s vkd_toy" in out
         # a truncated tar is refused and nothing is unpacked
         srv.files["toy.tar"] = data[:700]
         monkeypatch.setitem(dl.SOURCES, "toy", dataclasses.replace(

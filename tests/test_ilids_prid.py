@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import io
 import json
 import os
@@ -24,11 +23,9 @@ SMALL = dict(ids=12, frames=4, height=16, width=8)
 
 
 def _check_tool():
-    spec = importlib.util.spec_from_file_location(
-        "check_dataset_tool", os.path.join(REPO, "tools", "check_dataset.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    from vkd_torchreid import cli
+
+    return lambda argv: cli.main(["check-dataset", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +188,8 @@ def _bad(tmp_path, capsys, name, split_id=None):
     """Runs the check tool; returns its one error line after checking nothing was written."""
     clear_cache()
     before = _tree(str(tmp_path))
-    args = ["--dataset", name, "--root", str(tmp_path), "--no-decode"]
-    rc = _check_tool()(args + ([] if split_id is None else ["--split-id", str(split_id)]))
+    args = ["--no-decode", "--root", str(tmp_path), "-s", name]
+    rc = _check_tool()(args + ([] if split_id is None else ["data.split_id", str(split_id)]))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert _tree(str(tmp_path)) == before  # nothing written (torchreid writes splits.json)
@@ -213,8 +210,13 @@ def test_missing_split_file(tmp_path, capsys, name):
 @pytest.mark.parametrize("name", ["vkd_ilidsvid", "vkd_prid2011"])
 def test_split_id_out_of_range(tmp_path, capsys, name):
     write_synthetic(name, str(tmp_path), **SMALL)
-    line = _bad(tmp_path, capsys, name, split_id=10)
-    assert "data.split_id=10 is out of range" in line and "holds 10 splits (0-9)" in line
+    line = _bad(tmp_path, capsys, name, split_id=10)  # the config's range, before any file
+    assert "data.split_id=10" in line and "[0, 9]" in line
+    # the dataset's own check, for a caller that bypasses the config
+    clear_cache()
+    cls = ILIDSVID if name == "vkd_ilidsvid" else PRID2011
+    with pytest.raises(ValueError, match=r"data.split_id=10 is out of range.*holds 10 splits"):
+        cls.load(str(tmp_path), split_id=10)
 
 
 def test_split_id_beyond_a_short_split_file(tmp_path, capsys):
@@ -270,7 +272,7 @@ def test_ilids_person_missing_from_a_camera(tmp_path, capsys):
 def test_check_tool_healthy_world(tmp_path, capsys):
     write_synthetic("vkd_prid2011", str(tmp_path), **SMALL)
     clear_cache()
-    rc = _check_tool()(["--dataset", "vkd_prid2011", "--root", str(tmp_path), "--split-id", "4"])
+    rc = _check_tool()(["--root", str(tmp_path), "-s", "vkd_prid2011", "data.split_id", "4"])
     out = capsys.readouterr().out
     assert rc == 0 and "vkd_prid2011" in out and out.strip().endswith("ok")
 

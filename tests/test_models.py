@@ -490,7 +490,7 @@ def test_reference_densenet_mobilenet_files(tmp_path, arch, btype):
     assert _diff_keys(src, dst) == set()
 
 
-# ---------------------------------------------------------------- tools/model_info.py
+# ------------------------------------------------- tools/model_info.py (vkd-reid model-info)
 def _conv_linear_macs(model: nn.Module, size) -> int:
     """Multiply-adds of the conv and linear layers one test-time forward pass runs (a bias
     adds one per output), counted with forward hooks."""
@@ -519,7 +519,8 @@ def test_model_info_tool_prints_the_models_numbers():
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, os.path.join(repo, "tools", "model_info.py"),
-                           "--model", "vkd_resnet18", "--height", "64", "--width", "32"],
+                           "model.name", "vkd_resnet18", "data.height", "64", "data.width",
+                           "32"],
                           capture_output=True, text=True, cwd=repo, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = dict(line.split(":", 1) for line in proc.stdout.strip().splitlines())

@@ -1,18 +1,22 @@
 """The authors' released checkpoints and the public parts of the datasets.
 
-    python tools/download.py checkpoints --root logs [--which baseline|distilled|all]
-    python tools/download.py mars --root reid-data
-    python tools/download.py veri|atrw|duke [--root reid-data]   (where to get them, layout)
-
-gdown does the transfers, which resume from ``<file>.download/``; files are verified (checksums,
-archive CRCs) before they get their final name and archives are unpacked atomically.
-See :mod:`vkd_torchreid.apps.download`.
+    python tools/download.py ARGS   is   vkd-reid download ARGS   (arguments: --help)
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 
-from vkd_torchreid.apps.download import main
+if importlib.util.find_spec("vkd_torchreid") is None:  # a source checkout, not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> int:
+    from vkd_torchreid import cli
+
+    return cli.main(["download", *sys.argv[1:]])
+
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

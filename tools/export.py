@@ -1,18 +1,22 @@
-"""ONNX export of a trained network (logic: vkd_torchreid/apps/export.py).
+"""ONNX export of a trained network (image and tracklet models), checked with onnxruntime.
 
-    python tools/export.py --config-file vkd_mars_r50 \
-        --weights log/vkd_mars_r50/model/latest.pth.tar --output vkd_mars_r50.onnx
-
-Writes the image model X.onnx (images [batch, 3, H, W] -> embeddings [batch, D]) and the
-tracklet model X_tracklet.onnx (tracklets [batch, frames, 3, H, W] -> set_embeddings
-[batch, D]), each checked with onnxruntime against PyTorch. Needs
-``pip install vkd_torchreid[export]``. Errors end with one line and exit code 2.
+    python tools/export.py ARGS   is   vkd-reid export ARGS   (arguments: --help)
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 
-from vkd_torchreid.apps.export import main
+if importlib.util.find_spec("vkd_torchreid") is None:  # a source checkout, not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> int:
+    from vkd_torchreid import cli
+
+    return cli.main(["export", *sys.argv[1:]])
+
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

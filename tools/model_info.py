@@ -1,10 +1,22 @@
-"""Size and cost of one of our networks (logic: vkd_torchreid/apps/model_info.py).
+"""Size and cost of one of our networks.
 
-    python tools/model_info.py --model vkd_resnet50 --height 256 --width 128 [--num-classes 625]
+    python tools/model_info.py ARGS   is   vkd-reid model-info ARGS   (arguments: --help)
 """
 from __future__ import annotations
 
-from vkd_torchreid.apps.model_info import main
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("vkd_torchreid") is None:  # a source checkout, not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> int:
+    from vkd_torchreid import cli
+
+    return cli.main(["model-info", *sys.argv[1:]])
+
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

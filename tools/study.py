@@ -1,17 +1,22 @@
-"""The seeded study of the method's options on the synthetic world (resumable).
+"""The seeded, resumable study of the method's options on the synthetic world.
 
-    python tools/study.py --config-file configs/study.yaml --seeds 3 --out log/study
-    python tools/study.py --config-file configs/study.yaml --seeds 3 --variants vkd control
-
-Re-running the same command skips every (variant, seed) already finished; the summary
-(mean, std, min-max over seeds) is printed and written to <out>/summary.{json,md}.
-The same as ``vkd-reid study ...``.
+    python tools/study.py ARGS   is   vkd-reid study ARGS   (arguments: --help)
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 
-from vkd_torchreid.apps.study import main
+if importlib.util.find_spec("vkd_torchreid") is None:  # a source checkout, not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> int:
+    from vkd_torchreid import cli
+
+    return cli.main(["study", *sys.argv[1:]])
+
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

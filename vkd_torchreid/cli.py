@@ -1,9 +1,12 @@
-"""The ``vkd-reid`` command line (``tools/main.py`` is a thin wrapper around it).
+"""The ``vkd-reid`` command line (``tools/*.py`` are thin wrappers around it).
 
-    vkd-reid [COMMAND] --config-file X [KEY VALUE ...]
+    vkd-reid [COMMAND] [--config-file X] [ARGUMENTS] [KEY VALUE ...]
 
-COMMAND is one of :data:`COMMANDS`; ``train`` is the default when the first argument is not a
-command. ``--config-file`` takes a path or the name of a packaged config (``vkd_mars_r50``).
+COMMAND is one of :data:`COMMANDS`. Without one, the config decides: ``train`` (which also
+evaluates with ``--eval-only`` or ``test.evaluate``), or ``demo`` for a config that declares
+itself the demo's (``demo.enabled True``, as ``configs/demo.yaml``). ``--config-file`` takes a
+path or the name of a packaged config (``vkd_mars_r50``); KEY VALUE overrides come last.
+Errors a user can fix are one ``error:`` line on stderr and exit status 2.
 
 Under ``torchrun`` (``train`` and ``eval``) every process runs this same command: they join
 one process group, check that they resolved the same config, and stop together on any
@@ -18,15 +21,26 @@ import logging.handlers
 import os
 import sys
 import time
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from yacs.config import CfgNode
 
-from vkd_torchreid.config import build_config
+from vkd_torchreid.apps.common import (  # noqa: F401  (the names tests and users import)
+    CONFIG_FILE,
+    EXIT_ERROR,
+    USER_ERRORS,
+    UserError,
+    add_config_arguments,
+    command_parser,
+    config_extensions,
+    config_of,
+    parse,
+    report,
+    start_run_folder,
+)
 from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.logs import (  # noqa: F401  (LOG_FILE: the run log's name)
     LOG_FILE,
-    attach_log_file,
     one_line,
     setup_logging,
     teardown_logging,
@@ -35,19 +49,8 @@ from vkd_torchreid.utils.seeding import set_seed
 
 logger = logging.getLogger("vkd_torchreid")
 
-EXIT_ERROR = 2
-CONFIG_FILE = "config.yaml"
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line."""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--config-file", default="", help="yaml config (with _BASE_ inheritance)")
-    parser.add_argument("--root", default="", help="data.root: folder holding the datasets")
-    parser.add_argument("-s", "--sources", nargs="+", default=None, help="data.sources")
-    parser.add_argument("-t", "--targets", nargs="+", default=None, help="data.targets")
+    """The arguments of ``train`` and ``eval``."""
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate model.load_weights (ours, torchreid's or a released "
                              "reference experiment) without training")
@@ -57,32 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="allow starting a new run in a save dir that holds checkpoints")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow legacy pickled checkpoints (torch.load weights_only=False)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                        help="KEY VALUE config overrides, e.g. train.max_epoch 10")
-    return parser
-
-
-def config_extensions() -> list:
-    """The sections applications add to the schema (the demo's)."""
-    from vkd_torchreid.apps.demo_config import DEMO_CONFIG
-
-    return [DEMO_CONFIG]
+    return add_config_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> CfgNode:
-    """Default config <- file <- --root/-s/-t <- KEY VALUE overrides; validated."""
-    opts: List[str] = []
-    if args.root:
-        opts += ["data.root", args.root]
-    if args.sources:
-        opts += ["data.sources", str(args.sources)]
-        if not args.targets:
-            opts += ["data.targets", str(args.sources)]
-    if args.targets:
-        opts += ["data.targets", str(args.targets)]
-    if args.trust_checkpoint:
-        opts += ["model.trust_checkpoint", "True"]
-    return build_config(args.config_file, opts + list(args.opts or []), config_extensions())
+    """Default config <- file <- --root/-s/-t <- --trust-checkpoint <- KEY VALUE overrides;
+    validated."""
+    return config_of(args, *(["model.trust_checkpoint", "True"] if args.trust_checkpoint
+                             else []))
 
 
 def resolve_resume(args: argparse.Namespace, cfg: CfgNode) -> str:
@@ -114,17 +99,10 @@ def resolve_resume(args: argparse.Namespace, cfg: CfgNode) -> str:
     return ""
 
 
-def _prepare(cfg: CfgNode, args: argparse.Namespace, demo: bool) -> Any:
-    """The checked job (None for the demo); nothing written yet."""
+def _prepare(cfg: CfgNode, args: argparse.Namespace) -> Any:
+    """The checked job; nothing written yet."""
     from vkd_torchreid.engine import build
 
-    if demo and distributed.context().enabled:
-        raise UserError("the demo runs in one process: launch it without torchrun")
-    if demo and (args.resume or args.eval_only or cfg.model.resume):
-        raise UserError("the demo (demo.enabled True) always starts fresh in a new run folder; "
-                        "--resume, model.resume and --eval-only do not apply to it")
-    if demo:  # each demo run writes into its own timestamped folder: nothing to overwrite
-        return None
     resume = resolve_resume(args, cfg)
     set_seed(cfg.train.seed)  # the same networks on every rank
     if args.eval_only or cfg.test.evaluate:
@@ -136,19 +114,18 @@ def _prepare(cfg: CfgNode, args: argparse.Namespace, demo: bool) -> Any:
 
 
 def run(cfg: CfgNode, args: argparse.Namespace) -> int:
+    """Runs the checked job of ``train``/``eval`` (every rank); returns the exit code."""
     from vkd_torchreid.engine import build
-    from vkd_torchreid.utils.checkpoint import CheckpointError
 
     save_dir = cfg.data.save_dir
-    demo = bool(cfg.get("demo") and cfg.demo.enabled)
     ctx = distributed.context()
     setup_logging()
     start = time.time()
     distributed.check_same_config(cfg.dump())
     error = None
     try:
-        job = _prepare(cfg, args, demo)
-    except (UserError, FileNotFoundError, KeyError, ValueError, CheckpointError) as exc:
+        job = _prepare(cfg, args)
+    except USER_ERRORS as exc:
         if not ctx.enabled:
             raise
         job, error = None, one_line(exc)
@@ -156,14 +133,7 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> int:
     args.agreed = True  # from here on, an error is this rank's own: every rank reports its own
     # Data, checkpoints, architectures and class counts are checked: now the save dir.
     if ctx.is_main:
-        attach_log_file(save_dir)
-        with open(os.path.join(save_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
-            fh.write(cfg.dump())
-    if demo:
-        from vkd_torchreid.apps.demo import run_demo
-
-        run_demo(cfg)
-        return 0
+        start_run_folder(cfg)
     results = job.run()
     if isinstance(results, build.RunResult):
         results = results.results
@@ -179,17 +149,17 @@ def _quiet_exit() -> int:
     return EXIT_ERROR
 
 
-def _train(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None,
-           eval_only: bool = False) -> int:
+def _train(argv: Sequence[str], eval_only: bool = False) -> int:
     """``train`` (and ``eval``): one training run or evaluation; returns the exit code."""
     from vkd_torchreid.engine.base import NonFiniteLossError, StopTraining
-    from vkd_torchreid.utils.checkpoint import CheckpointError
 
-    args = add_arguments(parser or argparse.ArgumentParser()).parse_args(argv)
-    args.eval_only = args.eval_only or eval_only
     main_rank = int(os.environ.get("RANK", "0") or 0) == 0
     stdout = sys.stdout
+    args = None
     try:
+        prog = "vkd-reid eval" if eval_only else "vkd-reid train"
+        args = parse(add_arguments(command_parser(prog, TRAIN_HELP)), argv)
+        args.eval_only = args.eval_only or eval_only
         if not main_rank:  # torchreid's progress lines: rank 0 alone prints
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (closed below)
             logging.getLogger("vkd_torchreid").setLevel(logging.WARNING)
@@ -202,11 +172,9 @@ def _train(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None
         return 130
     except distributed.DistributedError:
         return _quiet_exit()  # rank 0 prints the failing rank's error
-    except (UserError, FileNotFoundError, KeyError, ValueError, CheckpointError,
-            NonFiniteLossError) as exc:
+    except (*USER_ERRORS, NonFiniteLossError) as exc:
         if main_rank:
-            print(f"error: {one_line(exc)}", file=sys.stderr)
-            return EXIT_ERROR
+            return report(exc)
         if getattr(args, "agreed", False):
             print(f"error (rank {os.environ.get('RANK')}): {one_line(exc)}", file=sys.stderr)
         return _quiet_exit()
@@ -218,17 +186,35 @@ def _train(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None
             sys.stdout = stdout
 
 
+TRAIN_HELP = """Train the stage of the config (vkd.stage: teacher or student), or evaluate
+model.load_weights with --eval-only (or test.evaluate True).
+
+    vkd-reid train --config-file configs/teacher_mars_r50.yaml --root reid-data
+    vkd-reid train --config-file vkd_mars_r50 --root reid-data \\
+        vkd.teacher_checkpoint log/teacher_mars_r50/model/latest.pth.tar
+    vkd-reid eval --config-file vkd_mars_r50 --root reid-data model.load_weights EXPERIMENT
+"""
+
+
 def _app(name: str, argv: Sequence[str]) -> int:
     """``vkd-reid NAME ...``: the ``main`` of :mod:`vkd_torchreid.apps.NAME`."""
     import importlib
 
-    return importlib.import_module(f"vkd_torchreid.apps.{name}").main(argv)
+    return importlib.import_module(f"vkd_torchreid.apps.{name}").main(list(argv))
 
 
 #: The commands that are an app's ``main``: name -> (module under ``vkd_torchreid.apps``, help).
 APP_COMMANDS = {
+    "demo": ("demo", "the CPU demo: a synthetic world, a teacher, a VKD student, a table "
+                     "and the analyses"),
     "study": ("study", "the seeded, resumable study of the method's options"),
     "splits": ("splits", "a config over the ten splits of iLIDS-VID or PRID2011 (mean ± std)"),
+    "check-dataset": ("check_dataset", "parse data.sources/targets at data.root and check "
+                                       "that every image exists and decodes"),
+    "make-synthetic": ("make_synthetic", "write tiny synthetic datasets in the real on-disk "
+                                         "layouts"),
+    "model-info": ("model_info", "parameters, FLOPs, embedding and feature-map size of "
+                                 "model.name"),
     "search": ("search", "the matches of a query image in a gallery of tracklets (or a saved "
                          "index)"),
     "export": ("export", "export the image and tracklet models to ONNX, checked with "
@@ -245,26 +231,41 @@ APP_COMMANDS = {
                                                 "tracklet grow"),
     "rank-list": ("analysis.rank_list", "the same queries' top-k of several networks, right "
                                         "and wrong marked"),
+    "benchmark": ("benchmark", "time the pipeline's parts, each next to a baseline measured "
+                               "in the same run"),
 }
 
 #: ``vkd-reid`` commands: name -> (entry point taking the remaining arguments, help).
 COMMANDS = {
-    "train": (lambda argv: _train(argv), "train the stage of the config (the default)"),
-    "eval": (lambda argv: _train(argv, eval_only=True),
+    "train": (_train, "train the stage of the config (the default)"),
+    "eval": (functools.partial(_train, eval_only=True),
              "evaluate model.load_weights with the protocols of data.targets"),
     **{name: (functools.partial(_app, module), text)
        for name, (module, text) in APP_COMMANDS.items()},
 }
 
 
-def main(argv: Optional[Sequence[str]] = None,
-         parser: Optional[argparse.ArgumentParser] = None) -> int:
+def implied_command(argv: Sequence[str]) -> str:
+    """The command of a command line without one: ``demo`` when its config declares itself the
+    demo's (``demo.enabled True``, in the file or as an override), else ``train`` (which also
+    reports a config that cannot be read)."""
+    if "-h" in argv or "--help" in argv:
+        return "train"
+    try:
+        args = parse(add_arguments(command_parser("vkd-reid", "")), argv)
+        return "demo" if config_from_args(args).demo.enabled else "train"
+    except USER_ERRORS:  # train reports it
+        return "train"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """``vkd-reid [COMMAND] ...``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help") and parser is None:
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n\ncommands:\n" + "\n".join(
-            f"  {name:13s} {text}" for name, (_, text) in COMMANDS.items()))
+            f"  {name:15s} {text}" for name, (_, text) in COMMANDS.items()) +
+            "\n\nvkd-reid COMMAND --help: the arguments of a command.")
         return 0
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]][0](argv[1:])
-    return _train(argv, parser)
+    return COMMANDS[implied_command(argv)][0](argv)

@@ -11,6 +11,9 @@
 6. Writes the analyses into ``analysis/``: the ``compare`` chart, the ``gallery-curve`` and
    the Grad-CAM ``explain`` grid with each network's foreground share (the world's person
    masks are written with it); Grad-CAM is skipped without the ``analysis`` extra.
+
+    vkd-reid demo [--config-file demo] [--root R] [KEY VALUE ...]
+    python tools/main.py --config-file configs/demo.yaml   (the config declares the demo)
 """
 from __future__ import annotations
 
@@ -18,41 +21,38 @@ import copy
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from yacs.config import CfgNode
 
 from vkd_torchreid.apps.analysis.report import run_report
+from vkd_torchreid.apps.common import (
+    UserError,
+    add_config_arguments,
+    command_parser,
+    config_of,
+    derive,
+    guarded,
+    parse,
+    start_run_folder,
+)
 from vkd_torchreid.data.manager import VKDDataManager
 from vkd_torchreid.engine import build
 from vkd_torchreid.engine.base import VKDEngineBase
 from vkd_torchreid.engine.callbacks import EarlyStopping, Validation, default_callbacks
 from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.utils import checkpoint as ckpt_io
+from vkd_torchreid.utils.distributed import env_world_size
 from vkd_torchreid.utils.jsonio import write_json
+from vkd_torchreid.utils.logs import setup_logging, teardown_logging
 from vkd_torchreid.utils.plots import save_figure, subplots
+from vkd_torchreid.utils.seeding import set_seed
 
 logger = logging.getLogger(__name__)
 
 DATASET = "vkd_mars"
 TABLE_MODES = ("I2V", "V2V")
 SUMMARY_FILE = "summary.json"
-
-
-
-
-def _sub(cfg: CfgNode, **changes: Any) -> CfgNode:
-    """A copy of ``cfg`` with dotted-key changes."""
-    out = cfg.clone()
-    out.defrost()
-    for key, value in changes.items():
-        node = out
-        parts = key.split("__")
-        for part in parts[:-1]:
-            node = node[part]
-        node[parts[-1]] = value
-    out.freeze()
-    return out
 
 
 def masks_dir(cfg: CfgNode) -> str:
@@ -90,7 +90,7 @@ def selection_callbacks(cfg: CfgNode, val_root: str) -> Tuple[Validation, EarlyS
     last significant best by ``demo.min_delta`` (counted after the last lr drop only); keep
     the best state."""
     d = cfg.demo
-    val_dm = VKDDataManager.from_config(_sub(cfg, data__root=val_root))
+    val_dm = VKDDataManager.from_config(derive(cfg, {"data.root": val_root}))
     validation = Validation(Evaluator.from_config(cfg, val_dm), d.val_every)
     return validation, EarlyStopping(validation, d.patience, d.min_delta, last_drop(cfg))
 
@@ -118,15 +118,15 @@ def run_demo(cfg: CfgNode) -> Dict[str, Any]:
     while os.path.exists(run_dir):
         run_dir += "-1"
     os.makedirs(run_dir)
-    tcfg = _sub(cfg, vkd__stage="teacher", train__max_epoch=d.teacher_max_epoch,
-                data__save_dir=os.path.join(run_dir, "teacher"))
+    tcfg = derive(cfg, {"vkd.stage": "teacher", "train.max_epoch": d.teacher_max_epoch,
+                        "data.save_dir": os.path.join(run_dir, "teacher")})
     teacher_engine, teacher_info, teacher_curve = train_teacher(tcfg, val_root)
     rows = {"teacher": teacher_engine.results}
 
-    scfg = _sub(cfg, vkd__stage="student", train__max_epoch=d.student_epoch,
-                train__stepsize=list(d.student_stepsize),
-                vkd__teacher_checkpoint="(in memory)",
-                data__save_dir=os.path.join(run_dir, "student"))
+    scfg = derive(cfg, {"vkd.stage": "student", "train.max_epoch": d.student_epoch,
+                        "train.stepsize": list(d.student_stepsize),
+                        "vkd.teacher_checkpoint": "(in memory)",
+                        "data.save_dir": os.path.join(run_dir, "student")})
     student = build.build_engine(scfg, teacher=copy.deepcopy(teacher_engine.model))
     student.run(scfg.data.save_dir, d.student_epoch, 0, cfg.train.print_freq)
     rows["student"] = student.results
@@ -135,10 +135,10 @@ def run_demo(cfg: CfgNode) -> Dict[str, Any]:
         # The selected teacher trained on for the student's epochs and schedule, on the same
         # loader, without distillation: epochs are numbered after the teacher's.
         done = teacher_engine.completed_epochs
-        ccfg = _sub(tcfg, data__save_dir=os.path.join(run_dir, "teacher_control"),
-                    train__stepsize=list(d.student_stepsize),
-                    model__load_weights=os.path.join(tcfg.data.save_dir, "model",
-                                                     ckpt_io.LATEST_NAME))
+        ccfg = derive(tcfg, {"data.save_dir": os.path.join(run_dir, "teacher_control"),
+                             "train.stepsize": list(d.student_stepsize),
+                             "model.load_weights": os.path.join(tcfg.data.save_dir, "model",
+                                                                ckpt_io.LATEST_NAME)})
         control = build.build_engine(ccfg, teacher_engine.datamanager)
         control.run(ccfg.data.save_dir, done + d.student_epoch, done, cfg.train.print_freq)
         rows["teacher_control"] = control.results
@@ -192,3 +192,29 @@ def write_chart(table: Dict[str, Dict[str, Dict[str, float]]], path: str) -> str
     ax.legend()
     ax.set_title("VKD demo (synthetic MARS layout, CPU)")
     return save_figure(fig, path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``vkd-reid demo``: runs the demo of a config (``configs/demo.yaml`` by default) into a
+    new timestamped folder of ``data.save_dir``; returns the exit code."""
+    from vkd_torchreid.engine.base import NonFiniteLossError
+
+    def run() -> int:
+        parser = command_parser("vkd-reid demo", __doc__)
+        args = parse(add_config_arguments(parser, config_file="demo"), argv)
+        cfg = config_of(args)
+        if env_world_size() > 1:
+            raise UserError("the demo runs in one process: launch it without torchrun")
+        if cfg.model.resume:
+            raise UserError("the demo always starts fresh in a new run folder; model.resume "
+                            "does not apply to it")
+        setup_logging()
+        try:
+            start_run_folder(cfg)
+            set_seed(cfg.train.seed)  # the same run for the same config
+            run_demo(cfg)
+        finally:
+            teardown_logging()
+        return 0
+
+    return guarded(run, (NonFiniteLossError,))

@@ -1,7 +1,7 @@
 """The demo's config section (``demo.*``): its world and schedules.
 
-Every command that reads configs accepts ``configs/demo.yaml``, so the section is registered
-with :func:`vkd_torchreid.config.build_config` as an extension (``[DEMO_CONFIG]``).
+Every command that reads configs accepts ``configs/demo.yaml``: the section is one of the
+extensions :func:`vkd_torchreid.apps.common.load_config` registers.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from vkd_torchreid.config.validation import COUNT, Range, fail, in_range
 def add_demo_config(cfg: CfgNode) -> None:
     """Adds the ``demo`` section (the demo's world and schedules) to a config."""
     cfg.demo = CfgNode()  # tools/main.py --config-file configs/demo.yaml
-    cfg.demo.enabled = False
+    cfg.demo.enabled = False  # True: the config is the demo's (run without a command: the demo)
     cfg.demo.ids = 64  # identities of the synthetic world (half train, half test)
     cfg.demo.train_ids = 0  # training identities of the world; 0: half of demo.ids
     cfg.demo.cams = 4
@@ -49,7 +49,7 @@ def validate_demo_config(cfg: CfgNode) -> None:
         raise fail("demo.student_stepsize", d.student_stepsize, "increasing epochs")
 
 
-#: The demo's section of the config (``build_config(..., extensions=[DEMO_CONFIG])``).
+#: The demo's section of the config (a :class:`~vkd_torchreid.config.ConfigExtension`).
 DEMO_CONFIG = ConfigExtension(add_demo_config, validate_demo_config)
 
 __all__ = ["DEMO_CONFIG", "add_demo_config", "validate_demo_config"]

@@ -1,8 +1,8 @@
 """ONNX export of a trained network: an image model and a tracklet model, checked against PyTorch.
 
-    python tools/export.py --config-file vkd_mars_r50 \
+    vkd-reid export --config-file vkd_mars_r50 \
         --weights log/vkd_mars_r50/model/latest.pth.tar --output vkd_mars_r50.onnx
-    python tools/export.py --config-file configs/teacher_mars_r50.yaml \
+    vkd-reid export --config-file configs/teacher_mars_r50.yaml \
         --weights path/to/released/experiment_folder --output teacher.onnx model.name vkd_resnet50
 
 Writes two files:
@@ -24,48 +24,45 @@ no file that looks complete. Needs ``pip install vkd_torchreid[export]``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import dataclasses
-import importlib
 import logging
 import os
-import sys
 import tempfile
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from vkd_torchreid.apps.demo_config import DEMO_CONFIG
-from vkd_torchreid.config import build_config
+from vkd_torchreid.apps.common import (  # noqa: F401  (EXIT_ERROR: the API)
+    EXIT_ERROR,
+    add_config_arguments,
+    command_parser,
+    config_of,
+    guarded,
+    parse,
+)
+from vkd_torchreid.apps.onnx_check import (  # noqa: F401  (TOLERANCE, OnnxCheck: the API)
+    TOLERANCE,
+    ExportError,
+    OnnxCheck,
+    check_onnx,
+    require_export_deps,
+)
 from vkd_torchreid.models import network_from_weights
 from vkd_torchreid.models.vkdnet import VKDNet
-from vkd_torchreid.utils.checkpoint import CheckpointError
 from vkd_torchreid.utils.logs import one_line
 
 logger = logging.getLogger(__name__)
 
-EXIT_ERROR = 2
 IMAGE_INPUT, IMAGE_OUTPUT = "images", "embeddings"
 TRACKLET_INPUT, TRACKLET_OUTPUT = "tracklets", "set_embeddings"
 TRACKLET_SUFFIX = "_tracklet"
-#: A check passes when max |onnxruntime - PyTorch| <= TOLERANCE * (1 + max |PyTorch|).
-TOLERANCE = 1e-4
-#: What the export needs besides torch: the ONNX format, the dynamo exporter's translator
-#: (torch.onnx.export(dynamo=True) requires onnxscript) and the runtime for the check.
-EXPORT_DEPS = ("onnx", "onnxscript", "onnxruntime")
-INSTALL_HINT = "pip install vkd_torchreid[export]"
 #: Shapes of the example inputs the graph is traced with, and of the (different) random
 #: inputs it is checked with, so that the check also exercises the dynamic dimensions.
 _TRACE_BATCH, _TRACE_FRAMES = 2, 3
 _CHECK_BATCH, _CHECK_TRACKLETS, _CHECK_FRAMES = 3, 2, 4
-
-
-class ExportError(RuntimeError):
-    """The export cannot run, failed, or its result does not match PyTorch; one line."""
 
 
 class TrackletModel(nn.Module):
@@ -84,54 +81,10 @@ class TrackletModel(nn.Module):
         return feats.view(b, t, -1).mean(dim=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class OnnxCheck:
-    """onnxruntime against PyTorch on one random input.
-
-    Attributes:
-        path: the ONNX file checked (the final name, once renamed).
-        input_shape: the shape of the random input.
-        max_abs_diff: max |onnxruntime - PyTorch| over the output.
-        max_abs_output: max |PyTorch| over the output.
-    """
-
-    path: str
-    input_shape: Tuple[int, ...]
-    max_abs_diff: float
-    max_abs_output: float
-
-    @property
-    def bound(self) -> float:
-        return TOLERANCE * (1.0 + self.max_abs_output)
-
-    @property
-    def ok(self) -> bool:
-        return self.max_abs_diff <= self.bound  # False for a NaN difference
-
-    def __str__(self) -> str:
-        shape = "x".join(str(s) for s in self.input_shape)
-        return (f"{self.path}: onnxruntime vs PyTorch on a random [{shape}] input: max abs diff "
-                f"{self.max_abs_diff:.3g} {'<=' if self.ok else 'not <='} {self.bound:.3g} "
-                f"(1e-4 * (1 + max |output| {self.max_abs_output:.3g})): "
-                f"{'ok' if self.ok else 'FAILED'}")
-
-
 def tracklet_path(output: str) -> str:
     """``X.onnx`` -> ``X_tracklet.onnx`` (same folder)."""
     root, ext = os.path.splitext(output)
     return f"{root}{TRACKLET_SUFFIX}{ext}"
-
-
-def require_export_deps() -> None:
-    """Raises :class:`ExportError` naming the install command if a dependency is missing."""
-    missing = []
-    for name in EXPORT_DEPS:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise ExportError(f"ONNX export needs {', '.join(missing)}: {INSTALL_HINT}")
 
 
 def load_export_model(config_arch: str, weights: str, last_stride: int = 1,
@@ -157,34 +110,6 @@ def _export(module: nn.Module, example: torch.Tensor, path: str, input_name: str
     except Exception as exc:  # the exporter raises many kinds; all mean "no file"
         raise ExportError(f"ONNX export of {type(module).__name__} failed: "
                           f"{type(exc).__name__}: {one_line(exc)}") from exc
-
-
-def check_onnx(path: str, reference: nn.Module, inputs: torch.Tensor, input_name: str,
-               name: Optional[str] = None) -> OnnxCheck:
-    """Runs ``path`` with onnxruntime (CPU) on ``inputs`` and compares with ``reference``.
-
-    Args:
-        name: the file name to report (``path`` by default).
-    """
-    import onnx
-    import onnxruntime as ort
-
-    try:
-        onnx.checker.check_model(path)
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        (got,) = session.run(None, {input_name: inputs.numpy()})
-    except Exception as exc:  # onnx/onnxruntime raise their own types
-        raise ExportError(f"{name or path}: onnxruntime cannot run the exported model: "
-                          f"{type(exc).__name__}: {one_line(exc)}") from exc
-    with torch.inference_mode():
-        want = reference(inputs).float()
-    got_t = torch.from_numpy(got).float()
-    if got_t.shape != want.shape:
-        raise ExportError(f"{name or path}: onnxruntime output {tuple(got_t.shape)} but PyTorch "
-                          f"{tuple(want.shape)}")
-    diff = (got_t - want).abs().max().item() if want.numel() else 0.0
-    top = want.abs().max().item() if want.numel() else 0.0
-    return OnnxCheck(name or path, tuple(inputs.shape), float(diff), float(top))
 
 
 def _temp_name(path: str) -> str:
@@ -282,12 +207,8 @@ def export_onnx(model: nn.Module, height: int, width: int, output: str,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``tools/export.py``: exports and checks the two ONNX models; returns the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="",
-                        help="yaml config or packaged config name (vkd_mars_r50): model.name, "
-                             "data.height/width, model.last_stride")
+    """``vkd-reid export``: exports and checks the two ONNX models; returns the exit code."""
+    parser = command_parser("vkd-reid export", __doc__)
     parser.add_argument("--weights", default="",
                         help="our checkpoint, torchreid's, or a released reference experiment "
                              "folder (default: model.load_weights)")
@@ -295,22 +216,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the image model X.onnx; the tracklet model is X_tracklet.onnx")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow legacy pickled checkpoints (torch.load weights_only=False)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                        help="KEY VALUE config overrides, e.g. data.height 256 data.width 128")
-    args = parser.parse_args(argv)
+    add_config_arguments(parser, data_shortcuts=False)
+    return guarded(lambda: _export_command(parse(parser, argv)), (ExportError,))
+
+
+def _export_command(args: Any) -> int:
+    """Exports the network of parsed arguments (model.name, data.height/width,
+    model.last_stride of the config) and prints what was written."""
     start = time.time()
-    try:
-        require_export_deps()
-        cfg = build_config(args.config_file, list(args.opts or []), [DEMO_CONFIG])
-        model = load_export_model(cfg.model.name, args.weights or cfg.model.load_weights,
-                                  last_stride=cfg.model.last_stride,
-                                  trust=args.trust_checkpoint or cfg.model.trust_checkpoint)
-        height, width = int(cfg.data.height), int(cfg.data.width)
-        image, tracklet = export_onnx(model, height, width, args.output,
-                                      on_check=lambda check: print(f"check {check}"))
-    except (OSError, KeyError, ValueError, CheckpointError, ExportError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
+    require_export_deps()
+    cfg = config_of(args, *(["model.trust_checkpoint", "True"] if args.trust_checkpoint
+                            else []))
+    model = load_export_model(cfg.model.name, args.weights or cfg.model.load_weights,
+                              last_stride=cfg.model.last_stride,
+                              trust=cfg.model.trust_checkpoint)
+    height, width = int(cfg.data.height), int(cfg.data.width)
+    image, tracklet = export_onnx(model, height, width, args.output,
+                                  on_check=lambda check: print(f"check {check}"))
     dim = model.feature_dim
     print(f"exported {model.arch} ({model.num_classes} classes) at {height}x{width} in "
           f"{time.time() - start:.1f} s:")
@@ -321,7 +243,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"inputs: RGB resized to {height}x{width} (Pillow bicubic), scaled to [0, 1], "
           f"normalised with mean {list(cfg.data.norm_mean)} std {list(cfg.data.norm_std)}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

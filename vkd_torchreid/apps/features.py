@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vkd_torchreid.apps.demo_config import DEMO_CONFIG
-from vkd_torchreid.config import build_config
+from vkd_torchreid.apps.common import load_config
 from vkd_torchreid.data.frames import TestFrames
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.data.transforms import AugmentOptions, Collate, TestFrameTransform
@@ -58,7 +57,7 @@ class FeatureExtractor:
                  trust_checkpoint: bool = False) -> None:
         if channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order={channel_order!r}: expected one of {CHANNEL_ORDERS}")
-        self.cfg = build_config(config_file, list(opts), [DEMO_CONFIG])  # demo.yaml too
+        self.cfg = load_config(config_file, opts)
         cfg = self.cfg
         self.channel_order = channel_order
         self.device = resolve_device(device, bool(cfg.use_gpu))

@@ -1,8 +1,10 @@
-"""Size and cost of one of our networks.
+"""``vkd-reid model-info``: size and cost of one of our networks.
 
-    python tools/model_info.py --model vkd_resnet50 --height 256 --width 128 [--num-classes 625]
+    vkd-reid model-info [--config-file X] [--num-classes 625] [model.name vkd_resnet18]
+        [data.height 256 data.width 128] [model.last_stride 1]
 
-Builds the model with random init (no weight files needed) and prints its parameters, the
+The network is ``model.name`` at ``data.height`` x ``data.width`` with ``model.last_stride``
+(the defaults: vkd_resnet50, 256 x 128, 1). Builds the model with random init (no weight files needed) and prints its parameters, the
 FLOPs of one test-time frame (torchreid's ``compute_model_complexity``, conv and linear
 layers, as torchreid reports them; falls back to ``torch.utils.flop_counter``), the embedding
 size and the feature-map size before pooling.
@@ -11,12 +13,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
 from vkd_torchreid import compat
-from vkd_torchreid.models import ARCHS, build_model
+from vkd_torchreid.apps.common import (
+    add_config_arguments,
+    command_parser,
+    config_of,
+    guarded,
+    parse,
+)
+from vkd_torchreid.models import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +65,19 @@ def model_info(name: str, height: int, width: int, num_classes: int = 625,
             "feature_map": f"{fmap.shape[1]}x{fmap.shape[2]}x{fmap.shape[3]} (CxHxW)"}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vkd_resnet50", choices=ARCHS)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--num-classes", type=int, default=625)
-    parser.add_argument("--last-stride", type=int, default=1, choices=(1, 2))
-    args = parser.parse_args(argv)
-    info = model_info(args.model, args.height, args.width, args.num_classes, args.last_stride)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``vkd-reid model-info``; returns the exit status."""
+    parser = command_parser("vkd-reid model-info", __doc__)
+    parser.add_argument("--num-classes", type=int, default=625,
+                        help="of the classifier (MARS' training identities by default)")
+    add_config_arguments(parser, data_shortcuts=False)
+    return guarded(lambda: _print_info(parse(parser, argv)))
+
+
+def _print_info(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    height, width = int(cfg.data.height), int(cfg.data.width)
+    info = model_info(cfg.model.name, height, width, args.num_classes, cfg.model.last_stride)
     print(f"model:        {info['model']} ({args.num_classes} classes)")
     print(f"input:        {info['input']}")
     print(f"parameters:   {info['parameters']:,} (backbone {info['backbone_parameters']:,})")
@@ -73,7 +85,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"embedding:    {info['embedding']}")
     print(f"feature map:  {info['feature_map']}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,14 +17,13 @@ import argparse
 import logging
 import os
 import re
-import sys
 from typing import List, Optional, Sequence, Tuple
 
+from vkd_torchreid.apps.common import add_config_arguments, command_parser, guarded, parse
 from vkd_torchreid.apps.features import FeatureExtractor
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.evaluation import RankedItem, save_ranked_list
 from vkd_torchreid.search import BACKENDS, GalleryIndex
-from vkd_torchreid.utils.logs import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +60,7 @@ def gallery_tracklets(folder: str) -> Tuple[List[str], List[List[str]], List[int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vkd-reid search", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, help="a config path or a packaged name")
+    p = command_parser("vkd-reid search", __doc__)
     p.add_argument("--weights", required=True, help="ours, torchreid's or a reference folder")
     p.add_argument("--query", required=True, help="the query image")
     src = p.add_mutually_exclusive_group(required=True)
@@ -74,39 +71,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-index", default="", help="keep the gallery's index in this folder")
     p.add_argument("--output", default="ranked_list.png", help="the ranked-list picture")
     p.add_argument("--device", default="auto")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return p
+    return add_config_arguments(p, data_shortcuts=False)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        fx = FeatureExtractor(args.config_file, args.weights, args.device, args.opts or ())
-        first_frames = {}  # tracklet name -> first frame, for the picture (a gallery folder)
-        if args.index:
-            index = GalleryIndex.load(args.index)
-        else:
-            names, frames, pids, camids = gallery_tracklets(args.gallery)
-            first_frames = {name: files[0] for name, files in zip(names, frames)}
-            index = GalleryIndex.build(fx.tracklets(frames), pids, camids, args.backend,
-                                       names=names)
-        if args.save_index:
-            index.save(args.save_index)
-            print(f"gallery index of {len(index)} tracklets saved to {args.save_index}")
-        query = read_image(args.query)
-        scores, idx = index.search(fx([query]), args.k)
-        items = []
-        print(f"top {idx.shape[1]} of {len(index)} for {args.query}:")
-        for rank, (score, i) in enumerate(zip(scores[0].tolist(), idx[0].tolist()), 1):
-            if i < 0:
-                break
-            name, pid, cam = index.names[i], int(index.pids[i]), int(index.camids[i])
-            print(f"{rank:3d}  {score:.4f}  {name or i}  pid {pid}  cam {cam}")
-            if name in first_frames:
-                items.append(RankedItem(read_image(first_frames[name]), score, None, str(pid)))
-        if items:
-            print(f"ranked list: {save_ranked_list(args.output, query, items)}")
-        return 0
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
+    """``vkd-reid search``; returns the exit code."""
+    return guarded(lambda: _search(parse(build_parser(), argv)))
+
+
+def _search(args: argparse.Namespace) -> int:
+    """Runs a search of parsed arguments; returns the exit code."""
+    fx = FeatureExtractor(args.config_file, args.weights, args.device, args.opts)
+    first_frames = {}  # tracklet name -> first frame, for the picture (a gallery folder)
+    if args.index:
+        index = GalleryIndex.load(args.index)
+    else:
+        names, frames, pids, camids = gallery_tracklets(args.gallery)
+        first_frames = {name: files[0] for name, files in zip(names, frames)}
+        index = GalleryIndex.build(fx.tracklets(frames), pids, camids, args.backend,
+                                   names=names)
+    if args.save_index:
+        index.save(args.save_index)
+        print(f"gallery index of {len(index)} tracklets saved to {args.save_index}")
+    query = read_image(args.query)
+    scores, idx = index.search(fx([query]), args.k)
+    items = []
+    print(f"top {idx.shape[1]} of {len(index)} for {args.query}:")
+    for rank, (score, i) in enumerate(zip(scores[0].tolist(), idx[0].tolist()), 1):
+        if i < 0:
+            break
+        name, pid, cam = index.names[i], int(index.pids[i]), int(index.camids[i])
+        print(f"{rank:3d}  {score:.4f}  {name or i}  pid {pid}  cam {cam}")
+        if name in first_frames:
+            items.append(RankedItem(read_image(first_frames[name]), score, None, str(pid)))
+    if items:
+        print(f"ranked list: {save_ranked_list(args.output, query, items)}")
+    return 0

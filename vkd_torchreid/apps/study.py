@@ -22,26 +22,30 @@ across sittings.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
 import statistics
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from yacs.config import CfgNode
 
 from vkd_torchreid.apps import demo
-from vkd_torchreid.apps.demo_config import DEMO_CONFIG
-from vkd_torchreid.config import build_config, merge_from_list
+from vkd_torchreid.apps.common import (
+    add_config_arguments,
+    command_parser,
+    config_of,
+    derive,
+    guarded,
+    parse,
+)
 from vkd_torchreid.engine import build
 from vkd_torchreid.engine.evaluator import RESULTS_FILE
 from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils.jsonio import write_json
-from vkd_torchreid.utils.logs import one_line, setup_logging, teardown_logging
+from vkd_torchreid.utils.logs import setup_logging, teardown_logging
 from vkd_torchreid.utils.seeding import set_seed
 
 logger = logging.getLogger(__name__)
@@ -63,14 +67,6 @@ DEFAULT_VARIANTS = ("vkd", "vkd_multiview", "vkd_no_reinit", "control")
 RUN_FILE = "run.json"
 MODES = ("I2V", "V2V")
 METRICS = ("rank1", "mAP", "mAP_mars")
-
-
-def _with(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
-    out = cfg.clone()
-    out.defrost()
-    merge_from_list(out, list(opts))
-    out.freeze()
-    return out
 
 
 def run_dir(out: str, variant: str, seed: int) -> str:
@@ -98,7 +94,7 @@ def train_teacher(cfg: CfgNode, seed: int, out: str, val_root: str) -> str:
     ckpt = os.path.join(save, "model", ckpt_io.LATEST_NAME)
     if _done(save) is not None and os.path.isfile(ckpt):
         return ckpt
-    tcfg = _with(cfg, ["vkd.stage", "teacher", "train.max_epoch", str(cfg.demo.teacher_max_epoch),
+    tcfg = derive(cfg, ["vkd.stage", "teacher", "train.max_epoch", str(cfg.demo.teacher_max_epoch),
                        "train.seed", str(seed), "data.save_dir", save])
     _fresh(save)
     set_seed(seed)
@@ -116,7 +112,7 @@ def train_student(cfg: CfgNode, variant: str, seed: int, out: str, teacher_ckpt:
     save = run_dir(out, variant, seed)
     if _done(save) is not None:
         return
-    scfg = _with(cfg, ["vkd.stage", "student", "train.max_epoch", str(d.student_epoch),
+    scfg = derive(cfg, ["vkd.stage", "student", "train.max_epoch", str(d.student_epoch),
                        "train.stepsize", str(list(d.student_stepsize)), "train.seed", str(seed),
                        "vkd.teacher_checkpoint", teacher_ckpt, "data.save_dir", save,
                        *VARIANTS[variant]])
@@ -210,25 +206,22 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``vkd-reid study`` (and ``tools/study.py``): runs or resumes a study; the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="vkd-reid study", description="The seeded, resumable study of the method's "
-        "options on the synthetic world (mean, std and range over seeds).")
-    parser.add_argument("--config-file", required=True,
-                        help="the study's config (configs/study.yaml: the demo section)")
+    parser = command_parser("vkd-reid study", "The seeded, resumable study of the method's "
+                            "options on the synthetic world (mean, std and range over seeds).")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 1..N")
     parser.add_argument("--out", default="log/study", help="output folder (resumable)")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
                         choices=list(VARIANTS))
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = build_config(args.config_file, args.opts, [DEMO_CONFIG])
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    setup_logging(args.out)
-    try:
-        run_study(cfg, args.out, list(range(1, args.seeds + 1)), args.variants)
-    finally:
-        teardown_logging()
-    return 0
+    add_config_arguments(parser, config_file="study")
+
+    def run() -> int:
+        args = parse(parser, argv)
+        cfg = config_of(args)
+        setup_logging(args.out)
+        try:
+            run_study(cfg, args.out, list(range(1, args.seeds + 1)), args.variants)
+        finally:
+            teardown_logging()
+        return 0
+
+    return guarded(run)

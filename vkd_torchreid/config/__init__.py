@@ -5,6 +5,7 @@ from vkd_torchreid.config.loading import (
     REMOVED_KEYS,
     ConfigExtension,
     build_config,
+    derive_config,
     merge_from_file,
     merge_from_list,
     resolve_config_file,
@@ -12,5 +13,5 @@ from vkd_torchreid.config.loading import (
 from vkd_torchreid.config.validation import CHOICES, RANGES, get_key, validate_config
 
 __all__ = ["CHOICES", "RANGES", "REMOVED_KEYS", "STAGES", "ConfigExtension", "build_config",
-           "get_default_config", "get_key", "merge_from_file", "merge_from_list",
+           "derive_config", "get_default_config", "get_key", "merge_from_file", "merge_from_list",
            "resolve_config_file", "validate_config"]

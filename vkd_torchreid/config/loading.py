@@ -2,9 +2,10 @@
 removed keys reported with what to do, and packaged configs found by name."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
-from typing import Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 from yacs.config import CfgNode as CN
 
@@ -103,11 +104,28 @@ def merge_from_file(cfg: CN, path: str) -> CN:
     return cfg
 
 
+def _bare_list(value: Any, current: Any) -> Any:
+    """``[vkd_mars, vkd_duke]`` -> ``['vkd_mars', 'vkd_duke']`` for a key holding a list (the
+    quotes a shell would need are optional); any other value unchanged."""
+    if not (isinstance(current, (list, tuple)) and isinstance(value, str)):
+        return value
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return value
+    try:
+        ast.literal_eval(text)
+        return value  # a Python literal already: yacs reads it
+    except (ValueError, SyntaxError):
+        return [w.strip() for w in text[1:-1].split(",") if w.strip()]
+
+
 def merge_from_list(cfg: CN, opts: Sequence[str]) -> CN:
-    """Merges ``KEY VALUE`` overrides (``["train.lr", "0.001", ...]``) into ``cfg``."""
+    """Merges ``KEY VALUE`` overrides (``["train.lr", "0.001", ...]``) into ``cfg``; a list
+    key also takes bare words (``data.sources [vkd_mars, vkd_duke]``)."""
     if len(opts) % 2:
         raise ValueError(f"overrides come in KEY VALUE pairs, got an odd list: {list(opts)}")
-    for key in opts[0::2]:
+    opts = list(opts)
+    for i, key in enumerate(opts[0::2]):
         if key in REMOVED_KEYS:
             raise _removed(key)
         node = cfg
@@ -118,8 +136,9 @@ def merge_from_list(cfg: CN, opts: Sequence[str]) -> CN:
             node = node[part]
         if parts[-1] not in node:
             raise _unknown_key_error(cfg, key)
+        opts[2 * i + 1] = _bare_list(opts[2 * i + 1], node[parts[-1]])
     try:
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(opts)
     except ValueError as exc:
         raise ValueError(f"bad override: {exc}") from exc
     return cfg
@@ -163,6 +182,21 @@ def build_config(config_file: str = "", opts: Sequence[str] = (),
     if config_file:
         merge_from_file(cfg, resolve_config_file(config_file))
     merge_from_list(cfg, opts)
+    return _validated(cfg, extensions)
+
+
+def derive_config(cfg: CN, opts: Sequence[Any], extensions: Sequence[ConfigExtension] = ()
+                  ) -> CN:
+    """A copy of a built config with ``KEY VALUE`` changes (values as strings, parsed as on
+    the command line, or as Python objects), validated again and frozen: a config derived from
+    a valid one is checked like any other."""
+    out = cfg.clone()
+    out.defrost()
+    merge_from_list(out, opts)
+    return _validated(out, extensions)
+
+
+def _validated(cfg: CN, extensions: Sequence[ConfigExtension]) -> CN:
     validate_config(cfg)
     for extension in extensions:
         extension.validate(cfg)

@@ -7,16 +7,15 @@ and ``compare.png`` (a grouped bar chart: one group per protocol and metric, one
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from vkd_torchreid.apps.common import command_parser, guarded
 from vkd_torchreid.engine.evaluator import RESULTS_FILE
 from vkd_torchreid.utils.jsonio import write_json
-from vkd_torchreid.utils.logs import one_line
 from vkd_torchreid.utils.plots import save_figure, subplots
 
 METRICS = ("rank1", "mAP", "mAP_mars")
@@ -135,20 +134,20 @@ def _chart(table: Dict[str, Any], path: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="vkd-reid compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``vkd-reid compare``; returns the exit code."""
+    parser = command_parser("vkd-reid compare", __doc__)
     parser.add_argument("runs", nargs="+", help="results.json files or run folders")
     parser.add_argument("--output", required=True, help="folder for compare.{md,csv,json,png}")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
+
+    def run() -> int:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
         table = compare(args.runs)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    paths = write_outputs(table, args.output)
-    print(to_markdown(table))
-    print("wrote " + ", ".join(paths.values()))
-    return 0
+        paths = write_outputs(table, args.output)
+        print(to_markdown(table))
+        print("wrote " + ", ".join(paths.values()))
+        return 0
+
+    return guarded(run)
 
 
 __all__: List[str] = ["compare", "main", "numbered", "read_run", "to_markdown",

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -27,8 +26,13 @@ import torch
 
 from vkd_torchreid import evaluation
 from vkd_torchreid.apps.analysis.compare import numbered
-from vkd_torchreid.apps.demo_config import DEMO_CONFIG
-from vkd_torchreid.config import build_config, get_default_config
+from vkd_torchreid.apps.common import (
+    add_config_arguments,
+    command_parser,
+    config_of,
+    guarded,
+    parse,
+)
 from vkd_torchreid.data.base import MODES, evenly_indices, item_frames
 from vkd_torchreid.data.manager import VKDDataManager
 from vkd_torchreid.engine.evaluator import EvalOptions
@@ -37,7 +41,6 @@ from vkd_torchreid.models import VKDNet, network_from_weights
 from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils.device import resolve_device
 from vkd_torchreid.utils.jsonio import write_json
-from vkd_torchreid.utils.logs import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,6 @@ FEATURES_DIR = "features"
 
 def add_session_args(parser: argparse.ArgumentParser) -> None:
     """The arguments every analysis takes (``--config-file``, ``--weights``..., overrides)."""
-    parser.add_argument("--config-file", default="", help="a config path or a packaged name")
     parser.add_argument("--weights", action="append", required=True,
                         help="a network's checkpoint (ours, torchreid's or a reference "
                              "folder); once per network, e.g. the teacher then the student")
@@ -62,7 +64,7 @@ def add_session_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow pickled objects in the checkpoints (trusted files only)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    add_config_arguments(parser)
 
 
 def default_label(weights: str) -> str:
@@ -248,7 +250,7 @@ class AnalysisSession:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AnalysisSession:
-        cfg = build_config(args.config_file, list(args.opts or ()), [DEMO_CONFIG])
+        cfg = config_of(args)
         return cls(cfg, args.weights, args.label, args.output, args.dataset, args.device,
                    args.trust_checkpoint)
 
@@ -376,43 +378,26 @@ class AnalysisSession:
         return {net.label: bank.extracted for net, bank in zip(self.networks, self.banks)}
 
 
-def split_overrides(argv: Sequence[str]) -> tuple:
-    """(the tool's own arguments, the KEY VALUE overrides): the overrides start at the first
-    config key (``data.root``, ``use_gpu``...), so that options taking several values
-    (``--frames 1 2 all``) may come anywhere before them."""
-    cfg = get_default_config()
-    DEMO_CONFIG.add(cfg)
-    for i, token in enumerate(argv):
-        head = token.split(".")[0]
-        if not token.startswith("-") and head in cfg and (
-                "." in token or not isinstance(cfg[head], dict)):
-            return list(argv[:i]), list(argv[i:])
-    return list(argv), []
-
-
 def tool_main(prog: str, doc: str, argv: Optional[Sequence[str]],
               add_args: Callable[[argparse.ArgumentParser], None],
               run: Callable[[AnalysisSession, argparse.Namespace], Dict[str, str]]) -> int:
     """The ``main`` of an analysis subcommand: the shared arguments plus ``add_args``, a
     session, ``run`` (returns the files it wrote); bad input is one ``error:`` line, exit 2."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(prog, doc)
     add_session_args(parser)
     add_args(parser)
-    own, opts = split_overrides(list(sys.argv[1:] if argv is None else argv))
-    args = parser.parse_args(own)
-    args.opts = [*(args.opts or ()), *opts]
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+
+    def main() -> int:
+        args = parse(parser, argv)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
         session = AnalysisSession.from_args(args)
         paths = run(session, args)
         session.save()
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    print("wrote " + ", ".join(paths.values()))
-    return 0
+        print("wrote " + ", ".join(paths.values()))
+        return 0
+
+    return guarded(main)
 
 
 def write_result(result: Dict[str, Any], out: str, name: str,
@@ -425,4 +410,4 @@ def write_result(result: Dict[str, Any], out: str, name: str,
 
 
 __all__ = ["AnalysisSession", "FrameBank", "Network", "add_session_args", "default_label",
-           "split_overrides", "tool_main", "write_result"]
+           "tool_main", "write_result"]

@@ -84,7 +84,7 @@ BENCHES = {"step": bench_step, "loader": bench_loader, "eval": bench_eval,
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of :func:`main`."""
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="vkd-reid benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=[*BENCHES, "all"])
     parser.add_argument("--json", default="", help="write the figures to this JSON file")

@@ -1,9 +1,9 @@
 """``vkd-reid download``: the authors' released checkpoints and the public parts of the datasets.
 
-    python tools/download.py checkpoints --root logs [--which baseline|distilled|all]
+    vkd-reid download checkpoints --root logs [--which baseline|distilled|all]
                                          [--url URL] [--sha256 HEX] [--remove-archive]
-    python tools/download.py mars --root reid-data
-    python tools/download.py veri|atrw|duke [--root reid-data]
+    vkd-reid download mars --root reid-data
+    vkd-reid download veri|atrw|duke|prid2011 [--root reid-data]
 
 ``checkpoints`` fetches the reference implementation's Model Zoo archives (``baseline.zip``: the
 teachers, ``distilled.zip``: the students; about 4.8 GB together) into ``--root`` and unpacks
@@ -30,6 +30,7 @@ import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from vkd_torchreid.apps.common import EXIT_ERROR
 from vkd_torchreid.apps.download.fetch import (
     RETRIES,
     DownloadError,
@@ -56,7 +57,6 @@ from vkd_torchreid.utils.logs import one_line, setup_logging, teardown_logging
 
 logger = logging.getLogger(__name__)
 
-EXIT_ERROR = 2
 #: A Drive folder's listing (file name -> file id), by folder id: each folder is listed once.
 Listing = Dict[str, Dict[str, str]]
 
@@ -200,13 +200,13 @@ def instructions(what: str, root: Optional[str] = None) -> str:
     if what not in ON_REQUEST:
         raise ValueError(f"no instructions for {what!r}")
     name, layout, text = ON_REQUEST[what]
-    return "\n".join([*text, _layout(layout, root), "Then check it: python tools/"
-                      f"check_dataset.py --dataset {name} --root {root or '<root>'}"])
+    return "\n".join([*text, _layout(layout, root), "Then check it: vkd-reid check-dataset "
+                      f"--root {root or '<root>'} -s {name}"])
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="download", description=__doc__.splitlines()[0].split(": ", 1)[-1],
+        prog="vkd-reid download", description=__doc__.splitlines()[0].split(": ", 1)[-1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
     retries = dict(type=int, default=RETRIES,
@@ -256,8 +256,8 @@ def _checkpoints(args: argparse.Namespace) -> None:
             print(f"  unpacked: {path}")
         for folder in find_experiments(unpacked):
             print(f"  experiment: {folder}")
-    print("evaluate an experiment with: python tools/main.py --config-file CONFIG "
-          "--root DATA_ROOT --eval-only model.load_weights EXPERIMENT_FOLDER")
+    print("evaluate an experiment with: vkd-reid eval --config-file CONFIG "
+          "--root DATA_ROOT model.load_weights EXPERIMENT_FOLDER")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -275,8 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             for path in download_dataset(args.what, args.root, args.retries):
                 print(f"{args.what}: {path}")
-            print(f"check it with: python tools/check_dataset.py --dataset "
-                  f"{DATASETS[args.what].registered} --root {args.root}")
+            print(f"check it with: vkd-reid check-dataset --root {args.root} -s "
+                  f"{DATASETS[args.what].registered}")
         return 0
     except (DownloadError, OSError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
