@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from vkd_torchreid.search import GalleryIndex
 
+from conftest import require_extra
+
 
 def _clustered(n, d=64, centres=50, seed=0):
     """Embeddings around ``centres`` identities, like a re-ID gallery (not uniform noise)."""
@@ -77,7 +79,7 @@ def test_bad_input_is_a_clear_error():
 
 
 def test_faiss_flat_equals_exact_and_ivf_recall(tmp_path):
-    pytest.importorskip("faiss", reason="faiss-cpu is in the 'search' extra")
+    require_extra("faiss", "search")
     gallery, _ = _clustered(4000)
     queries, _ = _clustered(200, seed=4)
     exact = GalleryIndex.build(gallery).search(queries, 10)
