@@ -203,9 +203,33 @@ def teacher_file(mars_root, tmp_path_factory):
     return path
 
 
+def _count_training_decodes(monkeypatch):
+    """The paths of the training frames the training loader really decodes (its dataset's
+    ``read_image``, spied; with ``data.workers 0`` it runs in this process). The teacher
+    cache's build has its own reader and is not counted; test frames are not training ones."""
+    import vkd_torchreid.data.frames as frames
+
+    decoded, real = [], frames.read_image
+
+    def spy(path):
+        image = real(path)
+        if f"{os.sep}bbox_train{os.sep}" in path:
+            decoded.append(path)
+        return image
+
+    monkeypatch.setattr(frames, "read_image", spy)
+    return decoded
+
+
 @pytest.mark.parametrize("cache", ["True", "False"])
-def test_the_loader_decodes_only_the_students_frames(mars_root, teacher_file, tmp_path, cache):
+def test_the_loader_decodes_only_the_students_frames(mars_root, teacher_file, tmp_path, cache,
+                                                     monkeypatch):
+    decoded = _count_training_decodes(monkeypatch)
     cfg, rows = _student_run(mars_root[0], str(tmp_path / "s"), teacher_file, cache)
+    assert cfg.data.workers == 0 and rows
+    # the reported count is the number of images that were decoded, not a number the code
+    # derives from its own settings
+    assert sum(row["frames_decoded"] for row in rows) == len(decoded) > 0
     per_item = cfg.vkd.student_frames if cache == "True" else cfg.video.seq_len
     for row in rows:
         assert row["frames_decoded"] == row["steps"] * cfg.train.batch_size * per_item
