@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny synthetic datasets on disk, small configs, CPU threads."""
+"""Shared fixtures: tiny synthetic datasets on disk, small configs, CPU threads, and the one
+way a test needs an optional extra (:func:`require_extra`)."""
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 import pytest
 import torch
@@ -13,6 +16,43 @@ import vkd_torchreid  # noqa: F401  (registers datasets and models with torchrei
 # be scheduled (a MobileNetV2 forward of two 64 x 32 frames: 9 ms with one thread, 2 s with
 # two). Tests of a multi-threaded path set the count they need themselves.
 torch.set_num_threads(max(1, int(os.environ.get("VKD_TEST_THREADS", "1"))))
+
+def _in_ci() -> bool:
+    """``CI`` set to true (as GitHub Actions, GitLab and ``.ci/run`` do)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_extra(module: str, extra: str) -> ModuleType:
+    """``module``, of the optional extra ``extra`` (``pip install vkd_torchreid[extra]``).
+
+    Missing, it skips the calling test (or, called at module level, the whole module); with
+    ``CI=true`` in the environment it fails instead, so that a CI run whose extras did not
+    install is red, not green with a whole feature untested.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = (f"{module} is missing (the {extra!r} extra: pip install "
+                   f"'vkd_torchreid[{extra}]'): {exc}")
+        if _in_ci():
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+        raise  # not reached: pytest.skip raises
+
+
+def has_extra(module: str, extra: str) -> bool:
+    """Whether ``module`` of the optional extra ``extra`` imports, for a test that checks
+    more when it does; with ``CI=true`` a missing one fails the test (see
+    :func:`require_extra`)."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        if _in_ci():
+            pytest.fail(f"CI=true: {module} is missing (the {extra!r} extra): {exc}",
+                        pytrace=False)
+        return False
+    return True
+
 
 #: The demo's world and schedules at test sizes (with configs/demo.yaml or configs/study.yaml).
 TINY_DEMO = [

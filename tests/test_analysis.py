@@ -21,7 +21,7 @@ from vkd_torchreid.models import build_model
 from vkd_torchreid.synthetic import mask_file, render, write_synthetic
 from vkd_torchreid.utils import checkpoint as ckpt_io
 
-from conftest import TINY
+from conftest import TINY, require_extra
 
 SIZE = ["data.height", "64", "data.width", "32"]  # layer4 maps of 4 x 2 cells
 
@@ -177,7 +177,7 @@ def _grad_cam_by_hand(model, x):
 
 @pytest.mark.slow  # the tiny trained pair
 def test_explain_maps_and_foreground_share(pair, tmp_path):
-    pytest.importorskip("pytorch_grad_cam", reason="the analysis extra (grad-cam) is missing")
+    require_extra("pytorch_grad_cam", "analysis")
     out = str(tmp_path / "explain")
     assert _cli(pair, "explain", out, "--frames", "5", "--masks", pair["masks"]) == 0
     result = _json(os.path.join(out, "explain.json"))
@@ -219,7 +219,7 @@ def test_explain_maps_and_foreground_share(pair, tmp_path):
 
 @pytest.mark.slow  # the tiny trained pair
 def test_explain_without_a_mask_names_the_file(pair, tmp_path, capsys):
-    pytest.importorskip("pytorch_grad_cam", reason="the analysis extra (grad-cam) is missing")
+    require_extra("pytorch_grad_cam", "analysis")
     empty = tmp_path / "no_masks"
     empty.mkdir()
     assert _cli(pair, "explain", str(tmp_path / "x"), "--frames", "1",
@@ -314,7 +314,7 @@ def test_synthetic_masks_follow_the_frames(pair):
                                         ("vkd_densenet121", "backbone.norm5"),
                                         ("vkd_mobilenetv2", "backbone.18")])
 def test_grad_cam_runs_on_every_family(arch, layer):
-    pytest.importorskip("pytorch_grad_cam", reason="the analysis extra (grad-cam) is missing")
+    require_extra("pytorch_grad_cam", "analysis")
     from vkd_torchreid.apps.analysis.explain import grad_cam, target_layer_name
 
     torch.manual_seed(0)

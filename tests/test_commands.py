@@ -17,7 +17,7 @@ from vkd_torchreid.apps import common, demo, export
 from vkd_torchreid.apps.download import EXIT_ERROR as DOWNLOAD_EXIT_ERROR
 from vkd_torchreid.config import build_config
 
-from conftest import TINY_DEMO
+from conftest import TINY_DEMO, require_extra
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_YAML = os.path.join(REPO, "configs", "demo.yaml")
@@ -218,8 +218,8 @@ CONFIG_COMMANDS = {
 @pytest.mark.parametrize("command", sorted(CONFIG_COMMANDS))
 def test_config_errors_are_one_line(capsys, monkeypatch, tmp_path, command):
     if command == "export":
-        pytest.importorskip("onnxruntime")
-        pytest.importorskip("onnxscript")
+        require_extra("onnxruntime", "export")
+        require_extra("onnxscript", "export")
     monkeypatch.chdir(tmp_path)  # nothing is written: checked below
     argv = [command, *CONFIG_COMMANDS[command]]
     _one_error(*_run(capsys, [*argv, "data.no_such_key", "1"])[::2], "data.no_such_key")

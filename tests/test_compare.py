@@ -77,3 +77,28 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     assert cli.main(["compare", a, str(other), "--output", out]) == 2
     assert "no (dataset, protocol) in common" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("edit,parts", [
+    (lambda text: text.replace('"mAP": 0.1', '"mAP": null', 1),
+     ["vkd_mars.I2V.mAP is null, expected a number"]),
+    (lambda text: text.replace('"rank1": 0.1', '"rank1": "high"', 1),
+     ['vkd_mars.I2V.rank1 is "high", expected a number']),
+    (lambda text: text[:len(text) // 2], ["not valid JSON: ", "line ", "column "]),
+    (lambda text: "", ["an empty file, expected JSON"]),
+])
+def test_a_broken_results_file_is_one_line_naming_it(tmp_path, capsys, edit, parts):
+    run = _run(str(tmp_path / "a"), (0.1, 0.1, 0.1), (0.2, 0.2, 0.2))
+    good = _run(str(tmp_path / "b"), (0.3, 0.3, 0.3), (0.4, 0.4, 0.4))
+    path = os.path.join(run, "results.json")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(edit(text))
+    out = str(tmp_path / "cmp")
+    assert cli.main(["compare", good, run, "--output", out]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), captured.err
+    assert "Traceback" not in captured.err and all(p in lines[0] for p in parts), lines[0]
+    assert not os.path.exists(out)

@@ -1,6 +1,8 @@
 """Config: defaults, file/override merging, unknown keys and every validation rule."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import vkd_torchreid  # noqa: F401  (registers datasets and models)
@@ -148,3 +150,81 @@ def test_demo_section_is_an_extension_that_validates_its_keys(key, value):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         build_config("", [key, value], [DEMO_CONFIG])
     assert build_config("", [], [DEMO_CONFIG]).demo.enabled is False
+
+
+def _whole(message: str, path: str) -> None:
+    """One line naming ``path``, with the parser's positions, not cut in a sentence."""
+    assert "\n" not in message and path in message, message
+    assert "line" in message and "column" in message, message
+    assert not message.rstrip().endswith((":", ",", "(")), message
+
+
+@pytest.mark.parametrize("text,sentences", [
+    # truncated in a quoted string: both of PyYAML's sentences, each with its position
+    ("train:\n  lr: 0.001\n  optim: 'ada", ["while scanning a quoted scalar (line 3, column 10)",
+                                           "found unexpected end of stream (line 3, column 14)"]),
+    ("train:\n  stepsize: [10, 20\n", ["while parsing a flow sequence (line 2, column 13)",
+                                       "expected ',' or ']', but got '<stream end>' (line 3, "
+                                       "column 1)"]),
+    ("train:\n  lr: 0.1\n optim: sgd\n", ["while parsing a block mapping (line 1, column 1)",
+                                          "expected <block end>, but found '<block mapping "
+                                          "start>' (line 3, column 2)"]),
+    ("train:\n\tlr: 0.1\n", ["while scanning for the next token: found character '\\t' that "
+                             "cannot start any token (line 2, column 1)"]),
+])
+def test_a_broken_yaml_config_is_one_whole_line(tmp_path, text, sentences):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        build_config(str(path))
+    message = str(info.value)
+    _whole(message, str(path))
+    assert message.startswith(f"{path}: not valid YAML: ")
+    for sentence in sentences:
+        assert sentence in message, message
+
+
+def test_config_errors_name_the_file_of_the_base_chain(tmp_path):
+    (tmp_path / "broken.yaml").write_text("train:\n  lr: [0.1\n")
+    (tmp_path / "child.yaml").write_text("_BASE_: broken.yaml\ntrain:\n  max_epoch: 3\n")
+    (tmp_path / "top.yaml").write_text("_BASE_: child.yaml\n")
+    with pytest.raises(ValueError) as info:  # the broken base named, not the file given
+        build_config(str(tmp_path / "top.yaml"))
+    _whole(str(info.value), str(tmp_path / "broken.yaml"))
+    (tmp_path / "broken.yaml").write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(KeyError, match=r"broken.yaml: unknown config key 'train.learning_rate'"):
+        build_config(str(tmp_path / "top.yaml"))
+    (tmp_path / "broken.yaml").write_text("train:\n  lr: fast\n")
+    with pytest.raises(ValueError, match=r"broken.yaml: Type mismatch .* train.lr"):
+        build_config(str(tmp_path / "top.yaml"))
+    (tmp_path / "broken.yaml").write_text("_BASE_: top.yaml\n")
+    with pytest.raises(ValueError, match=r"broken.yaml: _BASE_ top.yaml loops back"):
+        build_config(str(tmp_path / "top.yaml"))
+    (tmp_path / "broken.yaml").write_text("_BASE_: gone.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"gone.yaml \(the _BASE_ of .*broken.yaml\)"):
+        build_config(str(tmp_path / "top.yaml"))
+
+
+def test_a_file_that_is_not_a_config(tmp_path):
+    (tmp_path / "words.yaml").write_text("just some words\n")
+    with pytest.raises(ValueError, match=r"words.yaml: not a config: it holds a str"):
+        build_config(str(tmp_path / "words.yaml"))
+    (tmp_path / "photo.yaml").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+    with pytest.raises(ValueError, match=r"photo.yaml: not a YAML file: not UTF-8 text"):
+        build_config(str(tmp_path / "photo.yaml"))
+    (tmp_path / "comments.yaml").write_text("# nothing set yet\n")  # as before: the defaults
+    assert build_config(str(tmp_path / "comments.yaml")).train.lr == 1e-4
+
+
+def test_truncated_config_through_the_cli_is_one_whole_line(tmp_path, capsys):
+    from vkd_torchreid import cli
+
+    path = tmp_path / "cut.yaml"
+    path.write_text("data:\n  sources: ['vkd_mars'\n")
+    assert cli.main(["--config-file", str(path)]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    _whole(err.rstrip("\n"), str(path))
+    assert "while parsing a flow sequence (line 2, column 12): expected ',' or ']', but got " \
+           "'<stream end>' (line 3, column 1)" in err
+    assert os.listdir(tmp_path) == ["cut.yaml"]  # nothing written

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import types
@@ -14,7 +13,7 @@ import torch
 from vkd_torchreid import cli
 from vkd_torchreid.engine.callbacks import EarlyStopping, Validation
 
-from conftest import TINY_DEMO
+from conftest import TINY_DEMO, has_extra
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_RUN = [*TINY_DEMO, "demo.ids", "12", "demo.teacher_max_epoch", "3", "demo.control", "True"]
@@ -58,7 +57,7 @@ def test_demo_runs_twice_into_fresh_run_dirs(tmp_path, capsys):
         i2v = json.load(fh)["vkd_mars"]["I2V"]
     point = next(p for p in curve["networks"][1]["points"] if p["frames"] == 4)  # seq_len 4
     assert point["mAP"] == pytest.approx(i2v["mAP"], abs=1e-6)
-    if importlib.util.find_spec("pytorch_grad_cam") is not None:
+    if has_extra("pytorch_grad_cam", "analysis"):
         with open(os.path.join(analysis, "explain.json"), encoding="utf-8") as fh:
             shares = [n["mean_foreground_share"] for n in json.load(fh)["networks"]]
         # None: every map of a network was zero (no positive evidence at 32 x 16 pixels)

@@ -2,12 +2,15 @@
 torchrun (``python -m torch.distributed.run``), against a single process."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -188,31 +191,120 @@ def test_configs_that_differ_between_ranks_stop_every_rank(mars_root, tmp_path):
     assert not os.path.exists(save)
 
 
-@pytest.mark.slow
-def test_a_killed_rank_ends_the_job_within_the_timeout(mars_root, tmp_path):
-    """(e) SIGKILL of rank 1 mid-training: the job exits non-zero well within
-    train.dist_timeout_s instead of hanging."""
-    root, _ = mars_root
-    save = str(tmp_path / "run")
-    timeout_s = 60
-    proc = _start_long_job(root, save, "epoch: [2/500]", "train.dist_timeout_s", str(timeout_s))
-    try:
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                   text=True).stdout.split()
+class _Job:
+    """A 500-epoch torchrun job on 2 ranks whose output (stdout and stderr) is read as it comes
+    by a thread, each line with its time: a pipe nobody drains would block a rank on a write,
+    which is a stall of its own."""
+
+    def __init__(self, root, save, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={_port()}", MAIN,
+               *_opts(root, save, "train.max_epoch", "500", "train.print_freq", "1", *extra)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, cwd=REPO, env=_env())
+        self.lines = []  # (time, line)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append((time.time(), line))
+
+    def wait_for(self, marker, timeout, start=0):
+        """Whether a line from ``start`` on holds ``marker`` within ``timeout`` seconds."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(marker in line for _, line in self.lines[start:]):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def output(self):
+        return "".join(line for _, line in self.lines)
+
+    def ranks(self):
+        """{rank: pid} of torchrun's two workers."""
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
         assert len(children) == 2, children
         ranks = {}
         for pid in children:
             with open(f"/proc/{pid}/environ", "rb") as fh:
                 env = dict(kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv)
             ranks[int(env[b"RANK"])] = int(pid)
-        killed = time.time()
-        os.kill(ranks[1], signal.SIGKILL)
-        proc.wait(timeout=timeout_s)
-        assert proc.returncode != 0
-        assert time.time() - killed < timeout_s
+        return ranks
+
+    def close(self, ranks=()):
+        for pid in ranks:  # a stopped rank ignores torchrun's SIGTERM: SIGKILL ends it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=60)
+        self._reader.join(timeout=10)
+
+
+def _running(pid):
+    """Whether process ``pid`` still runs (a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _ended_within(pid, seconds):
+    """The time ``pid`` was seen ended, or None if it still runs after ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not _running(pid):
+            return time.time()
+        time.sleep(0.1)
+    return None
+
+
+@pytest.mark.slow  # two torchrun launches
+def test_a_rank_that_stops_answering_ends_the_job_after_dist_timeout_s(mars_root, tmp_path):
+    """Rank 1 frozen mid-training (SIGSTOP: it neither dies nor answers, so torchrun sees
+    nothing wrong and its sockets stay open): rank 0 waits in the step's collective for
+    ``train.dist_timeout_s``, not less and not much more, then fails with gloo's timeout. With
+    a far longer ``train.dist_timeout_s`` the same freeze has not ended rank 0 by then, and
+    once rank 1 is let go (SIGCONT) training goes on: the setting alone decides."""
+    root, _ = mars_root
+    short, long_, margin = 10, 600, 20
+    job = _Job(root, str(tmp_path / "short"), "train.dist_timeout_s", str(short))
+    ranks = {}
+    try:
+        assert job.wait_for("epoch: [2/500]", 180), job.output()[-3000:]
+        ranks = job.ranks()
+        frozen = time.time()
+        os.kill(ranks[1], signal.SIGSTOP)
+        ended = _ended_within(ranks[0], short + margin)
+        assert ended is not None, f"rank 0 still waits {short + margin} s after the freeze"
+        # not before the timeout (a step takes well under a second), not long after it
+        assert short - 2 <= ended - frozen <= short + margin, ended - frozen
+        # gloo's own words name the wait it was given: train.dist_timeout_s in milliseconds
+        # (measured: ended 13.6 s after the freeze with short = 10, "Timed out waiting
+        # 10000ms for send operation to complete", then the traceback and the exit)
+        after = "".join(line for t, line in job.lines if t >= frozen)
+        waited = re.findall(r"Timed out waiting (\d+)ms", after)
+        assert waited and {int(w) for w in waited} == {short * 1000}, after[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        job.close(ranks.values())
+
+    job = _Job(root, str(tmp_path / "long"), "train.dist_timeout_s", str(long_))
+    ranks = {}
+    try:
+        assert job.wait_for("epoch: [2/500]", 180), job.output()[-3000:]
+        ranks = job.ranks()
+        os.kill(ranks[1], signal.SIGSTOP)
+        assert _ended_within(ranks[0], short + margin) is None  # still waiting, as told
+        seen = len(job.lines)
+        os.kill(ranks[1], signal.SIGCONT)
+        assert job.wait_for("epoch: [", 60, start=seen), job.output()[-3000:]
+        assert _running(ranks[0]) and _running(ranks[1])
+    finally:
+        job.close(ranks.values())
 
 
 def _losses(save):

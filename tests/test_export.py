@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnx", reason="ONNX export needs onnx (pip install vkd_torchreid[export])")
-pytest.importorskip("onnxscript",
-                    reason="the dynamo ONNX exporter needs onnxscript (pip install "
-                           "vkd_torchreid[export])")
-ort = pytest.importorskip("onnxruntime",
-                          reason="the export check needs onnxruntime (pip install "
-                                 "vkd_torchreid[export])")
+from conftest import require_extra
+
+require_extra("onnx", "export")
+require_extra("onnxscript", "export")  # the dynamo ONNX exporter's translator
+ort = require_extra("onnxruntime", "export")
 
 from vkd_torchreid.apps import export, onnx_check  # noqa: E402
 from vkd_torchreid.data.manager import VKDDataManager  # noqa: E402

@@ -462,6 +462,10 @@ def test_reference_hparams_errors(tmp_path):
         reference_arch(folder)
     with pytest.raises(ValueError, match="hparams.json"):
         reference_arch(str(tmp_path))
+    (tmp_path / "exp" / "params" / "hparams.json").write_text('{"backbone_type": "resnet18",')
+    with pytest.raises(ValueError, match=r"hparams\.json: not valid JSON: Expecting property "
+                                         r"name enclosed in double quotes: line 1 column 30"):
+        reference_arch(folder)
 
 
 _DENSENET_FEATURES = ["conv0", "norm0", "relu0", "pool0", "denseblock1", "transition1",

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from vkd_torchreid.search import GalleryIndex
 
+from conftest import require_extra
+
 
 def _clustered(n, d=64, centres=50, seed=0):
     """Embeddings around ``centres`` identities, like a re-ID gallery (not uniform noise)."""
@@ -77,7 +79,7 @@ def test_bad_input_is_a_clear_error():
 
 
 def test_faiss_flat_equals_exact_and_ivf_recall(tmp_path):
-    pytest.importorskip("faiss", reason="faiss-cpu is in the 'search' extra")
+    require_extra("faiss", "search")
     gallery, _ = _clustered(4000)
     queries, _ = _clustered(200, seed=4)
     exact = GalleryIndex.build(gallery).search(queries, 10)
@@ -93,3 +95,36 @@ def test_faiss_flat_equals_exact_and_ivf_recall(tmp_path):
     assert recall > 0.8, recall
     back = GalleryIndex.load(ivf.save(str(tmp_path / "ivf")))
     assert torch.equal(back.search(queries, 10)[1], j)
+
+
+def test_the_network_travels_with_the_index_and_is_checked(tmp_path):
+    gallery, _ = _clustered(30)
+    network = {"weights_sha256": "ab" * 32, "arch": "vkd_resnet50", "height": 256,
+               "norm_mean": (0.485, 0.456, 0.406)}
+    folder = GalleryIndex.build(gallery, network=network).save(str(tmp_path / "idx"))
+    back = GalleryIndex.load(folder)
+    assert back.network == {**network, "norm_mean": [0.485, 0.456, 0.406]}
+    back.check_network(network)  # the same (tuples and lists alike): no error
+    assert back.network_differences({**network, "height": 128, "weights_sha256": "cd" * 32}) \
+        == ["weights_sha256 abababababab... vs cdcdcdcdcdcd...", "height 256 vs 128"]
+    with pytest.raises(ValueError, match=r"^idx was embedded by another network .*arch "
+                                         r"'vkd_resnet50' vs 'vkd_resnet18'"):
+        back.check_network({**network, "arch": "vkd_resnet18"}, "idx")
+    with pytest.raises(ValueError, match="does not record the network"):
+        GalleryIndex.build(gallery).check_network(network)
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("index.json", '{"format": 1, "backend": "exact", "count": 3', r"line 1 column \d+"),
+    ("index.json", '{"format": 1, "backend": "exact", "count": null, "dim": 64, "nlist": 0, '
+                   '"nprobe": 0}', "count is null, expected an integer"),
+    ("gallery.npz", "not a zip", "not the arrays of a gallery index"),
+])
+def test_a_broken_index_file_is_one_line_naming_it(tmp_path, name, content, match):
+    folder = GalleryIndex.build(_clustered(30)[0]).save(str(tmp_path / "idx"))
+    with open(os.path.join(folder, name), "w", encoding="utf-8") as fh:
+        fh.write(content)
+    with pytest.raises(ValueError, match=match) as info:
+        GalleryIndex.load(folder)
+    message = str(info.value)
+    assert os.path.join(folder, name) in message and "\n" not in message

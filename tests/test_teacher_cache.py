@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,7 +119,8 @@ def test_reuse_reads_only_and_a_changed_teacher_rebuilds(setup, caplog):
     assert not np.array_equal(np.asarray(changed.features), np.asarray(cache.features))
 
 
-@pytest.mark.parametrize("damage", ["flip_a_byte", "truncate", "manifest_shape", "no_manifest"])
+@pytest.mark.parametrize("damage", ["flip_a_byte", "truncate", "manifest_shape", "no_manifest",
+                                    "manifest_cut"])
 def test_a_damaged_cache_is_rebuilt_not_used(setup, caplog, damage):
     cfg, dm, teacher, root = setup
     cache = _build(cfg, dm, teacher, root)
@@ -140,14 +142,20 @@ def test_a_damaged_cache_is_rebuilt_not_used(setup, caplog, damage):
         m["shape"][0] += 2
         with open(manifest, "w", encoding="utf-8") as fh:
             json.dump(m, fh)
+    elif damage == "manifest_cut":
+        os.truncate(manifest, os.path.getsize(manifest) // 2)
     else:
         os.remove(manifest)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=tc.__name__):
         rebuilt = _build(cfg, dm, teacher, root)
     reason = {"flip_a_byte": "checksum", "truncate": "size", "manifest_shape": "shape",
-              "no_manifest": "no manifest"}[damage]
+              "no_manifest": "no manifest",
+              # the parser's message whole, with the file and the position
+              "manifest_cut": f"unreadable manifest ({manifest}: not valid JSON: "}[damage]
     assert "must be built" in caplog.text and reason in caplog.text
+    if damage == "manifest_cut":
+        assert re.search(r"line \d+ column \d+ \(char \d+\)\)", caplog.text), caplog.text
     assert np.array_equal(np.asarray(rebuilt.features), good)
 
 
@@ -195,9 +203,33 @@ def teacher_file(mars_root, tmp_path_factory):
     return path
 
 
+def _count_training_decodes(monkeypatch):
+    """The paths of the training frames the training loader really decodes (its dataset's
+    ``read_image``, spied; with ``data.workers 0`` it runs in this process). The teacher
+    cache's build has its own reader and is not counted; test frames are not training ones."""
+    import vkd_torchreid.data.frames as frames
+
+    decoded, real = [], frames.read_image
+
+    def spy(path):
+        image = real(path)
+        if f"{os.sep}bbox_train{os.sep}" in path:
+            decoded.append(path)
+        return image
+
+    monkeypatch.setattr(frames, "read_image", spy)
+    return decoded
+
+
 @pytest.mark.parametrize("cache", ["True", "False"])
-def test_the_loader_decodes_only_the_students_frames(mars_root, teacher_file, tmp_path, cache):
+def test_the_loader_decodes_only_the_students_frames(mars_root, teacher_file, tmp_path, cache,
+                                                     monkeypatch):
+    decoded = _count_training_decodes(monkeypatch)
     cfg, rows = _student_run(mars_root[0], str(tmp_path / "s"), teacher_file, cache)
+    assert cfg.data.workers == 0 and rows
+    # the reported count is the number of images that were decoded, not a number the code
+    # derives from its own settings
+    assert sum(row["frames_decoded"] for row in rows) == len(decoded) > 0
     per_item = cfg.vkd.student_frames if cache == "True" else cfg.video.seq_len
     for row in rows:
         assert row["frames_decoded"] == row["steps"] * cfg.train.batch_size * per_item

@@ -9,8 +9,10 @@ Scores are cosine similarities (embeddings are L2-normalised once, at build time
 search multiplies in chunks of queries, at most 2^28 similarities (1 GB) at a time.
 ``faiss-flat`` is faiss's exact inner-product index; ``faiss-ivf`` an inverted-file index
 (``nlist`` clusters trained on the gallery, ``nprobe`` of them visited per query), faster on
-large galleries at some recall. An index is saved without pickle: ``index.json`` (what it
-is), ``gallery.npz`` (embeddings as float16 or float32, ids, cameras, names) and, for faiss,
+large galleries at some recall. An index may carry the identity of the network that embedded
+its gallery (``network``: a hash of its weights, its architecture, its input settings), which
+:meth:`GalleryIndex.check_network` compares with the network about to embed the queries.
+An index is saved without pickle: ``index.json`` (what it is, and that identity), ``gallery.npz`` (embeddings as float16 or float32, ids, cameras, names) and, for faiss,
 ``faiss.index`` (``faiss.write_index``); the folder is written next to its destination and
 renamed into place.
 """
@@ -21,17 +23,22 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, Optional, Sequence, Tuple
+import zipfile
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from vkd_torchreid.utils.jsonio import read_json
+from vkd_torchreid.utils.logs import one_line
 
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf")
 FORMAT_VERSION = 1
 META_FILE, ARRAYS_FILE, FAISS_FILE = "index.json", "gallery.npz", "faiss.index"
 EXACT_CHUNK = 1024  # queries per matrix product of the exact search, at most
 EXACT_BLOCK = 1 << 28  # similarities per product (1 GB of float32), whatever the gallery
+_META_KEYS = {"count": int, "dim": int, "nlist": int, "nprobe": int}
 
 
 def _faiss() -> Any:
@@ -54,18 +61,23 @@ class GalleryIndex:
     """A gallery of L2-normalised embeddings, searchable by cosine similarity.
 
     Build it with :meth:`build` or :meth:`load`; ``pids``, ``camids`` and ``names`` (e.g. the
-    tracklet folders; all optional) travel with it so that results can be labelled.
+    tracklet folders; all optional) travel with it so that results can be labelled, and so
+    does ``network`` (optional): a JSON-able dict identifying the network and the input
+    settings that made the embeddings (see :meth:`check_network`).
     """
 
     def __init__(self, embeddings: torch.Tensor, pids: np.ndarray, camids: np.ndarray,
                  backend: str, faiss_index: Any = None, nlist: int = 0,
-                 nprobe: int = 0, names: Optional[Sequence[str]] = None) -> None:
+                 nprobe: int = 0, names: Optional[Sequence[str]] = None,
+                 network: Optional[Dict[str, Any]] = None) -> None:
         self.embeddings = embeddings
         self.pids, self.camids = pids, camids
         self.names = list(names) if names is not None else [""] * len(pids)
         self.backend = backend
         self.faiss_index = faiss_index
         self.nlist, self.nprobe = nlist, nprobe
+        # as it reads back from index.json (tuples become lists), so that it compares equal
+        self.network = json.loads(json.dumps(network)) if network is not None else None
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -78,7 +90,8 @@ class GalleryIndex:
     def build(cls, embeddings: Any, pids: Optional[Sequence[int]] = None,
               camids: Optional[Sequence[int]] = None, backend: str = "exact",
               nlist: int = 0, nprobe: int = 16,
-              names: Optional[Sequence[str]] = None) -> GalleryIndex:
+              names: Optional[Sequence[str]] = None,
+              network: Optional[Dict[str, Any]] = None) -> GalleryIndex:
         """An index of ``embeddings`` ``[n, d]`` (tensor or array; normalised here).
 
         Args:
@@ -86,6 +99,8 @@ class GalleryIndex:
             nlist: ``faiss-ivf`` clusters (0: ``4 sqrt(n)``, at most ``n / 39`` as faiss wants
                 39 training points per cluster).
             nprobe: ``faiss-ivf`` clusters visited per query.
+            network: the identity of the network that embedded the gallery (saved with the
+                index; see :meth:`check_network`).
 
         Raises:
             ValueError: an empty gallery, a bad shape, a bad backend or labels of another
@@ -124,7 +139,40 @@ class GalleryIndex:
                 index.nprobe = min(nprobe, lists)
             index.add(data)
         return cls(emb, labels[0], labels[1], backend, index, lists,
-                   min(nprobe, lists) if lists else 0, names)
+                   min(nprobe, lists) if lists else 0, names, network)
+
+    def network_differences(self, network: Dict[str, Any]) -> List[str]:
+        """``'KEY index-value vs given-value'`` for every entry of ``network`` the index
+        records otherwise (long hashes shortened); empty when they agree."""
+        network = json.loads(json.dumps(network))
+        recorded = self.network or {}
+
+        def show(value: Any) -> str:
+            return f"{value[:12]}..." if isinstance(value, str) and len(value) > 16 else repr(value)
+
+        return [f"{key} {show(recorded.get(key))} vs {show(value)}"
+                for key, value in network.items() if recorded.get(key) != value]
+
+    def check_network(self, network: Dict[str, Any], where: str = "the index") -> None:
+        """Refuses queries embedded by another network than the gallery's.
+
+        Args:
+            network: the identity of the network about to embed the queries, in the form the
+                index was built with.
+            where: how to name the index in the message (its folder).
+
+        Raises:
+            ValueError: the index records no network (one line), or another one: the message
+                lists every difference (weights hash, architecture, input settings).
+        """
+        if self.network is None:
+            raise ValueError(f"{where} does not record the network that embedded its gallery, "
+                             "so queries cannot be checked against it: build it again")
+        diffs = self.network_differences(network)
+        if diffs:
+            raise ValueError(f"{where} was embedded by another network or with other input "
+                             f"settings ({'; '.join(diffs)}; index vs now): its matches "
+                             "would be meaningless")
 
     def search(self, queries: Any, k: int = 10) -> Tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` most similar gallery items of each query: cosine ``scores [q, k]`` and
@@ -164,10 +212,13 @@ class GalleryIndex:
                      camids=self.camids, names=np.array(self.names, dtype=np.str_))
             if self.faiss_index is not None:
                 _faiss().write_index(self.faiss_index, os.path.join(tmp, FAISS_FILE))
+            meta = {"format": FORMAT_VERSION, "backend": self.backend, "count": len(self),
+                    "dim": self.dim, "nlist": self.nlist, "nprobe": self.nprobe,
+                    "dtype": str(emb.dtype)}
+            if self.network is not None:
+                meta["network"] = self.network
             with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as fh:
-                json.dump({"format": FORMAT_VERSION, "backend": self.backend, "count": len(self),
-                           "dim": self.dim, "nlist": self.nlist, "nprobe": self.nprobe,
-                           "dtype": str(emb.dtype)}, fh, indent=1)
+                json.dump(meta, fh, indent=1)
             if os.path.isdir(folder):
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
@@ -181,31 +232,53 @@ class GalleryIndex:
         """An index written by :meth:`save`.
 
         Raises:
-            FileNotFoundError: no index there. ValueError: a file that does not match its
-            description.
+            FileNotFoundError: no index there. ValueError: a file that cannot be read or does
+            not match its description (one line naming it).
         """
         meta_path = os.path.join(folder, META_FILE)
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"no gallery index in {folder} (expected {META_FILE})")
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-        if meta.get("format") != FORMAT_VERSION or meta.get("backend") not in BACKENDS:
+        meta = read_json(meta_path)  # a broken file: one line naming it, with line and column
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION \
+                or meta.get("backend") not in BACKENDS:
+            meta = meta if isinstance(meta, dict) else {}
             raise ValueError(f"{meta_path}: format {meta.get('format')!r} / backend "
                              f"{meta.get('backend')!r} is not one this version reads")
-        with np.load(os.path.join(folder, ARRAYS_FILE), allow_pickle=False) as arrays:
-            emb = torch.from_numpy(arrays["embeddings"].astype(np.float32))
-            pids, camids = arrays["pids"], arrays["camids"]
-            names = arrays["names"].tolist() if "names" in arrays else None
+        for key, kind in _META_KEYS.items():
+            if isinstance(meta.get(key), bool) or not isinstance(meta.get(key), kind):
+                raise ValueError(f"{meta_path}: {key} is {json.dumps(meta.get(key))}, expected "
+                                 f"an integer")
+        network = meta.get("network")
+        if network is not None and not isinstance(network, dict):
+            raise ValueError(f"{meta_path}: network is {json.dumps(network)}, expected a mapping")
+        arrays_path = os.path.join(folder, ARRAYS_FILE)
+        try:
+            with np.load(arrays_path, allow_pickle=False) as arrays:
+                emb = torch.from_numpy(arrays["embeddings"].astype(np.float32))
+                pids, camids = arrays["pids"], arrays["camids"]
+                names = arrays["names"].tolist() if "names" in arrays else None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{arrays_path}: not the arrays of a gallery index "
+                             f"({type(exc).__name__}: {one_line(exc)})") from None
         if tuple(emb.shape) != (meta["count"], meta["dim"]):
             raise ValueError(f"{folder}: {ARRAYS_FILE} holds {tuple(emb.shape)} embeddings, "
                              f"{META_FILE} says ({meta['count']}, {meta['dim']})")
+        if pids.shape != (meta["count"],) or camids.shape != (meta["count"],):
+            raise ValueError(f"{arrays_path}: {pids.shape[0] if pids.ndim else 0} pids and "
+                             f"{camids.shape[0] if camids.ndim else 0} camids for "
+                             f"{meta['count']} embeddings")
         index = None
         if meta["backend"] != "exact":
-            index = _faiss().read_index(os.path.join(folder, FAISS_FILE))
+            faiss_path = os.path.join(folder, FAISS_FILE)
+            try:
+                index = _faiss().read_index(faiss_path)
+            except RuntimeError as exc:  # faiss reports every unreadable file so
+                raise ValueError(f"{faiss_path}: not a faiss index "
+                                 f"({str(exc).strip().splitlines()[-1]})") from None
             if index.ntotal != meta["count"]:
                 raise ValueError(f"{folder}: {FAISS_FILE} holds {index.ntotal} vectors, "
                                  f"{META_FILE} says {meta['count']}")
             if meta["nprobe"]:
                 index.nprobe = meta["nprobe"]
         return cls(emb, pids, camids, meta["backend"], index, meta["nlist"], meta["nprobe"],
-                   names)
+                   names, network)

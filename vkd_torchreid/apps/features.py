@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from vkd_torchreid.data.transforms import AugmentOptions, Collate, TestFrameTran
 from vkd_torchreid.engine.extract import extract, frame_features
 from vkd_torchreid.models import network_from_weights
 from vkd_torchreid.utils.device import autocast, resolve_device, to_device
+from vkd_torchreid.utils.hashing import state_hash
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +47,18 @@ class FeatureExtractor:
         device: ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'``, ``'cuda:1'``...
         opts: KEY VALUE overrides, as on the command line (``test.amp bf16``).
         channel_order: of array inputs: ``'RGB'`` or ``'BGR'`` (OpenCV's).
+        require_arch: a checkpoint that declares another architecture than ``model.name`` is
+            an error (as ``export`` does), instead of the checkpoint's being used.
 
     Raises:
         FileNotFoundError: the weights do not exist.
-        ValueError: a bad config, override or channel order, or weights that do not fit.
+        ValueError: a bad config, override or channel order, weights that do not fit, or
+            (``require_arch``) weights of another architecture than ``model.name``.
     """
 
     def __init__(self, config_file: str, weights: str, device: str = "auto",
                  opts: Sequence[str] = (), channel_order: str = "RGB",
-                 trust_checkpoint: bool = False) -> None:
+                 trust_checkpoint: bool = False, require_arch: bool = False) -> None:
         if channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order={channel_order!r}: expected one of {CHANNEL_ORDERS}")
         self.cfg = load_config(config_file, opts)
@@ -62,7 +66,8 @@ class FeatureExtractor:
         self.channel_order = channel_order
         self.device = resolve_device(device, bool(cfg.use_gpu))
         self.model = network_from_weights(weights, cfg.model.name, cfg.model.last_stride,
-                                          trust_checkpoint or cfg.model.trust_checkpoint)
+                                          trust_checkpoint or cfg.model.trust_checkpoint,
+                                          require_arch=require_arch)
         self.model.eval().to(self.device)
         self.channels_last = bool(cfg.train.channels_last)
         if self.channels_last:
@@ -79,6 +84,20 @@ class FeatureExtractor:
     @property
     def feature_dim(self) -> int:
         return int(self.model.feature_dim)
+
+    def identity(self) -> Dict[str, Any]:
+        """What this extractor's embeddings depend on, JSON-able: the SHA-256 of the network's
+        weights (:func:`~vkd_torchreid.utils.hashing.state_hash`), its architecture and last
+        stride, and the input settings (size, normalisation, frames per tracklet and how they
+        are chosen). Two extractors with equal identities embed alike; a saved search index
+        records the one that built it."""
+        cfg = self.cfg
+        return {"weights_sha256": state_hash(self.model), "arch": self.model.arch,
+                "last_stride": int(self.model.last_stride), "height": int(cfg.data.height),
+                "width": int(cfg.data.width), "norm_mean": [float(v) for v in cfg.data.norm_mean],
+                "norm_std": [float(v) for v in cfg.data.norm_std],
+                "test_frames": int(cfg.video.test_seq_len or cfg.video.seq_len),
+                "sample_method": cfg.video.sample_method}
 
     def _array(self, image: Image, index: int) -> np.ndarray:
         """One image as uint8 RGB ``[H, W, 3]``."""

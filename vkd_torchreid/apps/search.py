@@ -7,7 +7,11 @@
 identity and camera are known (other names are kept as labels, with unknown ids). The gallery
 is embedded as our evaluation does (:class:`~vkd_torchreid.apps.features.FeatureExtractor`)
 and searched by cosine similarity (:class:`~vkd_torchreid.search.GalleryIndex`);
-``--save-index`` keeps it for later queries (``--index``). Prints the top k and, from a
+``--save-index`` keeps it for later queries (``--index``), with the identity of the network
+that embedded it: a hash of its weights, its architecture and the input settings (size,
+normalisation, frames per tracklet). ``--index`` with other weights or settings is an error,
+as are weights that declare another architecture than ``model.name`` (as for ``export``).
+Prints the top k and, from a
 gallery folder (whose frames it can show), writes a ranked-list picture with the
 evaluation's renderer.
 """
@@ -81,15 +85,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     """Runs a search of parsed arguments; returns the exit code."""
-    fx = FeatureExtractor(args.config_file, args.weights, args.device, args.opts)
+    fx = FeatureExtractor(args.config_file, args.weights, args.device, args.opts,
+                          require_arch=True)
     first_frames = {}  # tracklet name -> first frame, for the picture (a gallery folder)
     if args.index:
         index = GalleryIndex.load(args.index)
+        index.check_network(fx.identity(), f"--index {args.index}")
     else:
         names, frames, pids, camids = gallery_tracklets(args.gallery)
         first_frames = {name: files[0] for name, files in zip(names, frames)}
         index = GalleryIndex.build(fx.tracklets(frames), pids, camids, args.backend,
-                                   names=names)
+                                   names=names, network=fx.identity())
     if args.save_index:
         index.save(args.save_index)
         print(f"gallery index of {len(index)} tracklets saved to {args.save_index}")

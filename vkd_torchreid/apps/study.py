@@ -22,7 +22,6 @@ across sittings.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -44,7 +43,7 @@ from vkd_torchreid.apps.common import (
 from vkd_torchreid.engine import build
 from vkd_torchreid.engine.evaluator import RESULTS_FILE
 from vkd_torchreid.utils import checkpoint as ckpt_io
-from vkd_torchreid.utils.jsonio import write_json
+from vkd_torchreid.utils.jsonio import read_json, write_json
 from vkd_torchreid.utils.logs import setup_logging, teardown_logging
 from vkd_torchreid.utils.seeding import set_seed
 
@@ -84,8 +83,7 @@ def _done(path: str) -> Optional[Dict[str, Any]]:
     results = os.path.join(path, RESULTS_FILE)
     if not os.path.isfile(results):
         return None
-    with open(results, encoding="utf-8") as fh:
-        return json.load(fh)
+    return read_json(results)
 
 
 def train_teacher(cfg: CfgNode, seed: int, out: str, val_root: str) -> str:
@@ -162,8 +160,7 @@ def _wall_time(out: str, run: str, seed: int) -> Optional[float]:
     path = os.path.join(run_dir(out, run, seed), RUN_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as fh:
-        return float(json.load(fh)["wall_time_s"])
+    return float(read_json(path)["wall_time_s"])
 
 
 def summarize(out: str, seeds: Sequence[int], runs: Sequence[str]) -> Dict[str, Any]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from yacs.config import CfgNode as CN
 
 from vkd_torchreid.config.defaults import get_default_config
 from vkd_torchreid.config.validation import validate_config
+from vkd_torchreid.utils.jsonio import FileFormatError, read_yaml
+from vkd_torchreid.utils.logs import one_line
 
 #: Where ``configs/*.yaml`` are installed (the repository's configs/ folder, shipped as
 #: package data).
@@ -62,45 +64,52 @@ def _check_keys(root: CN, node: CN, other: CN, prefix: str = "") -> None:
             _check_keys(root, node[k], v, full + ".")
 
 
-def _load_yaml_with_base(path: str) -> CN:
+def _config_chain(path: str, children: Tuple[str, ...] = ()) -> List[Tuple[str, dict]]:
+    """(file, its mapping without ``_BASE_``) of ``path`` and its bases, the farthest base
+    first."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as fh:
-        try:
-            loaded = CN.load_cfg(fh)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a valid YAML config ({exc})") from exc
+        via = f" (the _BASE_ of {children[-1]})" if children else ""
+        raise FileNotFoundError(f"config file not found: {path}{via}")
+    loaded = read_yaml(path)  # a parse error names the file, with line and column
+    if loaded is None:  # empty, or only comments
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise FileFormatError(f"{path}: not a config: it holds a {type(loaded).__name__}, "
+                              "expected a mapping of sections (model:, data:, train: ...)")
     base = loaded.pop("_BASE_", None)
     if base is None:
-        return loaded
+        return [(path, loaded)]
+    if not isinstance(base, str) or not base:
+        raise FileFormatError(f"{path}: _BASE_ {base!r}: expected the path of a config file")
     base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
-    merged = _load_yaml_with_base(base_path)
-    _deep_update(merged, loaded)
-    return merged
-
-
-def _deep_update(dst: CN, src: CN) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
-        else:
-            dst[k] = v
+    chain = (*children, path)
+    if os.path.abspath(base_path) in {os.path.abspath(p) for p in chain}:
+        raise FileFormatError(f"{path}: _BASE_ {base} loops back to a file of its own chain "
+                              f"({' -> '.join(chain)})")
+    return _config_chain(base_path, chain) + [(path, loaded)]
 
 
 def merge_from_file(cfg: CN, path: str) -> CN:
-    """Merges a YAML file (with optional ``_BASE_`` inheritance) into ``cfg``.
+    """Merges a YAML file (with optional ``_BASE_`` inheritance) into ``cfg``: its farthest
+    base first, each file over the one it inherits.
 
     Raises:
         FileNotFoundError: the file (or one of its bases) does not exist.
-        KeyError: the file holds a key the project does not know; the message lists the
-            valid keys of that section.
+        FileFormatError: a file that is not YAML or not a mapping, or a ``_BASE_`` loop (one
+            line naming the file, with the parser's message, line and column).
+        KeyError: a file holds a key the project does not know; the message names the file
+            and lists the valid keys of that section.
+        ValueError: a value of the wrong type (the file and the key named).
     """
-    loaded = _load_yaml_with_base(path)
-    _check_keys(cfg, cfg, loaded)
-    try:
-        cfg.merge_from_other_cfg(loaded)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    for file, loaded in _config_chain(path):
+        try:
+            _check_keys(cfg, cfg, loaded)
+        except KeyError as exc:
+            raise KeyError(f"{file}: {one_line(exc)}") from None
+        try:
+            cfg.merge_from_other_cfg(CN(loaded))
+        except ValueError as exc:
+            raise ValueError(f"{file}: {one_line(exc)}") from None
     return cfg
 
 

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.data.transforms import AugmentOptions, normalize_batch, resize
 from vkd_torchreid.utils.device import autocast, to_device
-from vkd_torchreid.utils.jsonio import write_json
+from vkd_torchreid.utils.hashing import state_hash  # noqa: F401  (part of this module's API)
+from vkd_torchreid.utils.jsonio import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +49,6 @@ _HASH_CHUNK = 1 << 24
 
 class CacheError(RuntimeError):
     """The cache cannot be built (for example: not enough free disk space)."""
-
-
-def state_hash(model: nn.Module) -> str:
-    """SHA-256 of a model's state (names, shapes, dtypes and bytes of every tensor)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def frames_hash(tracklets: Sequence[Sequence]) -> str:
@@ -194,10 +185,11 @@ def _valid(folder: str, key: CacheKey, rows: int, dim: int) -> Optional[str]:
     if not os.path.isfile(manifest_path):
         return "no manifest (never built, or an interrupted build)"
     try:
-        with open(manifest_path, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError) as exc:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError) as exc:  # its message names the file, with line and column
         return f"unreadable manifest ({exc})"
+    if not isinstance(manifest, dict):
+        return f"unreadable manifest ({manifest_path} holds no mapping)"
     if manifest.get("key") != key.as_dict():
         return "its key differs (teacher, data, input or format changed)"
     if manifest.get("shape") != [rows, dim] or manifest.get("dtype") != "float16":

@@ -22,7 +22,6 @@ Reference key names (``model/net.py``, ``model/cbam/bam.py``) and ours:
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import re
@@ -33,6 +32,7 @@ import torch
 from vkd_torchreid.models.backbones import SPECS, get_spec
 from vkd_torchreid.models.pretrained import remap_densenet_keys
 from vkd_torchreid.utils.checkpoint import read_state_dict
+from vkd_torchreid.utils.jsonio import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +179,7 @@ def reference_hparams(folder: str) -> Tuple[str, int]:
     path = os.path.join(folder, HPARAMS)
     if not os.path.isfile(path):
         raise ValueError(f"{folder} is not a reference experiment: {path} not found")
-    with open(path, encoding="utf-8") as fh:
-        hparams = json.load(fh)
+    hparams = read_json(path)  # a broken file: one line naming it, with line and column
     values = {}
     for key in ("backbone_type", "num_classes"):
         value = _find_key(hparams, key)

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from vkd_torchreid.apps.common import command_parser, guarded
 from vkd_torchreid.engine.evaluator import RESULTS_FILE
-from vkd_torchreid.utils.jsonio import write_json
+from vkd_torchreid.utils.jsonio import read_json, write_json
 from vkd_torchreid.utils.plots import save_figure, subplots
 
 METRICS = ("rank1", "mAP", "mAP_mars")
@@ -28,17 +28,14 @@ def read_run(path: str) -> Tuple[str, Dict[str, Dict[str, Dict[str, float]]]]:
 
     Raises:
         FileNotFoundError: no such file, or a folder without ``results.json``.
-        ValueError: a file that is not our ``results.json`` layout.
+        ValueError: a file that is not JSON, not our ``results.json`` layout, or with a
+            metric that is not a number (the file and the key named).
     """
     file = os.path.join(path, RESULTS_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{path}: no {RESULTS_FILE} there" if os.path.isdir(path)
                                 else f"no such results file or run folder: {path}")
-    try:
-        with open(file, encoding="utf-8") as fh:
-            record = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file} is not JSON: {exc}") from None
+    record = read_json(file)  # an unreadable file: one line naming it, with line and column
     data = {k: v for k, v in record.items() if k not in _RECORD_KEYS} \
         if isinstance(record, dict) else {}
     ok = data and all(isinstance(p, dict) and all(isinstance(m, dict) and "rank1" in m
@@ -46,6 +43,13 @@ def read_run(path: str) -> Tuple[str, Dict[str, Dict[str, Dict[str, float]]]]:
     if not ok:
         raise ValueError(f"{file} does not hold {{dataset: {{protocol: {{rank1, mAP, ...}}}}}} "
                          "metrics (the layout our evaluation writes)")
+    for dataset, protocols in data.items():
+        for protocol, metrics in protocols.items():
+            for m in METRICS:
+                value = metrics.get(m, 0.0)
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{file}: {dataset}.{protocol}.{m} is "
+                                     f"{json.dumps(value)}, expected a number")
     folder = os.path.dirname(os.path.abspath(file))
     return os.path.basename(folder) or folder, data
 
