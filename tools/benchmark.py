@@ -1,6 +1,7 @@
 """Benchmarks of the VKD pipeline, each next to a baseline measured in the same run.
 
-    python tools/benchmark.py {step,loader,eval,extract,cache,dist,search,all} [--json FILE]
+    python tools/benchmark.py {step,loader,pipeline,eval,extract,cache,dist,search,all}
+        [--json FILE]
 
 What each measures: ``python tools/benchmark.py --help`` (the logic and its description live
 in vkd_torchreid/apps/benchmark/).
