@@ -1,9 +1,9 @@
 """The training step next to its bare compute (fp32, channels_last, bf16; teacher stage).
 
 The step is fed as training feeds it: one batch drawn from the training loader of a synthetic
-world written at ``--height`` x ``--width`` (pinned for CUDA, finished as the loader and the
-engine finish it), moved to the device and finished inside the timed step. The bare compute
-runs the same two networks on a float batch already in device memory.
+world written at ``--height`` x ``--width`` (pinned for CUDA), which the timed step moves to
+the device; whatever finishing the loader leaves to the step is timed with it. The bare
+compute runs the same two networks on a float batch already in device memory.
 """
 from __future__ import annotations
 
