@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import types
 
 import numpy as np
@@ -307,3 +308,41 @@ def test_generation_lr_has_the_reference_floor(mars_root):
     assert [generation_lr(cfg, g) for g in range(4)] == pytest.approx([1e-4, 1e-5, 1e-5, 1e-5])
     cfg = tiny_config(mars_root[0], "unused", "train.lr", "0.01")
     assert [generation_lr(cfg, g) for g in range(4)] == pytest.approx([1e-2, 1e-3, 1e-4, 1e-5])
+
+
+def _epoch_rows(root, save, *opts):
+    from vkd_torchreid.engine.build import build_engine
+
+    engine = build_engine(tiny_config(root, save, "train.max_epoch", "1", *opts))
+    engine.run(save, max_epoch=1)
+    with open(os.path.join(save, "losses.jsonl"), encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_epoch_log_has_wall_time_and_data_wait(mars_root, tmp_path, caplog):
+    """A real run: losses.jsonl and the epoch's log line give the epoch's wall time and the
+    part of it the steps waited for their batches (torchreid's data_time, summed)."""
+    caplog.set_level("INFO", logger="vkd_torchreid")
+    (row,) = _epoch_rows(mars_root[0], str(tmp_path / "run"))
+    assert row["epoch_s"] > 0 and 0 <= row["data_wait_s"] <= row["epoch_s"]
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1:"))
+    assert f"{row['epoch_s']:.1f} s, {row['data_wait_s']:.1f} s of it waiting for data" in line
+
+
+def test_data_wait_grows_with_a_slow_dataset(mars_root, tmp_path, monkeypatch):
+    from vkd_torchreid.data.frames import TrainFrames
+
+    delay = 0.05
+    (fast,) = _epoch_rows(mars_root[0], str(tmp_path / "fast"))
+    original = TrainFrames.__getitem__
+
+    def slow(self, item):
+        time.sleep(delay)
+        return original(self, item)
+
+    monkeypatch.setattr(TrainFrames, "__getitem__", slow)
+    (row,) = _epoch_rows(mars_root[0], str(tmp_path / "slow"))
+    items = row["steps"] * 8  # train.batch_size 8, data.workers 0: read in this process
+    assert row["data_wait_s"] >= items * delay
+    assert row["data_wait_s"] - fast["data_wait_s"] >= 0.8 * items * delay
+    assert row["data_wait_s"] <= row["epoch_s"]

@@ -81,6 +81,13 @@ def get_default_config() -> CN:
     cfg.train.print_freq = 20
     cfg.train.channels_last = False
     cfg.train.amp = ""  # '', 'bf16' (CPU and CUDA) or 'fp16' (CUDA, with GradScaler)
+    # With CUDA (training and evaluation): cuDNN picks the fastest convolution algorithm for
+    # the run's fixed input shapes, as torchreid's main.py sets it.
+    cfg.train.cudnn_benchmark = True
+    # With CUDA: TF32 for float32 matmuls and convolutions. None (null) keeps PyTorch's own
+    # (convolutions in TF32 on Ampere and newer, matmuls in float32); False runs plain
+    # float32 as the reference's PyTorch 1.3 did; True also runs matmuls in TF32.
+    cfg.train.tf32 = None
     # Distributed training under torchrun (one process per GPU; without torchrun: ignored).
     cfg.train.dist_backend = "auto"  # 'auto' (nccl with CUDA, else gloo), 'nccl' or 'gloo'
     # Batch-hard triplet mining and distance preservation on the global batch (embeddings

@@ -37,6 +37,8 @@ CHOICES: Dict[str, Tuple[Any, ...]] = {
     "vkd.teacher_bn": TEACHER_BN_MODES,
     "vkd.logits_loss": LOGITS_LOSSES,
     "train.amp": AMP_MODES,
+    "train.cudnn_benchmark": (True, False),
+    "train.tf32": (None, True, False),
     "test.amp": AMP_MODES,
     "train.optim": TORCHREID_OPTIMIZERS,
     "train.lr_scheduler": TORCHREID_SCHEDULERS,

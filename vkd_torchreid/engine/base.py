@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import signal
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -35,6 +36,7 @@ from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
 from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.device import autocast, to_device
+from vkd_torchreid.utils.timing import TimedIterable
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,7 @@ class VKDEngineBase(CheckpointMixin, Engine):
         self._epoch_sums: Dict[str, float] = {}
         self._epoch_steps = 0
         self._epoch_decoded = 0
+        self._epoch_times = (0.0, 0.0)  # the last epoch's (wall, data wait) seconds
         self._stop_agreed = False
 
     # ------------------------------------------------------------------ devices & formats
@@ -226,18 +229,30 @@ class VKDEngineBase(CheckpointMixin, Engine):
 
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0,
               open_layers: Optional[Sequence[str]] = None) -> None:
-        """One epoch (torchreid's loop over batches), its loss sums starting from zero."""
+        """One epoch (torchreid's loop over batches), its loss sums starting from zero, its
+        wall time and the time its steps waited for their batches measured."""
         self.skipped_frames = []
         self._epoch_sums, self._epoch_steps, self._epoch_decoded = {}, 0, 0
-        super().train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
+        loader = self.train_loader
+        self.train_loader = timed = TimedIterable(loader)  # what torchreid's loop iterates
+        start = time.perf_counter()
+        try:
+            super().train(print_freq=print_freq, fixbase_epoch=fixbase_epoch,
+                          open_layers=open_layers)
+        finally:
+            self.train_loader = loader
+            self._epoch_times = (time.perf_counter() - start, timed.wait_s)
 
     def epoch_summary(self) -> Dict[str, Any]:
         """The last epoch: its number, generation, steps, frames the loader decoded, learning
-        rate and mean losses."""
+        rate, wall time (``epoch_s``), the part of it the steps waited for their batches
+        (``data_wait_s``: torchreid's ``data_time`` summed; this process's under torchrun) and
+        mean losses."""
         steps = max(self._epoch_steps, 1)
         return {"epoch": self.completed_epochs, "generation": self.generation,
                 "steps": self._epoch_steps, "frames_decoded": self._epoch_decoded,
-                "lr": self.get_current_lr(),
+                "lr": self.get_current_lr(), "epoch_s": self._epoch_times[0],
+                "data_wait_s": self._epoch_times[1],
                 **{k: v / steps for k, v in self._epoch_sums.items()}}
 
     def request_stop(self, reason: str) -> None:

@@ -31,6 +31,7 @@ from vkd_torchreid.models import build_model, build_student, load_weights
 from vkd_torchreid.models.weights import NetworkCheckpoint, load_network_state, read_network
 from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils import distributed
+from vkd_torchreid.utils.device import configure_cuda
 from vkd_torchreid.utils.progress import progress_enabled
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,13 @@ def new_student(cfg: CfgNode, teacher: nn.Module, generation: int = 0) -> nn.Mod
                          pretrained_path=cfg.model.pretrained_path)
 
 
+def configure_device(cfg: CfgNode) -> None:
+    """With CUDA in use: the backend flags ``train.cudnn_benchmark`` and ``train.tf32``
+    (:func:`~vkd_torchreid.utils.device.configure_cuda`); without it nothing changes."""
+    if cfg.use_gpu and torch.cuda.is_available():
+        configure_cuda(cfg.train.cudnn_benchmark, cfg.train.tf32)
+
+
 def build_engine(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None,
                  teacher: Optional[nn.Module] = None, generation: int = 0,
                  callbacks: Optional[Sequence[Callback]] = None) -> VKDEngineBase:
@@ -123,6 +131,7 @@ def build_engine(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None,
     ``callbacks`` default to :func:`~vkd_torchreid.engine.callbacks.default_callbacks` of
     ``test.eval_freq`` / ``test.start_eval``.
     """
+    configure_device(cfg)
     dm = datamanager or VKDDataManager.from_config(cfg)
     num_classes = dm.num_train_pids
     options = EngineOptions.from_config(cfg)
@@ -297,6 +306,7 @@ def prepare_evaluation(cfg: CfgNode,
                          "(a checkpoint or a released reference experiment folder)")
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights not found: {path} (model.load_weights)")
+    configure_device(cfg)
     dm = datamanager or VKDDataManager.from_config(cfg)
     ckpt = read_network(path, trust=cfg.model.trust_checkpoint)
     model = build_model(ckpt.arch or cfg.model.name, ckpt.num_classes or dm.num_train_pids,

@@ -47,8 +47,9 @@ class EpochLosses(Callback):
             os.makedirs(engine.save_dir, exist_ok=True)
             with open(os.path.join(engine.save_dir, LOSSES_FILE), "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
-        logger.info("epoch %d: %s", row["epoch"], "  ".join(
-            f"{k} {v:.4f}" for k, v in row.items() if k.startswith("loss")))
+        logger.info("epoch %d: %s  (%.1f s, %.1f s of it waiting for data)", row["epoch"],
+                    "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("loss")),
+                    row["epoch_s"], row["data_wait_s"])
 
 
 class SkippedFrames(Callback):

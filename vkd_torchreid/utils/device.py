@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+from typing import Dict, Optional
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 #: Autocast dtypes of ``train.amp`` / ``test.amp`` ('' is float32).
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,3 +37,28 @@ def to_device(img: torch.Tensor, device: torch.device, channels_last: bool) -> t
     flat = img.reshape(-1, *shape[-3:])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return flat.contiguous(memory_format=fmt).view(shape)
+
+
+def configure_cuda(cudnn_benchmark: bool, tf32: Optional[bool]) -> Dict[str, bool]:
+    """Sets the process-wide CUDA backend flags of ``train.cudnn_benchmark`` and ``train.tf32``.
+
+    Args:
+        cudnn_benchmark: ``torch.backends.cudnn.benchmark`` (cuDNN times its algorithms for each
+            new input shape and keeps the fastest; our shapes are fixed, as torchreid's
+            ``main.py`` assumes when it sets it).
+        tf32: None leaves PyTorch's own setting (matmuls in plain float32, cuDNN convolutions
+            in TF32 on Ampere and newer); True or False sets both
+            ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``.
+
+    Returns:
+        The three flags as they are now.
+    """
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+    if tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+        torch.backends.cudnn.allow_tf32 = bool(tf32)
+    flags = {"cudnn_benchmark": torch.backends.cudnn.benchmark,
+             "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+             "cudnn_tf32": torch.backends.cudnn.allow_tf32}
+    logger.info("CUDA backend: %s", ", ".join(f"{k} {v}" for k, v in flags.items()))
+    return flags

@@ -1,6 +1,7 @@
 """Benchmarks of the VKD pipeline, each next to a baseline measured in the same run.
 
-    python tools/benchmark.py {step,loader,eval,extract,cache,dist,search,all} [--json FILE]
+    python tools/benchmark.py {step,loader,pipeline,eval,extract,cache,dist,search,all}
+        [--json FILE]
 
 The logic lives here (one module per benchmark); tools/benchmark.py only calls :func:`main`.
 
@@ -9,12 +10,18 @@ The logic lives here (one module per benchmark); tools/benchmark.py only calls :
   teacher forward + student forward/backward, no loss, no optimizer), for fp32 NCHW,
   channels_last, and channels_last + bfloat16 autocast, each with the teacher's forward alone
   (``teacher_fwd_s``); the same step with the teacher cache (``cached_fp32``, ``cached_bf16``:
-  M frames, N cached rows); and the teacher-stage step.
+  M frames, N cached rows); and the teacher-stage step. The step is fed one batch of the
+  training loader (as training feeds it); the bare compute a float batch already on the
+  device.
 - loader: frames/s of the VKD train loader on a synthetic MARS next to a plain PIL +
   torchvision-transforms pipeline of the same augmentations, for 0, 1 and 2 workers
   (``--loader-workers``), and ms per frame of ``resize`` alone, for each source frame size
   (``--source-sizes 256x128,400x170,128x64``, height x width; resized to ``--height`` x
   ``--width``).
+- pipeline: the real loader and the real training step (``--stage``, ``--amp``,
+  ``--channels-last``) together for ``--steps`` steps on a synthetic world written at
+  ``--height`` x ``--width``, for each ``--loader-workers`` count and ``--decode-device``:
+  frames/s, the step's compute, and the share of the wall time spent waiting for data.
 - eval: ranking time of MARS-sized random matrices, ours (both AP modes) vs torchreid's
   Python evaluate_rank (measured on a query slice and scaled: it is linear in queries).
 - extract: test-time frames/s of feature extraction, fp32 and the fast settings.
@@ -31,7 +38,8 @@ The logic lives here (one module per benchmark); tools/benchmark.py only calls :
   and 1M 512-d embeddings (``--search-sizes``, ``--search-dim``): build time, queries/s and
   peak memory of exact torch search and faiss flat / IVF (with the ``search`` extra).
 
-Median of several repetitions after a warm-up. Prints a table and writes JSON.
+Median of several repetitions after a warm-up; every timed call ends with a CUDA
+synchronisation when CUDA is in use (``common.timed``). Prints a table and writes JSON.
 """
 from __future__ import annotations
 
@@ -43,6 +51,8 @@ from vkd_torchreid.apps.benchmark.cache import bench_cache
 from vkd_torchreid.apps.benchmark.common import machine
 from vkd_torchreid.apps.benchmark.dist import bench_dist
 from vkd_torchreid.apps.benchmark.loader import bench_loader
+from vkd_torchreid.apps.benchmark.pipeline import add_arguments as pipeline_arguments
+from vkd_torchreid.apps.benchmark.pipeline import bench_pipeline
 from vkd_torchreid.apps.benchmark.ranking import bench_eval, bench_extract
 from vkd_torchreid.apps.benchmark.search import add_arguments as search_arguments
 from vkd_torchreid.apps.benchmark.search import bench_search
@@ -77,7 +87,8 @@ def _workers(text: str) -> List[int]:
     return list(dict.fromkeys(counts))
 
 
-BENCHES = {"step": bench_step, "loader": bench_loader, "eval": bench_eval,
+BENCHES = {"step": bench_step, "loader": bench_loader, "pipeline": bench_pipeline,
+           "eval": bench_eval,
            "extract": bench_extract, "cache": bench_cache, "dist": bench_dist,
            "search": bench_search}
 
@@ -110,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--extract-items", type=int, default=32)
     parser.add_argument("--cpu", action="store_true", help="benchmark on the CPU even with CUDA")
     search_arguments(parser)
+    pipeline_arguments(parser)
     return parser
 
 

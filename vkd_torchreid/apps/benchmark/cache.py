@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from typing import Any, Dict
 
 import torch
 
-from vkd_torchreid.apps.benchmark.common import timeit
+from vkd_torchreid.apps.benchmark.common import timed, timeit
 
 
 def bench_cache(args: argparse.Namespace) -> Dict[str, Any]:
@@ -46,12 +45,11 @@ def bench_cache(args: argparse.Namespace) -> Dict[str, Any]:
                           height=args.height, width=args.width, norm_mean=(0.0,),
                           norm_std=(1.0,), resize=tc.RESIZE_VERSION, flip=True, precision="")
         frames = sum(len(t[0]) for t in dm.train_tracklets)
-        start = time.perf_counter()
         amp = "bf16" if device.type == "cpu" else "fp16"  # as a user would build it
         teacher = teacher.to(memory_format=torch.channels_last)
-        cache = tc.open_or_build(teacher, dm.train_tracklets, key, os.path.join(root, "cache"),
-                                 dm.augment, device, amp=amp, channels_last=True, batch_size=32)
-        build_s = time.perf_counter() - start
+        cache, build_s = timed(lambda: tc.open_or_build(
+            teacher, dm.train_tracklets, key, os.path.join(root, "cache"), dm.augment, device,
+            amp=amp, channels_last=True, batch_size=32))
         out["build_ms_per_frame"] = 1000 * build_s / frames  # each frame and its flip
         out["frames"], out["build_precision"] = frames, f"{amp} channels_last"
         print(f"cache build ({args.model}, {amp}, {frames} frames + flips): "

@@ -5,12 +5,13 @@ per copy on a 24 GB machine."""
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
-import time
 from typing import Any, Dict, List
 
 import torch
 
+from vkd_torchreid.apps.benchmark.common import timed
 from vkd_torchreid.search import GalleryIndex
 
 
@@ -56,13 +57,9 @@ def bench_search(args: argparse.Namespace) -> Dict[str, Any]:
             gc.collect()
             _peak_reset()
             base = _peak_mb()
-            start = time.perf_counter()
-            index = GalleryIndex.build(gallery, backend=backend)
-            built = time.perf_counter() - start
+            index, built = timed(functools.partial(GalleryIndex.build, gallery, backend=backend))
             index.search(queries[:8], 10)  # warm-up
-            start = time.perf_counter()
-            index.search(queries, 10)
-            secs = time.perf_counter() - start
+            _, secs = timed(functools.partial(index.search, queries, 10))
             row = {"gallery": n, "backend": backend, "build_s": built,
                    "queries_per_s": args.search_queries / secs,
                    "peak_mb_over_start": _peak_mb() - base}
