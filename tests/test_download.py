@@ -25,8 +25,7 @@ import torch
 
 from vkd_torchreid.apps import download as dl
 from vkd_torchreid.data.mars import Mars
-from vkd_torchreid.models import build_model
-from vkd_torchreid.models.weights import load_weights
+from vkd_torchreid.models import build_model, load_weights
 
 #: What gdown.download_folder(skip_download=True) lists: a file id and its path in the folder.
 DriveFile = collections.namedtuple("DriveFile", "id path")

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
+
+from vkd_torchreid.data.batch import Batch, Item, stack_items
 
 ERASE_ATTEMPTS = 10  # torchvision's RandomErasing tries this many boxes before giving up
 #: Values of ``data.random_erase_ratio_dist``: the erased box's aspect ratio is drawn uniformly
@@ -183,68 +185,85 @@ def random_erase_(x: torch.Tensor, prob: float, scale: Tuple[float, float],
     return x
 
 
-class Collate:
-    """Stacks decoded items into a batch dict and applies the per-batch part of the pipeline.
+class TestCollate:
+    """Stacks test items into a :class:`~vkd_torchreid.data.batch.Batch` and normalises it.
 
-    Items are dicts with ``img`` (uint8 ``[V, H, W, 3]``), ``pid``, ``camid`` and optionally
-    ``skipped`` (frames replaced because they were unreadable), ``index``, ``student`` (the
-    student's M positions among the N frames), ``teacher_rows`` (the teacher cache's row of
-    each of the N frames) and ``decoded`` (frames decoded). The batch has ``img`` float
-    ``[B, V, 3, H, W]``, ``pid`` and ``camid`` int64 ``[B]``, ``skipped`` (list of paths),
-    ``decoded`` (an int) and the optional fields stacked as int64 tensors.
+    With ``defer``, ``img`` stays uint8 ``[B, V, H, W, 3]`` (4x less data between loader
+    workers and the consuming process) until :meth:`finish`.
     """
 
-    def __init__(self, options: AugmentOptions, erase_ratio: Tuple[float, float],
-                 train: bool, defer: bool = False) -> None:
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, options: AugmentOptions, defer: bool = False) -> None:
         self.options = options
-        self.erase_ratio = erase_ratio
-        self.train = train
         self.defer = defer
 
-    def finish(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        """Normalises (and, in training, erases) a batch whose ``img`` is still uint8."""
-        if batch["img"].dtype == torch.uint8:
+    def finish(self, batch: Batch) -> Batch:
+        """Normalises a batch whose ``img`` is still uint8 (a finished batch is returned as
+        it is)."""
+        if not batch.finished:
             o = self.options
-            batch["img"] = normalize_batch(batch["img"], o.norm_mean, o.norm_std)
-            if self.train:
-                random_erase_(batch["img"], o.erase_prob, o.erase_scale, self.erase_ratio,
-                              ratio_dist=o.erase_ratio_dist)
+            batch.img = normalize_batch(batch.img, o.norm_mean, o.norm_std)
         return batch
 
-    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
-        """The batch; with ``defer``, ``img`` stays uint8 ``[B, V, H, W, 3]`` (4x less data
-        between loader workers and the trainer) until :meth:`finish`."""
-        frames = torch.from_numpy(np.stack([it["img"] for it in items]))
-        batch: Dict[str, Any] = {
-            "img": frames,
-            "pid": torch.tensor([it["pid"] for it in items], dtype=torch.int64),
-            "camid": torch.tensor([it["camid"] for it in items], dtype=torch.int64),
-            "skipped": [p for it in items for p in it.get("skipped", ())],
-        }
-        for key in ("index", "student", "teacher_rows"):  # optional per-item integer fields
-            if key in items[0] and len(np.atleast_1d(items[0][key])):
-                batch[key] = torch.tensor(np.array([it[key] for it in items]), dtype=torch.int64)
-        batch["decoded"] = sum(int(it.get("decoded", it["img"].shape[0])) for it in items)
+    def __call__(self, items: List[Item]) -> Batch:
+        batch = stack_items(items)
         return batch if self.defer else self.finish(batch)
 
 
-class FinishingLoader:
-    """A DataLoader whose workers deliver uint8 batches, finished (normalised, erased) in the
-    consuming process. Everything else (``len``, ``dataset``, ``batch_sampler``...) is the
-    wrapped loader's."""
+class TrainCollate(TestCollate):
+    """Stacks training items into a batch, normalises it and erases boxes at random
+    (``data.random_erase_*``, the box's aspect ratio drawn in ``erase_ratio``)."""
 
-    def __init__(self, loader: Any, collate: Collate) -> None:
+    def __init__(self, options: AugmentOptions, erase_ratio: Tuple[float, float],
+                 defer: bool = False) -> None:
+        super().__init__(options, defer)
+        self.erase_ratio = erase_ratio
+
+    def finish(self, batch: Batch) -> Batch:
+        if not batch.finished:
+            o = self.options
+            batch.img = normalize_batch(batch.img, o.norm_mean, o.norm_std)
+            random_erase_(batch.img, o.erase_prob, o.erase_scale, self.erase_ratio,
+                          ratio_dist=o.erase_ratio_dist)
+        return batch
+
+
+class FinishingLoader:
+    """A DataLoader whose batches are finished (normalised, and erased in training) in the
+    consuming process: its workers (if any) deliver uint8 batches.
+
+    It exposes what the engines use: ``len``, iteration, ``dataset``, ``batch_sampler``,
+    ``num_workers`` and :meth:`set_epoch`, which passes the epoch to the batch sampler (whose draws depend on the
+    seed and the epoch).
+    """
+
+    def __init__(self, loader: Any, collate: TestCollate) -> None:
         self.loader = loader
         self.collate = collate
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
             yield self.collate.finish(batch)
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __getattr__(self, name: str) -> Any:
-        if name in ("loader", "collate"):  # not yet set (e.g. while unpickling)
-            raise AttributeError(name)
-        return getattr(self.loader, name)
+    @property
+    def dataset(self) -> Any:
+        return self.loader.dataset
+
+    @property
+    def batch_sampler(self) -> Any:
+        return self.loader.batch_sampler
+
+    @property
+    def num_workers(self) -> int:
+        return self.loader.num_workers
+
+    def set_epoch(self, epoch: int) -> None:
+        """Makes the next iteration draw the batches of ``epoch`` (when the batch sampler's
+        draws depend on the epoch)."""
+        set_epoch = getattr(self.loader.batch_sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import nn
 
 #: Autocast dtypes of ``train.amp`` / ``test.amp`` ('' is float32).
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,3 +34,12 @@ def to_device(img: torch.Tensor, device: torch.device, channels_last: bool) -> t
     flat = img.reshape(-1, *shape[-3:])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return flat.contiguous(memory_format=fmt).view(shape)
+
+
+def place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """Moves ``model`` to ``device`` in NCHW or channels-last memory order (the one helper
+    that places a network for training, evaluation and inference)."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -12,8 +12,9 @@ import torch
 
 from vkd_torchreid.apps.benchmark.common import timeit_interleaved
 from vkd_torchreid.config import get_default_config
+from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.engine import DistillOptions, EngineOptions, TeacherEngine, VKDEngine
-from vkd_torchreid.engine.teacher_cache import TeacherCache
+from vkd_torchreid.engine.targets import CachedTeacherTargets, CacheRows
 from vkd_torchreid.models import build_model
 from vkd_torchreid.utils.device import autocast, to_device
 
@@ -23,14 +24,15 @@ CACHED_MODES = ("fp32", "bf16")  # the cached step is timed next to these modes'
 
 # --------------------------------------------------------------------------- step
 def _fake_dm() -> Any:
-    return types.SimpleNamespace(train_loader=[], test_loader={}, sources=[], targets=[])
+    return types.SimpleNamespace(train_loader=[], train_loader_for=lambda rows: [],
+                                 test_loader={}, sources=[], targets=[])
 
 
-def _batch(args: argparse.Namespace, n: int) -> Dict[str, torch.Tensor]:
+def _batch(args: argparse.Namespace, n: int) -> Batch:
     b = args.p * args.k
-    return {"img": torch.randn(b, n, 3, args.height, args.width),
-            "pid": torch.arange(args.p).repeat_interleave(args.k),
-            "camid": torch.zeros(b, dtype=torch.int64)}
+    return Batch(img=torch.randn(b, n, 3, args.height, args.width),
+                 pid=torch.arange(args.p).repeat_interleave(args.k),
+                 camid=torch.zeros(b, dtype=torch.int64))
 
 
 def _options(use_gpu: bool, amp: str = "", channels_last: bool = False,
@@ -43,15 +45,17 @@ def _options(use_gpu: bool, amp: str = "", channels_last: bool = False,
 
 
 def _engine(args: argparse.Namespace, use_gpu: bool, cl: bool, amp: str,
-            teacher_bn: str = "batch") -> VKDEngine:
+            teacher_bn: str = "batch", targets: Any = None) -> VKDEngine:
     """A student-stage engine on randomly initialised networks, in training mode."""
     torch.manual_seed(0)
     teacher = build_model(args.model, args.classes, loss="triplet", pretrained=False)
     student = build_model(args.model, args.classes, loss="triplet", pretrained=False)
     opts, distill = _options(use_gpu, amp, cl, args.m)
-    distill = dataclasses.replace(distill, teacher_bn=teacher_bn)
+    distill = dataclasses.replace(distill, teacher_bn=teacher_bn,
+                                  targets="live" if targets is None else targets.name)
     engine = VKDEngine(_fake_dm(), student, teacher,
-                       torch.optim.Adam(student.parameters(), lr=1e-4), None, opts, distill)
+                       torch.optim.Adam(student.parameters(), lr=1e-4), None, opts, distill,
+                       targets=targets)
     engine.set_model_mode("train")
     return engine
 
@@ -60,34 +64,35 @@ def _cached_step(args: argparse.Namespace, use_gpu: bool, cl: bool,
                  amp: str) -> Callable[[], Any]:
     """The student step with the teacher cache: M decoded frames, N rows gathered from an
     in-memory float16 cache, the teacher's BNNeck and classifier on their mean."""
-    engine = _engine(args, use_gpu, cl, amp, teacher_bn="eval")
     b = args.p * args.k
     rows = 2 * b * args.n
     rng = np.random.default_rng(0)
-    engine.teacher_cache = TeacherCache.in_memory(
-        rng.standard_normal((rows, engine.teacher.feature_dim)).astype(np.float16),
-        np.arange(b) * args.n, flip=True)
+    dim = build_model(args.model, 1, pretrained=False).feature_dim
+    targets = CachedTeacherTargets.in_memory(
+        rng.standard_normal((rows, dim)).astype(np.float16),
+        CacheRows(tuple(range(0, b * args.n, args.n)), flip=True))
+    engine = _engine(args, use_gpu, cl, amp, teacher_bn="eval", targets=targets)
     batch = _batch(args, args.m)
-    batch["teacher_rows"] = torch.from_numpy(rng.integers(0, rows, (b, args.n)))
+    batch.teacher_rows = torch.from_numpy(rng.integers(0, rows, (b, args.n)))
     return functools.partial(engine.forward_backward, batch)
 
 
-def _parts(engine: VKDEngine, batch: Dict[str, torch.Tensor], args: argparse.Namespace,
+def _parts(engine: VKDEngine, batch: Batch, args: argparse.Namespace,
            device: torch.device, cl: bool, amp: str) -> Dict[str, Callable[[], Any]]:
     """The step's bare compute (teacher forward, student forward and backward), the teacher's
     forward alone and the optimiser step alone, on the engine's own networks."""
     def bare() -> None:
-        x = to_device(batch["img"], device, cl)
+        x = to_device(batch.img, device, cl)
         with autocast(device, amp):
             with torch.inference_mode():
                 engine.teacher.forward_features(x)
-            xs = to_device(batch["img"][:, :args.m], device, cl)
+            xs = to_device(batch.img[:, :args.m], device, cl)
             emb, logits = engine.model.forward_features(xs)
         engine.optimizer.zero_grad(set_to_none=True)
         (emb.float().sum() + logits.float().sum()).backward()
 
     def teacher_fwd() -> None:
-        x = to_device(batch["img"], device, cl)
+        x = to_device(batch.img, device, cl)
         with autocast(device, amp), torch.inference_mode():
             engine.teacher.forward_features(x)
 
@@ -129,7 +134,7 @@ def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
     batch = _batch(args, args.n)
 
     def bare_teacher() -> None:
-        emb, logits = engine.model.forward_features(to_device(batch["img"], device, False))
+        emb, logits = engine.model.forward_features(to_device(batch.img, device, False))
         engine.optimizer.zero_grad(set_to_none=True)
         (emb.sum() + logits.sum()).backward()
 
