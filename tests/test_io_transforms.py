@@ -10,12 +10,10 @@ import torch
 from vkd_torchreid.config import get_default_config
 from vkd_torchreid.data import io as io_module
 from vkd_torchreid.data.batch import Batch, Item
+from vkd_torchreid.data.collate import FinishingLoader, TestCollate, TrainCollate
 from vkd_torchreid.data.io import CorruptImageError, read_image, write_jpeg
 from vkd_torchreid.data.transforms import (
     AugmentOptions,
-    FinishingLoader,
-    TestCollate,
-    TrainCollate,
     TrainFrameTransform,
     normalize_batch,
     pad_random_crop,

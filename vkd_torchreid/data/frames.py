@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from vkd_torchreid.data.base import evenly_indices
 from vkd_torchreid.data.batch import Item
-from vkd_torchreid.data.io import CorruptImageError, read_image
+from vkd_torchreid.data.io import CorruptImageError, read_image, read_jpeg_bytes
 from vkd_torchreid.data.sampler import IdentityIndex
 from vkd_torchreid.data.transforms import TestFrameTransform, TrainFrameTransform
 
@@ -31,16 +31,22 @@ class TrainFrames(Dataset):
     With ``skip_corrupt`` an unreadable frame is replaced by another frame of its tracklet
     (then of its identity) and its path is reported in ``skipped``; without it the error
     names the file.
+
+    With ``jpeg_bytes`` (``data.decode_device cuda``) frames are not decoded here: the item
+    carries each frame's JPEG file and its drawn geometry (crop offset, flip), drawn from the
+    same RNG in the same order, for the consuming process to decode and augment on the GPU.
     """
 
     def __init__(self, tracklets: Sequence[Sequence], transform: TrainFrameTransform,
-                 skip_corrupt: bool = False, teacher_rows: Optional[RowFunction] = None) -> None:
+                 skip_corrupt: bool = False, teacher_rows: Optional[RowFunction] = None,
+                 jpeg_bytes: bool = False) -> None:
         self.paths = [tuple(t[0]) for t in tracklets]
         self.transform = transform
         self.skip_corrupt = skip_corrupt
         self.index = IdentityIndex(tracklets) if skip_corrupt else None
         self._bad: Set[str] = set()
         self.teacher_rows = teacher_rows
+        self.jpeg_bytes = jpeg_bytes
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -74,22 +80,36 @@ class TrainFrames(Dataset):
             skipped.append(path)
             return self._replacement(pid, t)
 
+    def _frames(self, pid: int, refs: Sequence[Sequence[int]], flips: Sequence[Optional[bool]],
+                skipped: List[str], item: Item) -> Item:
+        """``item`` with the frames ``refs`` (each with its flip state, None: drawn): decoded
+        and augmented, or, with ``jpeg_bytes``, their JPEG files and drawn geometry."""
+        if not self.jpeg_bytes:
+            item.img = np.stack([self.transform(self._decode(pid, t, f, skipped), flip=flip)
+                                 for (t, f), flip in zip(refs, flips)])
+            return item
+        item.jpeg = [read_jpeg_bytes(self.paths[t][f]) for t, f in refs]
+        item.geometry = np.array([self.transform.draw_geometry(flip) for flip in flips],
+                                 dtype=np.int64).reshape(-1, 3)
+        item.img = np.zeros((len(refs), 0, 0, 3), dtype=np.uint8)
+        return item
+
     def __getitem__(self, item: Sequence[Any]) -> Item:
         pid, camid, refs = item[:3]
         student = tuple(item[3]) if len(item) > 3 else ()
         skipped: List[str] = []
         if self.teacher_rows is None:
-            frames = [self.transform(self._decode(pid, t, f, skipped)) for t, f in refs]
-            return Item(np.stack(frames), pid, camid, skipped, len(refs), student=student)
+            return self._frames(pid, refs, [None] * len(refs), skipped,
+                                Item(None, pid, camid, skipped, len(refs), student=student))
         if not student:
             raise ValueError("the teacher cache needs the sampler to draw the student's frames "
                              "(vkd.student_frames)")
         flips = [self.transform.draw_flip() for _ in refs]
-        frames = [self.transform(self._decode(pid, *refs[i], skipped), flip=flips[i])
-                  for i in student]
         t, f = np.array(refs, dtype=np.int64).T
         rows = self.teacher_rows(t, f, np.array(flips, dtype=bool))
-        return Item(np.stack(frames), pid, camid, skipped, len(student), teacher_rows=rows)
+        return self._frames(pid, [refs[i] for i in student], [flips[i] for i in student],
+                            skipped, Item(None, pid, camid, skipped, len(student),
+                                          teacher_rows=rows))
 
 
 class TestFrames(Dataset):

@@ -9,6 +9,7 @@ import os
 
 import cv2
 import numpy as np
+import torch
 
 # Decoding threads inside OpenCV fight with DataLoader workers on small machines.
 cv2.setNumThreads(0)
@@ -53,6 +54,30 @@ def read_image(path: str) -> np.ndarray:
     if img is None or img.size == 0:
         raise CorruptImageError(path, "not a decodable image")
     return img if _IMREAD_RGB is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_jpeg_bytes(path: str) -> torch.Tensor:
+    """A JPEG file's bytes as a uint8 tensor ``[n]``, for decoding elsewhere (on the GPU):
+    checked to start and end as a JPEG does, not decoded.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptImageError: empty, not a JPEG, or truncated (no end-of-image marker).
+    """
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise CorruptImageError(path, f"unreadable file ({exc})") from exc
+    if raw.size == 0:
+        raise CorruptImageError(path, "empty file")
+    if raw[:2].tobytes() != _JPEG_SOI:
+        raise CorruptImageError(path, "not a JPEG file (data.decode_device cuda reads JPEGs "
+                                      "only)")
+    if _JPEG_EOI not in raw[-64:].tobytes():
+        raise CorruptImageError(path, "truncated JPEG (no end-of-image marker)")
+    return torch.from_numpy(raw)
 
 
 def write_jpeg(path: str, rgb: np.ndarray, quality: int = 90) -> None:

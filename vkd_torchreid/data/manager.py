@@ -20,6 +20,7 @@ from vkd_torchreid.compat import VideoDataManager, build_train_sampler
 from vkd_torchreid.compat import data as tr_data
 from vkd_torchreid.data.base import MODES, Protocol, Splits
 from vkd_torchreid.data.batch import Item
+from vkd_torchreid.data.collate import FinishingLoader, TestCollate, TrainCollate
 from vkd_torchreid.data.frames import RowFunction, TestFrames, TrainFrames
 from vkd_torchreid.data.registry import dataset_class
 from vkd_torchreid.data.sampler import (
@@ -27,14 +28,7 @@ from vkd_torchreid.data.sampler import (
     MultiViewSampler,
     TrackletBatchSampler,
 )
-from vkd_torchreid.data.transforms import (
-    AugmentOptions,
-    FinishingLoader,
-    TestCollate,
-    TestFrameTransform,
-    TrainCollate,
-    TrainFrameTransform,
-)
+from vkd_torchreid.data.transforms import AugmentOptions, TestFrameTransform, TrainFrameTransform
 from vkd_torchreid.utils import distributed
 
 #: What the data manager's loaders are: a DataLoader, or one wrapped to finish batches.
@@ -59,6 +53,7 @@ class SamplingOptions:
     skip_corrupt: bool
     student_frames: int  # M drawn by the sampler for the student stage (0: teacher stage)
     seed: int  # with the epoch and the item's index, draws the student's M frames
+    decode_device: str = "cpu"  # training frames: decoded by the workers, or JPEG bytes
 
     @classmethod
     def from_config(cls, cfg: Any) -> SamplingOptions:
@@ -70,7 +65,7 @@ class SamplingOptions:
             test_batch_size=cfg.test.batch_size, sample_method=cfg.video.sample_method,
             workers=cfg.data.workers, skip_corrupt=cfg.data.skip_corrupt,
             student_frames=cfg.vkd.student_frames if cfg.vkd.stage == "student" else 0,
-            seed=cfg.train.seed)
+            seed=cfg.train.seed, decode_device=cfg.data.decode_device)
 
     @property
     def strategy(self) -> str:
@@ -79,24 +74,27 @@ class SamplingOptions:
 
 def make_loader(dataset: Any, augment: AugmentOptions,
                 erase_ratio: Optional[Tuple[float, float]], workers: int, pin_memory: bool,
-                **kwargs: Any) -> Loader:
+                on_device: bool = False, **kwargs: Any) -> Loader:
     """A DataLoader of ``dataset``: a training one when ``erase_ratio`` is given (random
     erasing), else a test one. With workers, they send uint8 frames and the batch is
-    normalised (and erased) in the consuming process: 4x less inter-process traffic. Training
-    loaders are always a :class:`FinishingLoader` (its ``set_epoch`` reaches the sampler)."""
+    normalised (and erased) in the consuming process: 4x less inter-process traffic; with
+    ``on_device`` (CUDA) the uint8 batch crosses to the device (pinned, non-blocking) and is
+    finished there (:meth:`~vkd_torchreid.data.batch.Batch.device_images`). Training loaders
+    are always a :class:`FinishingLoader` (its ``set_epoch`` reaches the sampler)."""
     train = erase_ratio is not None
-    collate = (TrainCollate(augment, erase_ratio, defer=workers > 0) if train
-               else TestCollate(augment, defer=workers > 0))
+    defer = workers > 0 or on_device
+    collate = (TrainCollate(augment, erase_ratio, defer=defer) if train
+               else TestCollate(augment, defer=defer))
     if workers > 0:
         kwargs.update(persistent_workers=train, prefetch_factor=2)
     loader = DataLoader(dataset, num_workers=workers, pin_memory=pin_memory,
                         collate_fn=collate, **kwargs)
-    return FinishingLoader(loader, collate) if workers > 0 or train else loader
+    return FinishingLoader(loader, collate, on_device) if defer or train else loader
 
 
 def test_loader(items: Sequence[Sequence], tracklets: bool, augment: AugmentOptions,
                 sampling: SamplingOptions, pin_memory: bool = False,
-                sample_method: str = "") -> Optional[Loader]:
+                sample_method: str = "", on_device: bool = False) -> Optional[Loader]:
     """The test loader of ``items`` (tracklets, or image items); None when empty. Tracklets
     give ``sampling.test_seq_len`` frames sampled with ``sample_method`` (default:
     ``sampling.sample_method``); with ``all``, one tracklet per batch (variable length)."""
@@ -105,8 +103,8 @@ def test_loader(items: Sequence[Sequence], tracklets: bool, augment: AugmentOpti
     method = (sample_method or sampling.sample_method) if tracklets else "evenly"
     dataset = TestFrames(items, TestFrameTransform(augment), sampling.test_seq_len, method)
     batch = 1 if tracklets and method == "all" else sampling.test_batch_size
-    return make_loader(dataset, augment, None, sampling.workers, pin_memory, batch_size=batch,
-                       shuffle=False, drop_last=False)
+    return make_loader(dataset, augment, None, sampling.workers, pin_memory, on_device,
+                       batch_size=batch, shuffle=False, drop_last=False)
 
 
 class VKDDataManager(VideoDataManager):
@@ -119,7 +117,7 @@ class VKDDataManager(VideoDataManager):
         augment: input size and augmentation (see :meth:`AugmentOptions.from_config`).
         sampling: batch composition and loader settings.
         dataset_options: options of our datasets (``mars_query_in_gallery``, ``atrw_views``).
-        use_gpu: pin memory for CUDA.
+        use_gpu: CUDA: pinned batches, finished on the device.
     """
 
     data_type = "video"
@@ -182,7 +180,7 @@ class VKDDataManager(VideoDataManager):
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: Any, train: bool, **kwargs: Any) -> Loader:
         return make_loader(dataset, self.augment, self.erase_ratio if train else None,
-                           self.sampling.workers, self.use_gpu, **kwargs)
+                           self.sampling.workers, self.use_gpu, self.use_gpu, **kwargs)
 
     @property
     def train_loader(self) -> FinishingLoader:
@@ -213,14 +211,14 @@ class VKDDataManager(VideoDataManager):
             batch_sampler = TrackletBatchSampler(base, train, s.batch_size, s.seq_len, s.strategy,
                                                  s.student_frames, s.seed)
         dataset = TrainFrames(train, TrainFrameTransform(self.augment), s.skip_corrupt,
-                              teacher_rows)
+                              teacher_rows, jpeg_bytes=s.decode_device == "cuda")
         return self._loader(dataset, True, batch_sampler=batch_sampler)
 
     def test_loader_of(self, items: Sequence[Sequence], tracklets: bool,
                        sample_method: str = "") -> Optional[Loader]:
         """A test loader of ``items`` (see :func:`test_loader`)."""
         return test_loader(items, tracklets, self.augment, self.sampling, self.use_gpu,
-                           sample_method)
+                           sample_method, on_device=self.use_gpu)
 
     def gallery_items(self, name: str, g_kind: str) -> List[Any]:
         """The gallery items of a protocol of dataset ``name`` in ranking (distance-matrix

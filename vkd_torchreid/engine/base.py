@@ -42,7 +42,7 @@ from vkd_torchreid.engine.checkpointing import CheckpointMixin
 from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
 from vkd_torchreid.utils import distributed
-from vkd_torchreid.utils.device import autocast, place, to_device
+from vkd_torchreid.utils.device import AUTOCAST_DTYPES, autocast, place, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,12 @@ class VKDEngineBase(CheckpointMixin, Engine):
     def _place(self, model: nn.Module) -> nn.Module:
         return place(model, self.device, self.options.channels_last)
 
+    @property
+    def _input_dtype(self) -> torch.dtype:
+        """The dtype a batch finished on the device gets: the step's autocast dtype (what
+        autocast would give the first layer), float32 without autocast."""
+        return AUTOCAST_DTYPES.get(self.options.amp, torch.float32)
+
     def _format(self, img: torch.Tensor) -> torch.Tensor:
         return to_device(img, self.device, self.options.channels_last)
 
@@ -185,7 +191,7 @@ class VKDEngineBase(CheckpointMixin, Engine):
         if self._stop_agreed or (self._stop_signal is not None and not self.dist.enabled):
             raise StopTraining(f"signal {self._stop_signal or 'on another rank'}")
         self.skipped_frames.extend(data.skipped)
-        imgs = self._format(data.img)
+        imgs = data.device_images(self.device, self.options.channels_last, self._input_dtype)
         pids = data.pid.to(self.device, non_blocking=True)
         with autocast(self.device, self.options.amp):
             outputs = self.forward_train(imgs, data)

@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vkd_torchreid.data.batch import Batch, Item
+from vkd_torchreid.data.collate import TestCollate
 from vkd_torchreid.data.manager import Loader, SamplingOptions, test_loader
-from vkd_torchreid.data.transforms import AugmentOptions, TestCollate, TestFrameTransform
+from vkd_torchreid.data.transforms import AugmentOptions, TestFrameTransform
 from vkd_torchreid.engine.extract import Features, extract, frame_features, iter_frame_features
-from vkd_torchreid.utils.device import autocast, resolve_device, to_device
+from vkd_torchreid.utils.device import autocast, resolve_device
 from vkd_torchreid.utils.progress import progress_enabled
 
 
@@ -70,7 +71,8 @@ class Embedder:
         self.device = device
         self.pin_memory = pin_memory
         self.transform = TestFrameTransform(augment)
-        self.collate = TestCollate(augment)
+        # on CUDA the uint8 frames cross and are normalised there
+        self.collate = TestCollate(augment, defer=device.type == "cuda")
 
     @classmethod
     def from_config(cls, cfg: Any, device: Optional[torch.device] = None,
@@ -96,7 +98,7 @@ class Embedder:
                sample_method: str = "") -> Optional[Loader]:
         """The test loader of ``items``; None when empty."""
         return test_loader(items, tracklets, self.augment, self.sampling, self.pin_memory,
-                           sample_method)
+                           sample_method, on_device=self.device.type == "cuda")
 
     def iter_frames(self, model: nn.Module, loader: Any,
                     desc: str = "extract") -> Iterator[Tuple[Batch, torch.Tensor]]:
@@ -130,8 +132,9 @@ class Embedder:
         for start in range(0, len(images), step):
             frames = [read(img, start + i) if read is not None else img
                       for i, img in enumerate(images[start:start + step])]
-            batch = self.collate([Item(self.transform(f)[None], -1, -1) for f in frames])
-            x = to_device(batch.img[:, 0], self.device, self.options.channels_last)
+            batch = self.collate.for_device(  # finished (CPU) batches pass as they are
+                self.collate([Item(self.transform(f)[None], -1, -1) for f in frames]))
+            x = batch.device_images(self.device, self.options.channels_last)[:, 0]
             with autocast(self.device, self.options.amp):
                 outs.append(frame_features(model, x, self.options.chunk).float().cpu())
         return torch.cat(outs)

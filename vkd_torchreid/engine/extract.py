@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vkd_torchreid.data.batch import Batch
-from vkd_torchreid.utils.device import autocast, to_device
+from vkd_torchreid.utils.device import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def iter_frame_features(model: nn.Module, loader: DataLoader, device: torch.devi
     """``(batch, feats [B, V, D])`` for every batch of a test loader: the per-frame
     embeddings :func:`extract` pools (float32, on ``device``)."""
     for batch in _batches(loader, progress, desc):
-        img = to_device(batch.img, device, channels_last)
+        img = batch.device_images(device, channels_last)
         b, v = img.shape[:2]
         with autocast(device, amp):
             feats = frame_features(model, img.reshape(b * v, *img.shape[2:]), chunk)

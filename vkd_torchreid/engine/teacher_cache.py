@@ -33,7 +33,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vkd_torchreid.data.io import read_image
-from vkd_torchreid.data.transforms import AugmentOptions, normalize_batch, resize
+from vkd_torchreid.data.transforms import (
+    AugmentOptions,
+    normalize_batch,
+    normalize_on_device,
+    resize,
+)
 from vkd_torchreid.utils.device import autocast, to_device
 from vkd_torchreid.utils.jsonio import write_json
 
@@ -217,8 +222,12 @@ def _embed(teacher: nn.Module, loader: DataLoader, options: AugmentOptions, devi
 
         batches = tqdm(loader, desc="teacher cache", dynamic_ncols=True)
     for frames in batches:
-        x = to_device(normalize_batch(frames, options.norm_mean, options.norm_std), device,
-                      channels_last)
+        if device.type == "cuda":  # uint8 crosses (pinned), normalised on the device
+            x = normalize_on_device(frames, options.norm_mean, options.norm_std, device,
+                                    channels_last)
+        else:
+            x = to_device(normalize_batch(frames, options.norm_mean, options.norm_std), device,
+                          channels_last)
         views = [x, x.flip(-1)] if flip else [x]
         with autocast(device, amp):
             feats = [teacher(v).float() for v in views]  # eval mode: pooled features [B, D]
@@ -269,7 +278,8 @@ def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheK
     tmp = os.path.join(folder, f".{FEATURES_FILE}.tmp-{os.getpid()}")
     out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(rows, dim))
     loader = DataLoader(_Frames(frames, options.height, options.width), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_stack, shuffle=False)
+                        num_workers=workers, collate_fn=_stack, shuffle=False,
+                        pin_memory=device.type == "cuda")
     try:
         for _ in _embed(teacher, loader, options, device, amp, channels_last, key.flip, out,
                         progress):
