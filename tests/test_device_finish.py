@@ -238,3 +238,32 @@ def test_cuda_training_step_takes_uint8_batches(mars_root, tmp_path):
                           "train.amp", "bf16", "train.channels_last", "True")
         out = train(cfg)
         assert out.engine.device.type == "cuda" and out.results["epoch"] == 1
+
+
+@cuda
+def test_cuda_evaluation_and_cache_build_match_the_cpu(mars_root, tmp_path):
+    """The test loaders (uint8 to the GPU, normalised there) and the teacher-cache build give
+    the CPU's features within the GPU's float tolerance (TF32 convolutions included)."""
+    from vkd_torchreid.engine import teacher_cache as tc
+    from vkd_torchreid.engine.evaluator import Evaluator
+    from vkd_torchreid.models import build_model
+
+    feats = {}
+    for use_gpu in ("False", "True"):
+        cfg = tiny_config(mars_root[0], str(tmp_path), "use_gpu", use_gpu)
+        dm = VKDDataManager.from_config(cfg)
+        assert dm.use_gpu == (use_gpu == "True")
+        torch.manual_seed(0)
+        model = build_model("vkd_resnet18", dm.num_train_pids, pretrained=False).eval()
+        evaluator = Evaluator.from_config(cfg, dm)
+        device = evaluator.device
+        with torch.inference_mode():
+            feats[use_gpu] = evaluator.features(model.to(device), "vkd_mars")["gallery"].emb
+        key = tc.CacheKey.from_config(cfg, model, dm.train_tracklets)
+        cache = tc.open_or_build(model, dm.train_tracklets, key, str(tmp_path / use_gpu),
+                                 dm.augment, device)
+        feats[use_gpu + "_cache"] = torch.from_numpy(np.asarray(cache.features, np.float32))
+    for name in ("", "_cache"):
+        a, b = feats["False" + name], feats["True" + name]
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-2 * a.abs().max(), name
