@@ -31,13 +31,8 @@ class CorruptImageError(ValueError):
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
-def read_image(path: str) -> np.ndarray:
-    """Reads an image as an RGB ``uint8`` array shaped ``[H, W, 3]``.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CorruptImageError: the file is empty, truncated or not an image.
-    """
+def _file_bytes(path: str) -> np.ndarray:
+    """A non-empty file's bytes, uint8 ``[n]`` (errors name the file)."""
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
@@ -46,6 +41,17 @@ def read_image(path: str) -> np.ndarray:
         raise CorruptImageError(path, f"unreadable file ({exc})") from exc
     if raw.size == 0:
         raise CorruptImageError(path, "empty file")
+    return raw
+
+
+def read_image(path: str) -> np.ndarray:
+    """Reads an image as an RGB ``uint8`` array shaped ``[H, W, 3]``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptImageError: the file is empty, truncated or not an image.
+    """
+    raw = _file_bytes(path)
     head = raw[:2].tobytes()
     # OpenCV decodes a truncated JPEG silently (grey bottom rows): check the end marker.
     if head == _JPEG_SOI and _JPEG_EOI not in raw[-64:].tobytes():
@@ -64,14 +70,7 @@ def read_jpeg_bytes(path: str) -> torch.Tensor:
         FileNotFoundError: ``path`` does not exist.
         CorruptImageError: empty, not a JPEG, or truncated (no end-of-image marker).
     """
-    try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as exc:
-        raise CorruptImageError(path, f"unreadable file ({exc})") from exc
-    if raw.size == 0:
-        raise CorruptImageError(path, "empty file")
+    raw = _file_bytes(path)
     if raw[:2].tobytes() != _JPEG_SOI:
         raise CorruptImageError(path, "not a JPEG file (data.decode_device cuda reads JPEGs "
                                       "only)")
