@@ -25,7 +25,6 @@ means and stops at the same step. Rank 0 alone writes files.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import signal
@@ -40,6 +39,7 @@ from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.engine.callbacks import Callback, default_callbacks
 from vkd_torchreid.engine.checkpointing import CheckpointMixin
 from vkd_torchreid.engine.evaluator import Evaluator
+from vkd_torchreid.engine.options import EngineOptions
 from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
 from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.device import AUTOCAST_DTYPES, autocast, place, to_device
@@ -53,32 +53,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class StopTraining(KeyboardInterrupt):
     """Raised at a batch boundary after SIGINT/SIGTERM, once a checkpoint is written."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineOptions:
-    """How both engines train (values from the config: :meth:`from_config`)."""
-
-    use_gpu: bool
-    amp: str  # '', 'bf16', 'fp16'
-    channels_last: bool
-    label_smooth: float
-    triplet_margin: Any  # 'soft' or a float
-    weight_x: float
-    weight_t: float
-    dist_gather: bool  # under torchrun: losses over the global batch
-    sync_bn: bool  # under torchrun: BatchNorm statistics over the global batch
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> EngineOptions:
-        margin: Any = "soft" if cfg.loss.triplet.soft_margin else float(cfg.loss.triplet.margin)
-        return cls(
-            use_gpu=bool(cfg.use_gpu) and torch.cuda.is_available(), amp=cfg.train.amp,
-            channels_last=cfg.train.channels_last,
-            label_smooth=cfg.loss.softmax.epsilon if cfg.loss.softmax.label_smooth else 0.0,
-            triplet_margin=margin, weight_x=cfg.loss.triplet.weight_x,
-            weight_t=cfg.loss.triplet.weight_t, dist_gather=cfg.train.dist_gather,
-            sync_bn=cfg.train.sync_bn)
 
 
 class _TrainForward(nn.Module):
