@@ -16,6 +16,7 @@ import torch
 
 import vkd_torchreid  # noqa: F401  (registers datasets and models)
 from vkd_torchreid.config import build_config
+from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.engine import build
 from vkd_torchreid.models import build_model
 from vkd_torchreid.utils import distributed
@@ -37,15 +38,16 @@ def _config(root: str, save_dir: str):
 def _global_batch(seed: int):
     g = torch.Generator().manual_seed(seed)
     b = P * K
-    return {"img": torch.randn(b, N, 3, 32, 16, generator=g, dtype=torch.float64),
-            "pid": torch.arange(P).repeat_interleave(K),
-            "camid": torch.zeros(b, dtype=torch.int64),
-            "student": torch.stack([torch.randperm(N, generator=g)[:M] for _ in range(b)])}
+    return Batch(img=torch.randn(b, N, 3, 32, 16, generator=g, dtype=torch.float64),
+                 pid=torch.arange(P).repeat_interleave(K),
+                 camid=torch.zeros(b, dtype=torch.int64),
+                 student=torch.stack([torch.randperm(N, generator=g)[:M] for _ in range(b)]))
 
 
 def _share(batch, rank: int, world: int):
     lo, hi = (P * K * r // world for r in (rank, rank + 1))
-    return {k: v[lo:hi] for k, v in batch.items()}
+    return Batch(img=batch.img[lo:hi], pid=batch.pid[lo:hi], camid=batch.camid[lo:hi],
+                 student=batch.student[lo:hi])
 
 
 def grads(root: str, out: str) -> None:

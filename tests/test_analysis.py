@@ -241,7 +241,7 @@ def test_rank_list_equals_a_direct_ranking(pair, tmp_path):
     with torch.inference_mode():
         feats = job.evaluator.features(job.model.eval(), "vkd_mars")
     q = feats["query_img"]
-    g_items = job.evaluator.gallery_items("vkd_mars", "gallery")
+    g_items = job.evaluator.datamanager.gallery_items("vkd_mars", "gallery")
     from vkd_torchreid.engine.extract import concat
 
     g = concat(feats["query"], feats["gallery"]) if len(g_items) > len(

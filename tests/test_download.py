@@ -29,8 +29,7 @@ import torch
 from vkd_torchreid.apps import download as dl
 from vkd_torchreid.apps.download import sources
 from vkd_torchreid.data.mars import Mars
-from vkd_torchreid.models import build_model
-from vkd_torchreid.models.weights import load_weights
+from vkd_torchreid.models import build_model, load_weights
 
 #: The module (the package's ``fetch`` is its function of that name).
 fetch_module = importlib.import_module("vkd_torchreid.apps.download.fetch")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vkd_torchreid.config import get_default_config
+from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.engine import DistillOptions, EngineOptions, TeacherEngine, VKDEngine
 from vkd_torchreid.engine.build import train
 from vkd_torchreid.engine.optim import build_optim
@@ -35,7 +36,7 @@ def _batch(b=8, n=4, classes=4, seed=0):
     # identity-dependent images so that the task is learnable
     base = torch.randn(classes, 3, 32, 16, generator=g)
     img = base[pids][:, None].repeat(1, n, 1, 1, 1) + 0.3 * torch.randn(b, n, 3, 32, 16, generator=g)
-    return {"img": img, "pid": pids, "camid": torch.zeros(b, dtype=torch.int64)}
+    return Batch(img=img, pid=pids, camid=torch.zeros(b, dtype=torch.int64))
 
 
 def _options(**vkd):
@@ -119,7 +120,7 @@ def test_nan_loss_stops_without_update():
     engine.set_model_mode("train")
     before = {k: v.clone() for k, v in engine.model.named_parameters()}
     batch = _batch()
-    batch["img"][0, 0, 0, 0, 0] = float("nan")
+    batch.img[0, 0, 0, 0, 0] = float("nan")
     from vkd_torchreid.engine import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match=r"loss_\w+=nan.*step 1"):

@@ -272,3 +272,29 @@ def test_trust_checkpoint_is_a_config_key(mars_root, weights, tmp_path):
     for flag in ([], ["--trust-checkpoint"]):  # the flag sets the key; without it, it stays off
         args = parser.parse_args([*flag, "--root", mars_root[0]])
         assert cli.config_from_args(args).model.trust_checkpoint is bool(flag)
+
+
+def test_one_embedder_serves_the_evaluator_and_its_callers(mars_root, weights, tmp_path):
+    """The Evaluator's features are the Embedder's; the Embedder embeds items, image files
+    and pooled frames the same way."""
+    model, _ = weights
+    cfg = tiny_config(mars_root[0], str(tmp_path), "test.normalize_feature", "True",
+                      "video.test_seq_len", "0")
+    dm = VKDDataManager.from_config(cfg)
+    evaluator = Evaluator.from_config(cfg, dm)
+    embedder = evaluator.embedder
+    assert embedder.seq_len == cfg.video.seq_len == dm.sampling.test_seq_len  # 0: seq_len
+    items = dm.test_dataset["vkd_mars"]
+    with torch.inference_mode():
+        feats = evaluator.features(model, "vkd_mars")
+        gallery = embedder.items(model, items["gallery"])
+        frames = [p for p in items["gallery"][0][0]][:3]
+        per_image = embedder.images(model, [read_image(p) for p in frames])
+        per_path = embedder.images(model, frames, lambda p, i: read_image(p))
+        as_items = embedder.items(model, [(p, -1, -1) for p in frames], tracklets=False)
+    assert torch.allclose(embedder.normalized(gallery), feats["gallery"].emb, atol=1e-6)
+    assert torch.allclose(feats["gallery"].emb.norm(dim=1), torch.ones(len(gallery)))
+    assert torch.equal(per_image, per_path) and torch.allclose(per_image, as_items, atol=1e-5)
+    pooled = embedder.pool(per_image, [1, 2])
+    assert torch.allclose(pooled, torch.stack([per_image[0], per_image[1:].mean(0)]))
+    assert embedder.items(model, []).shape == (0, model.feature_dim)

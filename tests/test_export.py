@@ -20,6 +20,7 @@ require_extra("onnxscript", "export")  # the dynamo ONNX exporter's translator
 ort = require_extra("onnxruntime", "export")
 
 from vkd_torchreid.apps import export, onnx_check  # noqa: E402
+from vkd_torchreid.data.batch import Batch  # noqa: E402
 from vkd_torchreid.data.manager import VKDDataManager  # noqa: E402
 from vkd_torchreid.engine.extract import extract  # noqa: E402
 from vkd_torchreid.models import build_model  # noqa: E402
@@ -139,8 +140,8 @@ def test_tracklet_model_is_the_mean_of_frame_embeddings(exported, tiny):
         assert got.shape == (batch, model.feature_dim)
         assert np.abs(got - want).max() <= _bound(want)
         # and what our evaluation extracts for these items
-        loader = [{"img": x, "pid": torch.zeros(batch, dtype=torch.long),
-                   "camid": torch.zeros(batch, dtype=torch.long)}]
+        loader = [Batch(img=x, pid=torch.zeros(batch, dtype=torch.long),
+                        camid=torch.zeros(batch, dtype=torch.long))]
         emb = extract(model, loader, torch.device("cpu")).emb.numpy()
         assert np.abs(got - emb).max() <= _bound(emb)
 

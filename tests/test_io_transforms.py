@@ -9,11 +9,11 @@ import torch
 
 from vkd_torchreid.config import get_default_config
 from vkd_torchreid.data import io as io_module
+from vkd_torchreid.data.batch import Batch, Item
+from vkd_torchreid.data.collate import FinishingLoader, TestCollate, TrainCollate
 from vkd_torchreid.data.io import CorruptImageError, read_image, write_jpeg
 from vkd_torchreid.data.transforms import (
     AugmentOptions,
-    Collate,
-    FinishingLoader,
     TrainFrameTransform,
     normalize_batch,
     pad_random_crop,
@@ -184,19 +184,20 @@ def _items(num_items: int, frames: int, camid: int, seed: int):
     """Decoded, augmented items as the train dataset yields them."""
     tf = TrainFrameTransform(_COLLATE_OPTS)
     np.random.seed(seed)
-    return [{"img": np.stack([tf(_image()) for _ in range(frames)]), "pid": i, "camid": camid}
+    return [Item(np.stack([tf(_image()) for _ in range(frames)]), i, camid)
             for i in range(num_items)]
 
 
 def test_collate_shapes_and_train_flip():
     items = _items(4, 3, camid=1, seed=0)
-    batch = Collate(_COLLATE_OPTS, (0.3, 3.3), train=True)(items)
-    assert batch["img"].shape == (4, 3, 3, 32, 16) and batch["img"].dtype == torch.float32
-    assert batch["pid"].tolist() == [0, 1, 2, 3] and batch["skipped"] == []
+    batch = TrainCollate(_COLLATE_OPTS, (0.3, 3.3))(items)
+    assert batch.img.shape == (4, 3, 3, 32, 16) and batch.img.dtype == torch.float32
+    assert batch.pid.tolist() == [0, 1, 2, 3] and batch.skipped == [] and batch.decoded == 12
+    assert batch.index is None and batch.student is None and batch.teacher_rows is None
     # the batch is the items' frames, normalised (erasing is off)
-    frames = torch.from_numpy(np.stack([it["img"] for it in items]))
+    frames = torch.from_numpy(np.stack([it.img for it in items]))
     o = _COLLATE_OPTS
-    assert torch.equal(batch["img"], normalize_batch(frames, o.norm_mean, o.norm_std))
+    assert torch.equal(batch.img, normalize_batch(frames, o.norm_mean, o.norm_std))
     # the flip is the training frame transform's: flip_prob 1 mirrors every frame, 0 none
     img = _image(32, 16)  # already 32 x 16: the resize keeps it; no padding: no shift
     no_pad = dataclasses.replace(o, pad=0)
@@ -213,12 +214,12 @@ def test_collate_shapes_and_train_flip():
 def test_deferred_collate_equals_in_worker_collate():
     """Loader workers send uint8 frames; finishing the batch afterwards gives the same tensor."""
     items = _items(3, 2, camid=0, seed=1)
-    direct = Collate(_COLLATE_OPTS, (0.3, 3.3), train=False)(items)
-    deferred_collate = Collate(_COLLATE_OPTS, (0.3, 3.3), train=False, defer=True)
+    direct = TestCollate(_COLLATE_OPTS)(items)
+    deferred_collate = TestCollate(_COLLATE_OPTS, defer=True)
     raw = deferred_collate(items)
-    assert raw["img"].dtype == torch.uint8 and raw["img"].shape == (3, 2, 32, 16, 3)
+    assert raw.img.dtype == torch.uint8 and raw.img.shape == (3, 2, 32, 16, 3)
     done = deferred_collate.finish(raw)
-    assert done["img"].dtype == torch.float32 and torch.equal(done["img"], direct["img"])
+    assert done.img.dtype == torch.float32 and torch.equal(done.img, direct.img)
 
 
 def test_worker_loader_batches_equal_in_process_batches(mars_root):
@@ -231,8 +232,25 @@ def test_worker_loader_batches_equal_in_process_batches(mars_root):
         # the second loader really decodes in a worker process (and finishes batches here)
         assert len(loader) > 0 and loader.num_workers == workers
         assert isinstance(loader, FinishingLoader) == (workers > 0)
-        return [b["img"] for b in loader]
+        return [b.img for b in loader]
 
     in_process, with_worker = first_batches(0), first_batches(1)
     assert len(in_process) == len(with_worker)
     assert all(torch.equal(a, b) for a, b in zip(in_process, with_worker))
+
+
+def test_training_loader_is_typed_and_takes_the_epoch(mars_root):
+    """With or without workers the training loader is a FinishingLoader of Batch; its
+    set_epoch reaches the batch sampler, whose draws then change."""
+    from vkd_torchreid.data.manager import VKDDataManager
+
+    dm = VKDDataManager.from_config(tiny_config(mars_root[0], "unused", "data.workers", "0",
+                                                "train.batch_size", "4"))
+    loader = dm.train_loader
+    assert isinstance(loader, FinishingLoader) and loader is dm.train_loader_for(None)
+    first = list(iter(loader.batch_sampler))
+    loader.set_epoch(3)
+    assert loader.batch_sampler.epoch == 3 and list(iter(loader.batch_sampler)) != first
+    batch = next(iter(loader))
+    assert isinstance(batch, Batch) and batch.finished and batch.teacher_rows is None
+    assert batch.img.shape[:2] == (4, dm.sampling.seq_len) and batch.decoded == 4 * dm.sampling.seq_len

@@ -15,12 +15,15 @@ from vkd_torchreid.models import (
     ARCHS,
     BAM,
     MODEL_BUILDERS,
+    CheckpointMismatchError,
     VKDNet,
     build_model,
     build_student,
     load_weights,
+    open_network,
     reference_arch,
 )
+from vkd_torchreid.utils.device import place
 
 SMALL = (3, 64, 32)
 
@@ -340,6 +343,51 @@ def test_load_errors(tmp_path):
         load_weights(build_model("vkd_resnet18", 100, pretrained=False), str(path))
     with pytest.raises(FileNotFoundError):
         load_weights(src, str(tmp_path / "missing.pth"))
+
+
+# ---------------------------------------------------------------- open_network
+def test_open_network_builds_what_the_checkpoint_declares(tmp_path):
+    src = _perturb(build_model("vkd_resnet18", 5, pretrained=False))
+    ours = str(tmp_path / "ours.pth")
+    torch.save({"state_dict": src.state_dict(), "meta": {"arch": "vkd_resnet18"}}, ours)
+    # the declared architecture wins over the default; the class count is the classifier's
+    net = open_network(ours, default_arch="vkd_resnet34")
+    assert (net.arch, net.num_classes) == ("vkd_resnet18", 5) and _diff_keys(src, net) == set()
+    assert open_network(ours, "vkd_resnet18", 5).training  # train mode, as built
+    bare = str(tmp_path / "bare.pth")  # no declared architecture: the default is built
+    torch.save(src.state_dict(), bare)
+    assert open_network(bare, default_arch="vkd_resnet18").arch == "vkd_resnet18"
+    placed = place(net, torch.device("cpu"), channels_last=True)
+    assert placed.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_open_network_errors_name_the_file_and_both_values(tmp_path):
+    src = build_model("vkd_resnet18", 5, pretrained=False)
+    path = str(tmp_path / "r18.pth")
+    torch.save({"state_dict": src.state_dict(), "meta": {"arch": "vkd_resnet18"}}, path)
+    cases = {  # (args, kwargs) -> what the one line must name
+        "arch": ((path, "vkd_resnet34"), {}, ["a vkd_resnet18 network", "needs a vkd_resnet34"]),
+        "classes": ((path, "", 7), {}, ["5 classes", "needs 7"]),
+    }
+    for name, (args, kwargs, needles) in cases.items():
+        with pytest.raises(CheckpointMismatchError) as err:
+            open_network(*args, key="vkd.teacher_checkpoint", **kwargs)
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"vkd.teacher_checkpoint {path} holds ")
+        assert all(x in msg for x in needles), (name, msg)
+        assert err.value.path == path and isinstance(err.value, ValueError)
+    bare = str(tmp_path / "bare.pth")  # declares nothing and does not fit the default
+    torch.save(src.state_dict(), bare)
+    with pytest.raises(CheckpointMismatchError, match="declares no architecture.*vkd_resnet50"):
+        open_network(bare, default_arch="vkd_resnet50")
+    headless = {k: v for k, v in src.state_dict().items() if not k.startswith("classifier")}
+    torch.save(headless, bare)
+    with pytest.raises(CheckpointMismatchError, match="no classifier.weight"):
+        open_network(bare, default_arch="vkd_resnet18")
+    assert open_network(bare, default_arch="vkd_resnet18", default_classes=3,
+                        strict=False).num_classes == 3
+    with pytest.raises(FileNotFoundError, match=r"model.load_weights: weights not found: .*nope"):
+        open_network(str(tmp_path / "nope.pth"), key="model.load_weights")
 
 
 # The reference TriNet's key names, written here independently of vkd_torchreid's mapping:

@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import torch
 
+from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.data.manager import VKDDataManager
 from vkd_torchreid.data.sampler import student_pick
 from vkd_torchreid.data.transforms import normalize_batch, resize
 from vkd_torchreid.engine import teacher_cache as tc
 from vkd_torchreid.engine.build import train
+from vkd_torchreid.engine.targets import CachedTeacherTargets, CacheRows, LiveTeacherTargets
 from vkd_torchreid.models import build_model
 from vkd_torchreid.utils import checkpoint as ckpt_io
 
@@ -60,9 +62,20 @@ def setup(mars_root, tmp_path):
     return cfg, dm, _teacher(dm.num_train_pids), str(tmp_path / "cache")
 
 
+def _targets(cfg, dm, root, device_copy=False):
+    """Cached targets of ``cfg`` with their cache under ``root``."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.vkd.teacher_cache_dir, cfg.vkd.teacher_cache_device = root, device_copy
+    return CachedTeacherTargets(cfg, dm.train_tracklets)
+
+
 def test_cached_targets_equal_the_eval_mode_teacher(setup):
     cfg, dm, teacher, root = setup
-    cache = _build(cfg, dm, teacher, root)
+    targets = _targets(cfg, dm, root)
+    targets.prepare(teacher, torch.device("cpu"))  # builds the cache
+    assert targets.cache.folder == _build(cfg, dm, teacher, root).folder  # the same key
+    assert tc.CacheKey.from_config(cfg, teacher, dm.train_tracklets) == _key(cfg, dm, teacher)
     paths = [t[0] for t in dm.train_tracklets]
     refs = np.array([(0, 0), (1, 3), (2, 1), (0, 5)])  # one item of N = 4 frames
     flips = np.array([False, True, True, False])
@@ -72,13 +85,14 @@ def test_cached_targets_equal_the_eval_mode_teacher(setup):
         frames.append(img[:, ::-1] if flip else img)
     x = normalize_batch(torch.from_numpy(np.stack(frames)[None].copy()), cfg.data.norm_mean,
                         cfg.data.norm_std).contiguous()
+    rows = torch.from_numpy(targets.rows(refs[:, 0], refs[:, 1], flips)[None])
+    batch = Batch(img=x[:, :2], pid=torch.zeros(1, dtype=torch.int64),
+                  camid=torch.zeros(1, dtype=torch.int64), teacher_rows=rows)
     with torch.inference_mode():
-        emb, logits = teacher.forward_features(x)
-    rows = torch.from_numpy(cache.rows(refs[:, 0], refs[:, 1], flips)[None])
-    feats = cache.gather(rows)  # [1, N, D] float32
-    c_emb = feats.mean(1)
-    with torch.inference_mode():
-        c_logits = teacher.classifier(teacher.bnneck(c_emb))
+        emb, logits = LiveTeacherTargets()(teacher, x, batch)
+        c_emb, c_logits = targets(teacher, x[:, :2], batch)  # M frames: only the rows count
+    feats = targets.gather(rows)  # [1, N, D] float32
+    assert torch.equal(c_emb, feats.mean(1))
     scale = emb.abs().max()
     assert torch.allclose(c_emb, emb, atol=2e-3 * scale)  # float16 rounding of the rows
     assert torch.allclose(c_logits, logits, atol=2e-3 * logits.abs().max())
@@ -93,13 +107,25 @@ def test_rows_follow_tracklet_frame_and_flip(setup):
     cfg, dm, teacher, root = setup
     cache = _build(cfg, dm, teacher, root)
     lengths = [len(t[0]) for t in dm.train_tracklets]
+    rows = CacheRows.of(dm.train_tracklets, flip=True)
     assert cache.features.shape == (2 * sum(lengths), teacher.feature_dim)
-    assert list(cache.offsets[:3]) == [0, lengths[0], lengths[0] + lengths[1]]
-    assert cache.rows(np.array([1]), np.array([2]), np.array([True]))[0] == \
-        2 * (lengths[0] + 2) + 1
+    assert list(cache.offsets[:3]) == list(rows.offsets[:3]) == \
+        [0, lengths[0], lengths[0] + lengths[1]]
+    assert rows(np.array([1]), np.array([2]), np.array([True]))[0] == 2 * (lengths[0] + 2) + 1
+    # the rows of the build's order: every frame of every tracklet, each followed by its flip
+    t = np.repeat(np.arange(len(lengths)), lengths)
+    f = np.concatenate([np.arange(n) for n in lengths])
+    both = np.stack([rows(t, f, np.zeros_like(f, bool)), rows(t, f, np.ones_like(f, bool))], 1)
+    assert np.array_equal(both.reshape(-1), np.arange(2 * sum(lengths)))
     no_flip = _build(cfg, dm, teacher, root, flip=False)
     assert no_flip.folder != cache.folder and no_flip.features.shape[0] == sum(lengths)
-    assert no_flip.rows(np.array([1]), np.array([2]), np.array([True]))[0] == lengths[0] + 2
+    plain = CacheRows.of(dm.train_tracklets, flip=False)
+    assert plain(np.array([1]), np.array([2]), np.array([True]))[0] == lengths[0] + 2
+    assert np.array_equal(plain(t, f, np.ones_like(f, bool)), np.arange(sum(lengths)))
+    # a value: equal functions are equal (they share a loader) and travel to the workers
+    assert CacheRows.of(dm.train_tracklets, flip=True) == rows and hash(rows)
+    assert dm.train_loader_for(rows) is dm.train_loader_for(CacheRows.of(dm.train_tracklets, True))
+    assert dm.train_loader_for(rows).dataset.teacher_rows == rows
 
 
 def test_reuse_reads_only_and_a_changed_teacher_rebuilds(setup, caplog):
@@ -324,6 +350,33 @@ def test_device_copy_gathers_the_same_rows(setup):
     cache = _build(cfg, dm, teacher, root)
     rows = torch.tensor([[0, 5, 7], [2, 2, 9]])
     from_map = cache.gather(rows)
-    assert cache.to_device(torch.device("cpu"))
-    assert isinstance(cache.features, torch.Tensor) and cache.features.dtype == torch.float16
-    assert torch.equal(cache.gather(rows), from_map) and from_map.shape == (2, 3, 512)
+    targets = _targets(cfg, dm, root, device_copy=True)
+    targets.prepare(teacher, torch.device("cpu"))
+    assert isinstance(targets.features, torch.Tensor) and targets.features.dtype == torch.float16
+    assert torch.equal(targets.gather(rows), from_map) and from_map.shape == (2, 3, 512)
+
+
+def test_engine_checks_the_targets_against_its_options(setup):
+    from vkd_torchreid.engine import DistillOptions, EngineOptions, VKDEngine
+
+    cfg, dm, teacher, root = setup
+    student = build_model("vkd_resnet18", dm.num_train_pids, pretrained=False)
+    distill = DistillOptions.from_config(cfg)
+    assert distill.targets == "live"  # tiny_config: no teacher cache
+    opt = torch.optim.Adam(student.parameters())
+    with pytest.raises(ValueError, match="targets='live' but the engine was given cached"):
+        VKDEngine(dm, student, teacher, opt, None, EngineOptions.from_config(cfg), distill,
+                  targets=_targets(cfg, dm, root))
+
+
+def test_distill_options_say_which_targets_run(mars_root):
+    from vkd_torchreid.engine import DistillOptions
+
+    base = ("vkd.stage", "student", "vkd.teacher_checkpoint", "t.pth", "vkd.teacher_bn", "eval")
+    cached = tiny_config(mars_root[0], "unused", *base, "vkd.teacher_cache", "True")
+    assert DistillOptions.from_config(cached).targets == "cached"
+    # the paper's control never runs the teacher: nothing to cache
+    control = tiny_config(mars_root[0], "unused", *base, "vkd.teacher_cache", "True",
+                          "vkd.alpha", "0.0", "vkd.beta", "0.0")
+    assert DistillOptions.from_config(control).targets == "live"
+    assert DistillOptions.from_config(tiny_config(mars_root[0], "unused", *base)).targets == "live"

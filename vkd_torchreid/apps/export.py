@@ -50,7 +50,7 @@ from vkd_torchreid.apps.onnx_check import (  # noqa: F401  (TOLERANCE, OnnxCheck
     check_onnx,
     require_export_deps,
 )
-from vkd_torchreid.models import network_from_weights
+from vkd_torchreid.models import open_network
 from vkd_torchreid.models.vkdnet import VKDNet
 from vkd_torchreid.utils.logs import one_line
 
@@ -91,10 +91,10 @@ def load_export_model(config_arch: str, weights: str, last_stride: int = 1,
                       trust: bool = False) -> VKDNet:
     """The network of ``weights`` to export: its declared architecture must be
     ``config_arch`` (the config's ``model.name``); see
-    :func:`vkd_torchreid.models.network_from_weights`."""
+    :func:`vkd_torchreid.models.open_network`; in eval mode."""
     if not weights:
         raise ValueError("no weights to export: pass --weights (or set model.load_weights)")
-    return network_from_weights(weights, config_arch, last_stride, trust, require_arch=True)
+    return open_network(weights, config_arch, last_stride=last_stride, trust=trust).eval()
 
 
 def _export(module: nn.Module, example: torch.Tensor, path: str, input_name: str,

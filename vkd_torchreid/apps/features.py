@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from vkd_torchreid.apps.common import load_config
-from vkd_torchreid.data.frames import TestFrames
 from vkd_torchreid.data.io import read_image
-from vkd_torchreid.data.transforms import AugmentOptions, Collate, TestFrameTransform
-from vkd_torchreid.engine.extract import extract, frame_features
-from vkd_torchreid.models import network_from_weights
-from vkd_torchreid.utils.device import autocast, resolve_device, to_device
+from vkd_torchreid.engine.embedder import Embedder
+from vkd_torchreid.models import open_network
+from vkd_torchreid.utils.device import place, resolve_device
 from vkd_torchreid.utils.hashing import state_hash
 
 logger = logging.getLogger(__name__)
@@ -34,7 +31,6 @@ logger = logging.getLogger(__name__)
 #: What :meth:`FeatureExtractor.__call__` accepts per image.
 Image = Union[str, "os.PathLike[str]", np.ndarray, Any]
 CHANNEL_ORDERS = ("RGB", "BGR")
-_TEST_ERASE_RATIO = (0.3, 3.3)  # unused at test time (no erasing); Collate wants one
 
 
 class FeatureExtractor:
@@ -65,19 +61,13 @@ class FeatureExtractor:
         cfg = self.cfg
         self.channel_order = channel_order
         self.device = resolve_device(device, bool(cfg.use_gpu))
-        self.model = network_from_weights(weights, cfg.model.name, cfg.model.last_stride,
-                                          trust_checkpoint or cfg.model.trust_checkpoint,
-                                          require_arch=require_arch)
-        self.model.eval().to(self.device)
-        self.channels_last = bool(cfg.train.channels_last)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.amp = cfg.test.amp
-        self.batch_size = cfg.test.batch_size
-        self.chunk = cfg.video.test_chunk
-        self.augment = AugmentOptions.from_config(cfg)
-        self.transform = TestFrameTransform(self.augment)
-        self.collate = Collate(self.augment, _TEST_ERASE_RATIO, train=False)
+        # in this process: a library call starts no loader workers
+        self.embedder = Embedder.from_config(cfg, self.device, workers=0)
+        model = open_network(weights, cfg.model.name if require_arch else "",
+                             default_arch=cfg.model.name,
+                             last_stride=cfg.model.last_stride,
+                             trust=trust_checkpoint or cfg.model.trust_checkpoint)
+        self.model = place(model.eval(), self.device, self.embedder.options.channels_last)
         logger.info("feature extractor: %s (%d classes) from %s on %s", self.model.arch,
                     self.model.num_classes, weights, self.device)
 
@@ -111,18 +101,9 @@ class FeatureExtractor:
             arr = arr[..., ::-1]
         return np.ascontiguousarray(arr)
 
-    @torch.inference_mode()
     def __call__(self, images: Sequence[Image]) -> torch.Tensor:
         """Per-image embeddings ``[n, D]`` (float32, on the CPU, not normalised)."""
-        images = list(images)
-        outs: List[torch.Tensor] = [torch.zeros(0, self.feature_dim)]
-        for start in range(0, len(images), self.batch_size):
-            items = [{"img": self.transform(self._array(img, start + i))[None], "pid": -1,
-                      "camid": -1} for i, img in enumerate(images[start:start + self.batch_size])]
-            x = to_device(self.collate(items)["img"][:, 0], self.device, self.channels_last)
-            with autocast(self.device, self.amp):
-                outs.append(frame_features(self.model, x, self.chunk).float().cpu())
-        return torch.cat(outs)
+        return self.embedder.images(self.model, list(images), self._array)
 
     def tracklets(self, tracklets: Sequence[Sequence[str]]) -> torch.Tensor:
         """One set embedding per tracklet ``[t, D]``: frame files chosen and pooled as our
@@ -131,14 +112,5 @@ class FeatureExtractor:
         for i, (frames, _, _) in enumerate(items):
             if not frames:
                 raise ValueError(f"tracklet {i} has no frames")
-        if not items:
-            return torch.zeros(0, self.feature_dim)
-        cfg = self.cfg
-        method = cfg.video.sample_method
-        dataset = TestFrames(items, self.transform, cfg.video.test_seq_len or cfg.video.seq_len,
-                             method)
-        loader = DataLoader(dataset, batch_size=1 if method == "all" else self.batch_size,
-                            shuffle=False, collate_fn=self.collate)
-        return extract(self.model, loader, self.device, self.amp, self.channels_last,
-                       self.chunk).emb
+        return self.embedder.items(self.model, items)
 

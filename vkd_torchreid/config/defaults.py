@@ -47,6 +47,12 @@ def get_default_config() -> CN:
     cfg.data.random_erase_scale = [0.02, 0.4]
     cfg.data.random_erase_ratio = []  # empty: the dataset's default (people 0.3-3.3, vehicles 0.7-1.4)
     cfg.data.random_erase_ratio_dist = "uniform"  # 'uniform' (the reference) or 'log'
+    # Where training frames are decoded: 'cpu' (the loader workers: OpenCV + Pillow, the
+    # paper's pipeline) or 'cuda' (workers read JPEG bytes; nvJPEG decodes the batch and it is
+    # resized (antialiased bicubic), cropped, flipped, normalised and erased on the GPU, with
+    # the same draws). Not Pillow-exact: frames differ by about 1 uint8 level on average
+    # (tools/gpu_check.py measures it; see the README's performance section).
+    cfg.data.decode_device = "cpu"
     cfg.data.skip_corrupt = False  # replace an unreadable frame by another of its tracklet
     cfg.data.mars_query_in_gallery = True  # the reference puts MARS query tracklets in the gallery
     cfg.data.atrw_views = "side"  # how ATRW training tracklets/views are formed

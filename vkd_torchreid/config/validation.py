@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+import torch
 from yacs.config import CfgNode as CN
 
 from vkd_torchreid.compat import (
@@ -19,6 +20,8 @@ from vkd_torchreid.config.defaults import STAGES
 from vkd_torchreid.data.atrw import ATRW_VIEWS
 from vkd_torchreid.data.base import TEST_SAMPLE_METHODS
 from vkd_torchreid.data.duke import TRACKLET_MODES as DUKE_TRACKLETS
+from vkd_torchreid.data.gpu_decode import DECODE_DEVICES
+from vkd_torchreid.data.registry import dataset_class
 from vkd_torchreid.data.sampler import MULTIVIEW_SAMPLER, VIEW_STRATEGIES
 from vkd_torchreid.data.transforms import ERASE_RATIO_DISTS
 from vkd_torchreid.data.veri import IMAGE_GALLERIES as VERI_IMAGE_GALLERIES
@@ -51,6 +54,7 @@ CHOICES: Dict[str, Tuple[Any, ...]] = {
     "data.veri_query_track": VERI_QUERY_TRACKS,
     "data.veri_image_gallery": VERI_IMAGE_GALLERIES,
     "data.random_erase_ratio_dist": ERASE_RATIO_DISTS,
+    "data.decode_device": DECODE_DEVICES,
     "test.dist_metric": METRICS,
     "test.progress": PROGRESS_MODES,
     "train.dist_backend": DIST_BACKENDS,
@@ -209,6 +213,24 @@ def cache_needs_eval_bn(cfg: CN) -> None:
                    "feature of a frame depends on the rest of its batch, so it cannot be cached")
 
 
+def gpu_decoding_needs_cuda_and_jpeg(cfg: CN) -> None:
+    """``data.decode_device cuda``: nvJPEG needs CUDA, JPEG frames, and cannot replace a
+    corrupt frame inside the loader workers (they only read bytes)."""
+    if cfg.data.decode_device != "cuda":
+        return
+    if not (cfg.use_gpu and torch.cuda.is_available()):
+        raise fail("data.decode_device", "cuda", "'cpu' here: decoding on the GPU needs CUDA "
+                   "and use_gpu True")
+    for name in cfg.data.sources:
+        fmt = dataset_class(name).FRAME_FORMAT
+        if fmt != "jpeg":
+            raise fail("data.decode_device", "cuda", f"'cpu' for {name}: its frames are not "
+                       f"JPEG files ({fmt or 'format unknown'}), which nvJPEG decodes")
+    if cfg.data.skip_corrupt:
+        raise fail("data.decode_device", "cuda", "'cpu' with data.skip_corrupt True: the "
+                   "workers only read bytes, so a corrupt frame cannot be replaced there")
+
+
 def world_fits(cfg: CN) -> None:
     """Under torchrun (``WORLD_SIZE`` > 1): each rank takes P / world-size whole identities
     of our sampler's global batch, and the backend exists on this machine."""
@@ -237,7 +259,7 @@ def world_fits(cfg: CN) -> None:
 RULES: List[Callable[[CN], None]] = [
     registered_names, student_sees_fewer_frames, batch_is_p_times_k, augmentation_shapes,
     schedules_and_ranks, fp16_needs_cuda, student_needs_a_teacher, cache_needs_eval_bn,
-    world_fits,
+    gpu_decoding_needs_cuda_and_jpeg, world_fits,
 ]
 
 

@@ -93,6 +93,7 @@ class ATRW(VKDVideoDataset):
 
     dataset_dir = "atrw"
     OPTIONS = ("atrw_views",)
+    FRAME_FORMAT = "jpeg"
     #: Random erasing of animals uses the reference's range for non-people (0.7-1.4).
     ERASE_RATIO = (0.7, 1.4)
     LAYOUT = """\

@@ -198,6 +198,8 @@ class VKDVideoDataset(VideoDataset):
     OPTIONS: ClassVar[Tuple[str, ...]] = ()
     #: Random-erasing aspect ratios for this kind of target (people by default).
     ERASE_RATIO: ClassVar[Tuple[float, float]] = (0.3, 3.3)
+    #: The frames' file format ('jpeg' allows ``data.decode_device cuda``; '' unknown).
+    FRAME_FORMAT: ClassVar[str] = ""
     #: Default input size (height, width).
     INPUT_SIZE: ClassVar[Tuple[int, int]] = (256, 128)
 

@@ -63,6 +63,7 @@ class DukeVideo(VKDVideoDataset):
 
     dataset_dir = "DukeMTMC-VideoReID"
     OPTIONS = ("duke_tracklets",)
+    FRAME_FORMAT = "jpeg"
     LAYOUT = """\
 DukeMTMC-VideoReID/
   train/<pid4>/<tracklet4>/<pid4>_C<cam>_F<frame4>_X<n>.jpg

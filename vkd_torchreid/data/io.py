@@ -9,6 +9,7 @@ import os
 
 import cv2
 import numpy as np
+import torch
 
 # Decoding threads inside OpenCV fight with DataLoader workers on small machines.
 cv2.setNumThreads(0)
@@ -30,13 +31,8 @@ class CorruptImageError(ValueError):
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
-def read_image(path: str) -> np.ndarray:
-    """Reads an image as an RGB ``uint8`` array shaped ``[H, W, 3]``.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CorruptImageError: the file is empty, truncated or not an image.
-    """
+def _file_bytes(path: str) -> np.ndarray:
+    """A non-empty file's bytes, uint8 ``[n]`` (errors name the file)."""
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
@@ -45,6 +41,17 @@ def read_image(path: str) -> np.ndarray:
         raise CorruptImageError(path, f"unreadable file ({exc})") from exc
     if raw.size == 0:
         raise CorruptImageError(path, "empty file")
+    return raw
+
+
+def read_image(path: str) -> np.ndarray:
+    """Reads an image as an RGB ``uint8`` array shaped ``[H, W, 3]``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptImageError: the file is empty, truncated or not an image.
+    """
+    raw = _file_bytes(path)
     head = raw[:2].tobytes()
     # OpenCV decodes a truncated JPEG silently (grey bottom rows): check the end marker.
     if head == _JPEG_SOI and _JPEG_EOI not in raw[-64:].tobytes():
@@ -53,6 +60,23 @@ def read_image(path: str) -> np.ndarray:
     if img is None or img.size == 0:
         raise CorruptImageError(path, "not a decodable image")
     return img if _IMREAD_RGB is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_jpeg_bytes(path: str) -> torch.Tensor:
+    """A JPEG file's bytes as a uint8 tensor ``[n]``, for decoding elsewhere (on the GPU):
+    checked to start and end as a JPEG does, not decoded.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptImageError: empty, not a JPEG, or truncated (no end-of-image marker).
+    """
+    raw = _file_bytes(path)
+    if raw[:2].tobytes() != _JPEG_SOI:
+        raise CorruptImageError(path, "not a JPEG file (data.decode_device cuda reads JPEGs "
+                                      "only)")
+    if _JPEG_EOI not in raw[-64:].tobytes():
+        raise CorruptImageError(path, "truncated JPEG (no end-of-image marker)")
+    return torch.from_numpy(raw)
 
 
 def write_jpeg(path: str, rgb: np.ndarray, quality: int = 90) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,20 +19,16 @@ from torch.utils.data import DataLoader
 from vkd_torchreid.compat import VideoDataManager, build_train_sampler
 from vkd_torchreid.compat import data as tr_data
 from vkd_torchreid.data.base import MODES, Protocol, Splits
-from vkd_torchreid.data.frames import TestFrames, TrainFrames
+from vkd_torchreid.data.batch import Item
+from vkd_torchreid.data.collate import FinishingLoader, TestCollate, TrainCollate
+from vkd_torchreid.data.frames import RowFunction, TestFrames, TrainFrames
 from vkd_torchreid.data.registry import dataset_class
 from vkd_torchreid.data.sampler import (
     MULTIVIEW_SAMPLER,
     MultiViewSampler,
     TrackletBatchSampler,
 )
-from vkd_torchreid.data.transforms import (
-    AugmentOptions,
-    Collate,
-    FinishingLoader,
-    TestFrameTransform,
-    TrainFrameTransform,
-)
+from vkd_torchreid.data.transforms import AugmentOptions, TestFrameTransform, TrainFrameTransform
 from vkd_torchreid.utils import distributed
 
 #: What the data manager's loaders are: a DataLoader, or one wrapped to finish batches.
@@ -57,6 +53,7 @@ class SamplingOptions:
     skip_corrupt: bool
     student_frames: int  # M drawn by the sampler for the student stage (0: teacher stage)
     seed: int  # with the epoch and the item's index, draws the student's M frames
+    decode_device: str = "cpu"  # training frames: decoded by the workers, or JPEG bytes
 
     @classmethod
     def from_config(cls, cfg: Any) -> SamplingOptions:
@@ -68,11 +65,46 @@ class SamplingOptions:
             test_batch_size=cfg.test.batch_size, sample_method=cfg.video.sample_method,
             workers=cfg.data.workers, skip_corrupt=cfg.data.skip_corrupt,
             student_frames=cfg.vkd.student_frames if cfg.vkd.stage == "student" else 0,
-            seed=cfg.train.seed)
+            seed=cfg.train.seed, decode_device=cfg.data.decode_device)
 
     @property
     def strategy(self) -> str:
         return "tracklet" if self.stage == "teacher" else self.view_strategy
+
+
+def make_loader(dataset: Any, augment: AugmentOptions,
+                erase_ratio: Optional[Tuple[float, float]], workers: int, pin_memory: bool,
+                on_device: bool = False, **kwargs: Any) -> Loader:
+    """A DataLoader of ``dataset``: a training one when ``erase_ratio`` is given (random
+    erasing), else a test one. With workers, they send uint8 frames and the batch is
+    normalised (and erased) in the consuming process: 4x less inter-process traffic; with
+    ``on_device`` (CUDA) the uint8 batch crosses to the device (pinned, non-blocking) and is
+    finished there (:meth:`~vkd_torchreid.data.batch.Batch.device_images`). Training loaders
+    are always a :class:`FinishingLoader` (its ``set_epoch`` reaches the sampler)."""
+    train = erase_ratio is not None
+    defer = workers > 0 or on_device
+    collate = (TrainCollate(augment, erase_ratio, defer=defer) if train
+               else TestCollate(augment, defer=defer))
+    if workers > 0:
+        kwargs.update(persistent_workers=train, prefetch_factor=2)
+    loader = DataLoader(dataset, num_workers=workers, pin_memory=pin_memory,
+                        collate_fn=collate, **kwargs)
+    return FinishingLoader(loader, collate, on_device) if defer or train else loader
+
+
+def test_loader(items: Sequence[Sequence], tracklets: bool, augment: AugmentOptions,
+                sampling: SamplingOptions, pin_memory: bool = False,
+                sample_method: str = "", on_device: bool = False) -> Optional[Loader]:
+    """The test loader of ``items`` (tracklets, or image items); None when empty. Tracklets
+    give ``sampling.test_seq_len`` frames sampled with ``sample_method`` (default:
+    ``sampling.sample_method``); with ``all``, one tracklet per batch (variable length)."""
+    if not items:
+        return None
+    method = (sample_method or sampling.sample_method) if tracklets else "evenly"
+    dataset = TestFrames(items, TestFrameTransform(augment), sampling.test_seq_len, method)
+    batch = 1 if tracklets and method == "all" else sampling.test_batch_size
+    return make_loader(dataset, augment, None, sampling.workers, pin_memory, on_device,
+                       batch_size=batch, shuffle=False, drop_last=False)
 
 
 class VKDDataManager(VideoDataManager):
@@ -86,7 +118,7 @@ class VKDDataManager(VideoDataManager):
         sampling: batch composition and loader settings.
         dataset_options: options of our datasets (``mars_query_in_gallery``, ``atrw_views``,
             ``duke_tracklets``, ``veri_query_track``, ``veri_image_gallery``).
-        use_gpu: pin memory for CUDA.
+        use_gpu: CUDA: pinned batches, finished on the device.
     """
 
     data_type = "video"
@@ -115,7 +147,8 @@ class VKDDataManager(VideoDataManager):
         self._num_train_cams = len({cam for _, _, cam in train})
         first = self._dataset_class(self.sources[0])
         self.erase_ratio = augment.erase_ratio or first.ERASE_RATIO
-        self._train: Optional[Loader] = None  # built on first use: evaluation never needs it
+        # built on first use (evaluation never needs one): one per teacher-row function
+        self._train: Dict[Optional[RowFunction], FinishingLoader] = {}
 
         self.test_loader: Dict[str, Dict[str, Optional[Loader]]] = {}
         self.test_dataset: Dict[str, Dict[str, Any]] = {}
@@ -147,25 +180,26 @@ class VKDDataManager(VideoDataManager):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: Any, train: bool, **kwargs: Any) -> Loader:
-        """A DataLoader; with workers, they send uint8 frames and the batch is normalised
-        (and erased) here, in the consuming process: 4x less inter-process traffic."""
-        workers = self.sampling.workers
-        collate = Collate(self.augment, self.erase_ratio, train=train, defer=workers > 0)
-        if workers > 0:
-            kwargs.update(persistent_workers=train, prefetch_factor=2)
-        loader = DataLoader(dataset, num_workers=workers, pin_memory=self.use_gpu,
-                            collate_fn=collate, **kwargs)
-        return FinishingLoader(loader, collate) if workers > 0 else loader
+        return make_loader(dataset, self.augment, self.erase_ratio if train else None,
+                           self.sampling.workers, self.use_gpu, self.use_gpu, **kwargs)
 
     @property
-    def train_loader(self) -> Loader:
-        """The multi-view training loader, built on first access (an evaluation-only run
-        never builds it, so train-time settings cannot stop it)."""
-        if self._train is None:
-            self._train = self._train_loader(self.train_tracklets)
-        return self._train
+    def train_loader(self) -> FinishingLoader:
+        """The multi-view training loader (all N frames of each item), built on first access
+        (an evaluation-only run never builds it, so train-time settings cannot stop it)."""
+        return self.train_loader_for(None)
 
-    def _train_loader(self, train: List[tuple]) -> Loader:
+    def train_loader_for(self, teacher_rows: Optional[RowFunction]) -> FinishingLoader:
+        """The training loader; with ``teacher_rows`` (the cached teacher targets' row
+        function) its items decode only the student's frames and carry the teacher cache's
+        rows (see :class:`~vkd_torchreid.data.frames.TrainFrames`). Built once per row
+        function (equal functions share a loader)."""
+        if teacher_rows not in self._train:
+            self._train[teacher_rows] = self._train_loader(self.train_tracklets, teacher_rows)
+        return self._train[teacher_rows]
+
+    def _train_loader(self, train: List[tuple],
+                      teacher_rows: Optional[RowFunction] = None) -> FinishingLoader:
         s = self.sampling
         if s.train_sampler == MULTIVIEW_SAMPLER:
             ctx = distributed.context()  # under torchrun: this rank's share of each batch
@@ -177,34 +211,25 @@ class VKDDataManager(VideoDataManager):
                                        batch_size=s.batch_size, num_instances=s.num_instances)
             batch_sampler = TrackletBatchSampler(base, train, s.batch_size, s.seq_len, s.strategy,
                                                  s.student_frames, s.seed)
-        dataset = TrainFrames(train, TrainFrameTransform(self.augment), s.skip_corrupt)
+        dataset = TrainFrames(train, TrainFrameTransform(self.augment), s.skip_corrupt,
+                              teacher_rows, jpeg_bytes=s.decode_device == "cuda")
         return self._loader(dataset, True, batch_sampler=batch_sampler)
-
-    def use_teacher_rows(self, offsets: Any, flips: bool) -> None:
-        """Training items decode only the student's frames and carry the teacher cache's
-        rows (see :meth:`vkd_torchreid.data.frames.TrainFrames.use_teacher_rows`); call it
-        before the loader's first iteration (its workers copy the dataset then)."""
-        self.train_loader.dataset.use_teacher_rows(offsets, flips)
-
-    def test_frames(self, items: Sequence[Sequence], tracklets: bool,
-                    sample_method: str = "") -> TestFrames:
-        """The test dataset of ``items`` (tracklets or image items); tracklets sampled with
-        ``sample_method`` (default: ``video.sample_method``)."""
-        method = (sample_method or self.sampling.sample_method) if tracklets else "evenly"
-        return TestFrames(items, TestFrameTransform(self.augment), self.sampling.test_seq_len,
-                          method)
 
     def test_loader_of(self, items: Sequence[Sequence], tracklets: bool,
                        sample_method: str = "") -> Optional[Loader]:
-        """A test loader of ``items`` (tracklets, or image items); None when empty.
-        ``sample_method`` overrides ``video.sample_method`` for tracklets."""
-        if not items:
-            return None
-        dataset = self.test_frames(items, tracklets, sample_method)
-        batch = self.sampling.test_batch_size
-        if tracklets and dataset.sample_method == "all":
-            batch = 1  # variable length: one tracklet at a time, extracted in chunks
-        return self._loader(dataset, False, batch_size=batch, shuffle=False, drop_last=False)
+        """A test loader of ``items`` (see :func:`test_loader`)."""
+        return test_loader(items, tracklets, self.augment, self.sampling, self.use_gpu,
+                           sample_method, on_device=self.use_gpu)
+
+    def gallery_items(self, name: str, g_kind: str) -> List[Any]:
+        """The gallery items of a protocol of dataset ``name`` in ranking (distance-matrix
+        column) order: MARS' query items first when the dataset puts them back into the
+        gallery."""
+        items = self.test_dataset[name]
+        gallery = list(items[g_kind] or [])
+        if self.protocols[name].query_in_gallery:
+            gallery = list(items["query" if g_kind == "gallery" else "query_img"] or []) + gallery
+        return gallery
 
     def _add_target(self, name: str) -> None:
         splits = self._load(name)
@@ -231,9 +256,8 @@ class VKDDataManager(VideoDataManager):
         """A PIL/array image -> normalised ``[3, H, W]`` test tensor (torchreid's seam)."""
         arr = TestFrameTransform(self.augment)(np.asarray(img.convert("RGB") if hasattr(
             img, "convert") else img))
-        batch = Collate(self.augment, self.erase_ratio, train=False)(
-            [{"img": arr[None], "pid": -1, "camid": -1}])
-        return batch["img"][0, 0].contiguous()
+        batch = TestCollate(self.augment)([Item(arr[None], -1, -1)])
+        return batch.img[0, 0].contiguous()
 
 
     @classmethod

@@ -74,6 +74,7 @@ class Mars(VKDVideoDataset):
 
     dataset_dir = "mars"
     OPTIONS = ("mars_query_in_gallery",)
+    FRAME_FORMAT = "jpeg"
     LAYOUT = """\
 mars/
   bbox_train/<pid4>/<pid4>C<cam>T<tracklet4>F<frame3>.jpg

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -103,6 +103,17 @@ class TrainFrameTransform:
         """One horizontal-flip draw (``data.flip_prob``)."""
         return self.options.flip_prob > 0 and np.random.random_sample() < self.options.flip_prob
 
+    def draw_geometry(self, flip: Optional[bool] = None) -> Tuple[int, int, bool]:
+        """The random part of :meth:`__call__` without a frame: ``(dy, dx, flipped)``, the crop
+        window's offset in the padded frame (``0..2 pad``) and the flip state, drawn in the
+        same order from the same RNG (for frames decoded elsewhere, see
+        :func:`pad_crop_flip`)."""
+        pad = self.options.pad
+        dy = dx = pad
+        if pad > 0:
+            dy, dx = (int(v) for v in np.random.randint(0, 2 * pad + 1, size=2))
+        return dy, dx, bool(self.draw_flip() if flip is None else flip)
+
     def __call__(self, img: np.ndarray, flip: Optional[bool] = None) -> np.ndarray:
         """The augmented frame; ``flip`` given: that flip state instead of a draw."""
         o = self.options
@@ -147,104 +158,113 @@ def normalize_batch(frames: torch.Tensor, mean: Sequence[float], std: Sequence[f
     return out.movedim(-1, -3)
 
 
-def random_erase_(x: torch.Tensor, prob: float, scale: Tuple[float, float],
-                  ratio: Tuple[float, float], value: float = 0.0,
-                  ratio_dist: str = "uniform") -> torch.Tensor:
-    """torchvision's RandomErasing applied independently to every frame of ``[..., C, H, W]``.
+def draw_erase_boxes(frames: int, height: int, width: int, prob: float,
+                     scale: Tuple[float, float], ratio: Tuple[float, float],
+                     ratio_dist: str = "uniform") -> np.ndarray:
+    """torchvision's RandomErasing draws for ``frames`` frames of ``height x width``, from the
+    global numpy RNG (the sequence :func:`random_erase_` has always drawn).
 
     ``ratio_dist='uniform'`` draws the box's aspect ratio uniformly in ``ratio`` as
     torchvision 0.4 did (the reference's version); ``'log'`` draws it log-uniformly as
-    torchvision >= 0.5 does. Modifies ``x`` in place and returns it.
+    torchvision >= 0.5 does.
+
+    Returns:
+        int64 ``[K, 5]``: ``(frame, top, left, box height, box width)``, at most one box a
+        frame, in frame order (a frame whose 10 attempts all failed has none).
     """
     if ratio_dist not in ERASE_RATIO_DISTS:
         raise ValueError(f"random erasing ratio_dist={ratio_dist!r}: expected one of "
                          f"{ERASE_RATIO_DISTS}")
+    boxes: List[Tuple[int, int, int, int, int]] = []
     if prob <= 0:
-        return x
-    h, w = x.shape[-2:]
-    area = h * w
-    flat = x.reshape(-1, *x.shape[-3:])
+        return np.zeros((0, 5), dtype=np.int64)
+    area = height * width
     if ratio_dist == "log":
         low, high, draw = math.log(ratio[0]), math.log(ratio[1]), math.exp
     else:
         low, high, draw = ratio[0], ratio[1], float
-    chosen = np.nonzero(np.random.random_sample(flat.shape[0]) < prob)[0]
+    chosen = np.nonzero(np.random.random_sample(frames) < prob)[0]
     for i in chosen:
         for _ in range(ERASE_ATTEMPTS):
             target = area * np.random.uniform(scale[0], scale[1])
             aspect = draw(np.random.uniform(low, high))
             eh = int(round(math.sqrt(target * aspect)))
             ew = int(round(math.sqrt(target / aspect)))
-            if eh < h and ew < w:
-                top = np.random.randint(0, h - eh + 1)
-                left = np.random.randint(0, w - ew + 1)
-                flat[i, :, top:top + eh, left:left + ew] = value
+            if eh < height and ew < width:
+                top = np.random.randint(0, height - eh + 1)
+                left = np.random.randint(0, width - ew + 1)
+                boxes.append((int(i), int(top), int(left), eh, ew))
                 break
+    return np.array(boxes, dtype=np.int64).reshape(-1, 5)
+
+
+def random_erase_(x: torch.Tensor, prob: float, scale: Tuple[float, float],
+                  ratio: Tuple[float, float], value: float = 0.0,
+                  ratio_dist: str = "uniform") -> torch.Tensor:
+    """torchvision's RandomErasing applied independently to every frame of ``[..., C, H, W]``
+    (boxes from :func:`draw_erase_boxes`). Modifies ``x`` in place and returns it."""
+    h, w = x.shape[-2:]
+    flat = x.reshape(-1, *x.shape[-3:])
+    for i, top, left, eh, ew in draw_erase_boxes(flat.shape[0], h, w, prob, scale, ratio,
+                                                 ratio_dist).tolist():
+        flat[i, :, top:top + eh, left:left + ew] = value
     return x
 
 
-class Collate:
-    """Stacks decoded items into a batch dict and applies the per-batch part of the pipeline.
+def erase_boxes_(x: torch.Tensor, boxes: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """Erases ``boxes`` (int64 ``[K, 5]`` from :func:`draw_erase_boxes`, on ``x``'s device) in
+    ``x [..., C, H, W]`` in place, with a few whole-tensor operations (no loop over boxes):
+    what :func:`random_erase_` does with the same draws, on any device."""
+    if boxes.shape[0] == 0:
+        return x
+    h, w = x.shape[-2:]
+    flat = x.reshape(-1, *x.shape[-3:])
+    frame, top, left, eh, ew = boxes.unbind(1)
+    rows = torch.arange(h, device=x.device)[None, :, None]
+    cols = torch.arange(w, device=x.device)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]))
+    flat[frame] = flat[frame].masked_fill(inside[:, None], value)  # one box a frame
+    return x
 
-    Items are dicts with ``img`` (uint8 ``[V, H, W, 3]``), ``pid``, ``camid`` and optionally
-    ``skipped`` (frames replaced because they were unreadable), ``index``, ``student`` (the
-    student's M positions among the N frames), ``teacher_rows`` (the teacher cache's row of
-    each of the N frames) and ``decoded`` (frames decoded). The batch has ``img`` float
-    ``[B, V, 3, H, W]``, ``pid`` and ``camid`` int64 ``[B]``, ``skipped`` (list of paths),
-    ``decoded`` (an int) and the optional fields stacked as int64 tensors.
+
+def normalize_on_device(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                        device: torch.device, channels_last: bool = False,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``uint8 [..., H, W, 3]`` -> normalised ``[..., 3, H, W]`` on ``device``: the frames cross
+    as uint8 (non-blocking from pinned memory) and are converted there.
+
+    The arithmetic is :func:`normalize_batch`'s (float32 ``x * (1 / (255 std)) - mean / std``,
+    two rounded operations), so on the CPU the result is bitwise the same; then cast to
+    ``dtype`` (what autocast would give the first layer) in NCHW or channels-last order.
     """
-
-    def __init__(self, options: AugmentOptions, erase_ratio: Tuple[float, float],
-                 train: bool, defer: bool = False) -> None:
-        self.options = options
-        self.erase_ratio = erase_ratio
-        self.train = train
-        self.defer = defer
-
-    def finish(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        """Normalises (and, in training, erases) a batch whose ``img`` is still uint8."""
-        if batch["img"].dtype == torch.uint8:
-            o = self.options
-            batch["img"] = normalize_batch(batch["img"], o.norm_mean, o.norm_std)
-            if self.train:
-                random_erase_(batch["img"], o.erase_prob, o.erase_scale, self.erase_ratio,
-                              ratio_dist=o.erase_ratio_dist)
-        return batch
-
-    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
-        """The batch; with ``defer``, ``img`` stays uint8 ``[B, V, H, W, 3]`` (4x less data
-        between loader workers and the trainer) until :meth:`finish`."""
-        frames = torch.from_numpy(np.stack([it["img"] for it in items]))
-        batch: Dict[str, Any] = {
-            "img": frames,
-            "pid": torch.tensor([it["pid"] for it in items], dtype=torch.int64),
-            "camid": torch.tensor([it["camid"] for it in items], dtype=torch.int64),
-            "skipped": [p for it in items for p in it.get("skipped", ())],
-        }
-        for key in ("index", "student", "teacher_rows"):  # optional per-item integer fields
-            if key in items[0] and len(np.atleast_1d(items[0][key])):
-                batch[key] = torch.tensor(np.array([it[key] for it in items]), dtype=torch.int64)
-        batch["decoded"] = sum(int(it.get("decoded", it["img"].shape[0])) for it in items)
-        return batch if self.defer else self.finish(batch)
+    scale = torch.tensor([1.0 / (_UINT8_MAX * s) for s in std], dtype=torch.float32)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32)
+    x = frames.to(device, non_blocking=True).to(torch.float32)
+    x = x.mul_(scale.to(device)).sub_(shift.to(device)).movedim(-1, -3)
+    shape = x.shape
+    flat = x.reshape(-1, *shape[-3:])
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return flat.to(dtype=dtype, memory_format=fmt).view(shape)
 
 
-class FinishingLoader:
-    """A DataLoader whose workers deliver uint8 batches, finished (normalised, erased) in the
-    consuming process. Everything else (``len``, ``dataset``, ``batch_sampler``...) is the
-    wrapped loader's."""
+def pad_crop_flip(frames: torch.Tensor, geometry: torch.Tensor, pad: int) -> torch.Tensor:
+    """:func:`pad_random_crop` then the flip of :class:`TrainFrameTransform`, for a stack of
+    frames on any device, with draws made elsewhere (:meth:`TrainFrameTransform.draw_geometry`).
 
-    def __init__(self, loader: Any, collate: Collate) -> None:
-        self.loader = loader
-        self.collate = collate
+    Args:
+        frames: uint8 ``[F, H, W, 3]``.
+        geometry: int64 ``[F, 3]`` ``(dy, dx, flipped)`` per frame, on ``frames``' device.
+        pad: ``data.pad``.
 
-    def __iter__(self) -> Any:
-        for batch in self.loader:
-            yield self.collate.finish(batch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("loader", "collate"):  # not yet set (e.g. while unpickling)
-            raise AttributeError(name)
-        return getattr(self.loader, name)
+    Returns:
+        uint8 ``[F, H, W, 3]``: one gather from the zero-padded frames.
+    """
+    f, h, w = frames.shape[:3]
+    padded = torch.nn.functional.pad(frames, (0, 0, pad, pad, pad, pad)) if pad > 0 else frames
+    dy, dx, flipped = geometry.unbind(1)
+    ys = dy[:, None] + torch.arange(h, device=frames.device)  # [F, H]
+    xs = torch.arange(w, device=frames.device).expand(f, w)
+    xs = torch.where(flipped[:, None].bool(), w - 1 - xs, xs) + dx[:, None]  # [F, W]
+    index = torch.arange(f, device=frames.device)[:, None, None]
+    return padded[index, ys[:, :, None], xs[:, None, :]]

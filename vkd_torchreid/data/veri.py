@@ -71,6 +71,7 @@ class VeRi(VKDVideoDataset):
 
     dataset_dir = "VeRi"
     OPTIONS = ("veri_query_track", "veri_image_gallery")
+    FRAME_FORMAT = "jpeg"
     ERASE_RATIO = (0.7, 1.4)
     INPUT_SIZE = (224, 224)
     LAYOUT = """\

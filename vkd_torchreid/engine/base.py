@@ -8,6 +8,13 @@ end-of-epoch callbacks of :mod:`vkd_torchreid.engine.callbacks`), ``test`` (the
 ``results.json``), ``save_model`` (atomic, ``weights_only``-safe checkpoints with the RNG
 state), a NaN guard and a clean stop on SIGINT/SIGTERM.
 
+What torchreid's loop (``Engine.train``) uses of an engine, all set here: ``train_loader``
+(``len`` and iteration; a :class:`~vkd_torchreid.data.transforms.FinishingLoader` of
+:class:`~vkd_torchreid.data.batch.Batch`), ``forward_backward(batch)``, ``epoch``,
+``max_epoch``, ``batch_idx``, ``num_batches``, ``writer``, ``get_current_lr``/``update_lr``
+(the registered optimiser and scheduler) and ``set_model_mode``. The epoch reaches the batch
+sampler through ``train_loader.set_epoch`` before each epoch.
+
 Under torchrun (:mod:`vkd_torchreid.utils.distributed`) the trained network's forward runs
 through ``DistributedDataParallel``; with ``train.dist_gather`` the triplet and
 distance-preservation losses see the global batch (embeddings gathered with their
@@ -18,7 +25,6 @@ means and stops at the same step. Rank 0 alone writes files.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import signal
@@ -30,12 +36,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vkd_torchreid.compat import Engine
+from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.engine.callbacks import Callback, default_callbacks
 from vkd_torchreid.engine.checkpointing import CheckpointMixin
 from vkd_torchreid.engine.evaluator import Evaluator
+from vkd_torchreid.engine.options import EngineOptions
 from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
 from vkd_torchreid.utils import distributed
-from vkd_torchreid.utils.device import autocast, to_device
+from vkd_torchreid.utils.device import AUTOCAST_DTYPES, autocast, place, to_device
 from vkd_torchreid.utils.timing import TimedIterable
 
 logger = logging.getLogger(__name__)
@@ -47,32 +55,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class StopTraining(KeyboardInterrupt):
     """Raised at a batch boundary after SIGINT/SIGTERM, once a checkpoint is written."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineOptions:
-    """How both engines train (values from the config: :meth:`from_config`)."""
-
-    use_gpu: bool
-    amp: str  # '', 'bf16', 'fp16'
-    channels_last: bool
-    label_smooth: float
-    triplet_margin: Any  # 'soft' or a float
-    weight_x: float
-    weight_t: float
-    dist_gather: bool  # under torchrun: losses over the global batch
-    sync_bn: bool  # under torchrun: BatchNorm statistics over the global batch
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> EngineOptions:
-        margin: Any = "soft" if cfg.loss.triplet.soft_margin else float(cfg.loss.triplet.margin)
-        return cls(
-            use_gpu=bool(cfg.use_gpu) and torch.cuda.is_available(), amp=cfg.train.amp,
-            channels_last=cfg.train.channels_last,
-            label_smooth=cfg.loss.softmax.epsilon if cfg.loss.softmax.label_smooth else 0.0,
-            triplet_margin=margin, weight_x=cfg.loss.triplet.weight_x,
-            weight_t=cfg.loss.triplet.weight_t, dist_gather=cfg.train.dist_gather,
-            sync_bn=cfg.train.sync_bn)
 
 
 class _TrainForward(nn.Module):
@@ -145,10 +127,13 @@ class VKDEngineBase(CheckpointMixin, Engine):
 
     # ------------------------------------------------------------------ devices & formats
     def _place(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        if self.options.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return place(model, self.device, self.options.channels_last)
+
+    @property
+    def _input_dtype(self) -> torch.dtype:
+        """The dtype a batch finished on the device gets: the step's autocast dtype (what
+        autocast would give the first layer), float32 without autocast."""
+        return AUTOCAST_DTYPES.get(self.options.amp, torch.float32)
 
     def _format(self, img: torch.Tensor) -> torch.Tensor:
         return to_device(img, self.device, self.options.channels_last)
@@ -167,10 +152,9 @@ class VKDEngineBase(CheckpointMixin, Engine):
         return tuple(distributed.all_gather_with_grad(t) for t in tensors)
 
     # ------------------------------------------------------------------ training
-    def forward_train(self, imgs: torch.Tensor,
-                      batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    def forward_train(self, imgs: torch.Tensor, batch: Batch) -> Dict[str, torch.Tensor]:
         """Model outputs for a batch ``imgs [B, V, C, H, W]`` on the device (inside autocast);
-        ``batch`` is the loader's dict (``pid``, and ``student`` / ``teacher_rows`` when the
+        ``batch`` is the loader's (``pid``, and ``student`` / ``teacher_rows`` when the
         sampler drew the student's frames)."""
         raise NotImplementedError
 
@@ -179,16 +163,17 @@ class VKDEngineBase(CheckpointMixin, Engine):
         """Named scalar losses, ``loss`` being the one to minimise (float32)."""
         raise NotImplementedError
 
-    def forward_backward(self, data: Dict[str, Any]) -> Dict[str, float]:
+    def forward_backward(self, data: Batch) -> Dict[str, float]:
+        """One optimisation step on a finished batch; returns the loss values."""
         if self._stop_agreed or (self._stop_signal is not None and not self.dist.enabled):
             raise StopTraining(f"signal {self._stop_signal or 'on another rank'}")
-        self.skipped_frames.extend(data.get("skipped", ()))
-        imgs = self._format(data["img"])
-        pids = data["pid"].to(self.device, non_blocking=True)
+        self.skipped_frames.extend(data.skipped)
+        imgs = data.device_images(self.device, self.options.channels_last, self._input_dtype)
+        pids = data.pid.to(self.device, non_blocking=True)
         with autocast(self.device, self.options.amp):
             outputs = self.forward_train(imgs, data)
         losses = self.compute_losses({k: v.float() for k, v in outputs.items()}, pids)
-        decoded = int(data.get("decoded", imgs.shape[0] * imgs.shape[1]))
+        decoded = data.decoded or imgs.shape[0] * imgs.shape[1]
         values, decoded = self._synced_values(losses, decoded)
         self._check_finite(values)
         self.optimizer.zero_grad(set_to_none=True)
@@ -255,6 +240,9 @@ class VKDEngineBase(CheckpointMixin, Engine):
                 "data_wait_s": self._epoch_times[1],
                 **{k: v / steps for k, v in self._epoch_sums.items()}}
 
+    def before_training(self) -> None:
+        """Called once before the first epoch a run trains (nothing by default)."""
+
     def request_stop(self, reason: str) -> None:
         """Asks the run loop to stop after the current epoch (callbacks use it)."""
         self.stop_reason = reason
@@ -288,12 +276,12 @@ class VKDEngineBase(CheckpointMixin, Engine):
             self.writer = SummaryWriter(log_dir=save_dir)
         self.start_epoch, self.max_epoch, self.stop_reason = start_epoch, max_epoch, ""
         try:
+            if max_epoch > start_epoch:
+                self.before_training()
             self._callbacks("on_train_start")
             for epoch in range(start_epoch, max_epoch):
                 self.epoch = epoch
-                sampler = getattr(self.train_loader, "batch_sampler", None)
-                if hasattr(sampler, "set_epoch"):  # draws of an epoch depend on (seed, epoch)
-                    sampler.set_epoch(epoch)
+                self.train_loader.set_epoch(epoch)  # draws of an epoch depend on (seed, epoch)
                 self._callbacks("on_epoch_start")
                 self.train(print_freq=print_freq)
                 self.completed_epochs = epoch + 1

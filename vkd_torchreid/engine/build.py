@@ -17,26 +17,16 @@ from vkd_torchreid.engine.base import EngineOptions, VKDEngineBase
 from vkd_torchreid.engine.callbacks import Callback, default_callbacks
 from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.engine.optim import build_optim, generation_lr
+from vkd_torchreid.engine.targets import teacher_targets
 from vkd_torchreid.engine.teacher import TeacherEngine
-from vkd_torchreid.engine.teacher_cache import (
-    RESIZE_VERSION,
-    CacheError,
-    CacheKey,
-    frames_hash,
-    open_or_build,
-    state_hash,
-)
 from vkd_torchreid.engine.vkd import DistillOptions, VKDEngine
-from vkd_torchreid.models import build_model, build_student, load_weights
-from vkd_torchreid.models.weights import NetworkCheckpoint, load_network_state, read_network
+from vkd_torchreid.models import build_model, build_student, open_network, read_checkpoint
+from vkd_torchreid.models.weights import NetworkCheckpoint
 from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils import distributed
-from vkd_torchreid.utils.device import configure_cuda
-from vkd_torchreid.utils.progress import progress_enabled
+from vkd_torchreid.utils.device import configure_cuda, place
 
 logger = logging.getLogger(__name__)
-
-TEACHER_CACHE_DIR = "teacher_cache"
 
 
 def _model_kwargs(cfg: CfgNode) -> Dict[str, Any]:
@@ -47,7 +37,7 @@ def _model_kwargs(cfg: CfgNode) -> Dict[str, Any]:
 def load_network(cfg: CfgNode, path: str, key: str, num_classes: int,
                  arch: str = "") -> nn.Module:
     """A trained network from a checkpoint: ours, torchreid's, or a released reference
-    experiment folder.
+    experiment folder (see :func:`vkd_torchreid.models.open_network`).
 
     Args:
         path: the checkpoint; ``key`` names the config key it came from, for messages.
@@ -57,25 +47,12 @@ def load_network(cfg: CfgNode, path: str, key: str, num_classes: int,
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
-        ValueError: one line naming the file and both values when its architecture or number
-            of classes differs from what the run needs.
+        CheckpointMismatchError: one line naming the file and both values when its
+            architecture or number of classes differs from what the run needs.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
-    ckpt = read_network(path, trust=cfg.model.trust_checkpoint)
-    if arch and ckpt.arch and ckpt.arch != arch:
-        raise ValueError(f"{key} {path} holds a {ckpt.arch} network but the run needs a {arch}")
-    if ckpt.num_classes is not None and ckpt.num_classes != num_classes:
-        raise ValueError(f"{key} {path} has {ckpt.num_classes} classes but the training set "
-                         f"has {num_classes} identities")
-    arch = arch or ckpt.arch or cfg.model.name
-    model = build_model(arch, num_classes, pretrained=False, **_model_kwargs(cfg))
-    try:
-        load_network_state(model, ckpt)
-    except ValueError as exc:
-        raise ValueError(f"{key} {path} does not fit a {arch} with {num_classes} classes: "
-                         f"{exc}") from exc
-    return model
+    return open_network(path, arch, num_classes, default_arch=cfg.model.name,
+                        last_stride=cfg.model.last_stride, trust=cfg.model.trust_checkpoint,
+                        key=key)
 
 
 def build_teacher(cfg: CfgNode, num_classes: int, path: str = "", arch: str = "") -> nn.Module:
@@ -138,70 +115,23 @@ def build_engine(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None,
     evaluator = Evaluator.from_config(cfg, dm)
     if callbacks is None:
         callbacks = default_callbacks(cfg.test.eval_freq, cfg.test.start_eval)
-    if (cfg.vkd.stage == "student" and cfg.vkd.teacher_cache
-            and not any(isinstance(c, TeacherCacheSetup) for c in callbacks)):
-        callbacks = [TeacherCacheSetup(cfg), *callbacks]
     if cfg.vkd.stage == "teacher":
-        model = build_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained,
-                            **_model_kwargs(cfg))
         if cfg.model.load_weights:
-            load_weights(model, cfg.model.load_weights, trust=cfg.model.trust_checkpoint)
+            model = load_network(cfg, cfg.model.load_weights, "model.load_weights",
+                                 num_classes, cfg.model.name)
+        else:
+            model = build_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained,
+                                **_model_kwargs(cfg))
         optimizer, scheduler = build_optim(cfg, model)
         return TeacherEngine(dm, model, optimizer, scheduler, options, evaluator,
                              callbacks=callbacks)
     teacher = teacher if teacher is not None else build_teacher(cfg, num_classes)
     student = new_student(cfg, teacher, generation)
     optimizer, scheduler = build_optim(cfg, student, lr=generation_lr(cfg, generation))
-    return VKDEngine(dm, student, teacher, optimizer, scheduler, options,
-                     DistillOptions.from_config(cfg), evaluator, generation, callbacks)
-
-
-class TeacherCacheSetup(Callback):
-    """Opens (or builds) the teacher-feature cache before the first epoch of a student run and
-    switches the loader to the student's frames (``vkd.teacher_cache``)."""
-
-    def __init__(self, cfg: CfgNode) -> None:
-        self.cfg = cfg
-
-    def on_train_start(self, engine: Any) -> None:
-        if engine.teacher_cache is not None or not engine.uses_teacher:
-            return
-        cfg, dm, teacher = self.cfg, engine.datamanager, engine.teacher
-        key = CacheKey(
-            teacher=state_hash(teacher), arch=teacher.arch, last_stride=teacher.last_stride,
-            feature_dim=teacher.feature_dim, datasets=tuple(cfg.data.sources),
-            frames=frames_hash(dm.train_tracklets), height=cfg.data.height,
-            width=cfg.data.width, norm_mean=tuple(cfg.data.norm_mean),
-            norm_std=tuple(cfg.data.norm_std), resize=RESIZE_VERSION,
-            flip=cfg.vkd.teacher_cache_flip, precision=cfg.train.amp)
-        root = cfg.vkd.teacher_cache_dir or os.path.join(cfg.data.save_dir, TEACHER_CACHE_DIR)
-
-        def open_cache(build: bool) -> Any:
-            return open_or_build(teacher, dm.train_tracklets, key, root, dm.augment,
-                                 engine.device, cfg.train.amp, cfg.train.channels_last,
-                                 cfg.data.workers, cfg.test.batch_size,
-                                 progress_enabled(cfg.test.progress), build=build)
-
-        # Under torchrun rank 0 builds (or checks) the cache while the others wait, then they
-        # open what it wrote (never build: several ranks would write one folder).
-        error, cache = None, None
-        if engine.dist.is_main:
-            try:
-                cache = open_cache(True)
-            except CacheError as exc:
-                error = str(exc)
-        distributed.long_barrier()
-        distributed.agree(error)
-        if cache is None:
-            try:
-                cache = open_cache(False)
-            except CacheError as exc:
-                error = str(exc)
-        distributed.agree(error)  # every rank: one that cannot read the cache stops them all
-        if cfg.vkd.teacher_cache_device:
-            cache.to_device(engine.device)
-        dm.use_teacher_rows(cache.offsets, cache.flip)
-        engine.teacher_cache = cache
+    distill = DistillOptions.from_config(cfg)
+    return VKDEngine(dm, student, teacher, optimizer, scheduler, options, distill, evaluator,
+                     generation, callbacks,
+                     targets=teacher_targets(cfg, distill.targets, dm.train_tracklets))
 
 
 def generation_dir(save_dir: str, generation: int, generations: int) -> str:
@@ -304,18 +234,15 @@ def prepare_evaluation(cfg: CfgNode,
     if not path:
         raise ValueError("evaluation needs the weights to evaluate: set model.load_weights "
                          "(a checkpoint or a released reference experiment folder)")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights not found: {path} (model.load_weights)")
     configure_device(cfg)
+    ckpt = read_checkpoint(path, cfg.model.trust_checkpoint, "model.load_weights")
     dm = datamanager or VKDDataManager.from_config(cfg)
-    ckpt = read_network(path, trust=cfg.model.trust_checkpoint)
-    model = build_model(ckpt.arch or cfg.model.name, ckpt.num_classes or dm.num_train_pids,
-                        pretrained=False, **_model_kwargs(cfg))
-    load_network_state(model, ckpt)
+    model = open_network(path, default_arch=cfg.model.name,
+                         default_classes=dm.num_train_pids, last_stride=cfg.model.last_stride,
+                         trust=cfg.model.trust_checkpoint, key="model.load_weights",
+                         checkpoint=ckpt)
     evaluator = Evaluator.from_config(cfg, dm)
-    model = model.to(evaluator.device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = place(model, evaluator.device, cfg.train.channels_last)
     return EvaluationJob(cfg, model, evaluator, ckpt)
 
 

@@ -14,57 +14,30 @@ buffers; rank 0 gathers the shares in order, ranks and writes, and every rank ge
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vkd_torchreid import evaluation
 from vkd_torchreid.compat import re_ranking
 from vkd_torchreid.data.base import MODES, first_frames, item_frames
 from vkd_torchreid.data.io import read_image
-from vkd_torchreid.engine.extract import Features, concat, extract
+from vkd_torchreid.engine.embedder import Embedder, EvalOptions
+from vkd_torchreid.engine.extract import Features, concat
 from vkd_torchreid.utils import distributed
-from vkd_torchreid.utils.device import resolve_device
 from vkd_torchreid.utils.jsonio import write_json
-from vkd_torchreid.utils.progress import progress_enabled
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["RESULTS_FILE", "DatasetResults", "EvalOptions", "Evaluator", "results_record"]
 
 RESULTS_FILE = "results.json"
 #: Per dataset and protocol: protocol -> metric -> value in [0, 1].
 DatasetResults = Dict[str, Dict[str, float]]
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalOptions:
-    """The ``test`` section (and the extraction settings) the Evaluator uses."""
-
-    dist_metric: str
-    normalize_feature: bool
-    ranks: tuple
-    rerank: bool
-    visrank: bool
-    visrank_topk: int
-    amp: str
-    channels_last: bool
-    chunk: int
-    progress: bool
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> EvalOptions:
-        t = cfg.test
-        progress = progress_enabled(t.progress)
-        return cls(dist_metric=t.dist_metric, normalize_feature=t.normalize_feature,
-                   ranks=tuple(t.ranks), rerank=t.rerank, visrank=t.visrank,
-                   visrank_topk=t.visrank_topk, amp=t.amp,
-                   channels_last=cfg.train.channels_last, chunk=cfg.video.test_chunk,
-                   progress=progress)
 
 
 def results_record(per_dataset: Dict[str, DatasetResults], stage: str, generation: int = 0,
@@ -80,28 +53,23 @@ class Evaluator:
     Args:
         datamanager: a :class:`vkd_torchreid.data.manager.VKDDataManager` (``targets``,
             ``test_loader``, ``test_dataset``, ``protocols``, ``test_meta``).
-        options: see :class:`EvalOptions`.
-        device: where the model runs.
+        embedder: how items are embedded (:class:`~vkd_torchreid.engine.embedder.Embedder`).
     """
 
-    def __init__(self, datamanager: Any, options: EvalOptions,
-                 device: Optional[torch.device] = None) -> None:
+    def __init__(self, datamanager: Any, embedder: Embedder) -> None:
         self.datamanager = datamanager
-        self.options = options
-        self.device = device or torch.device("cpu")
+        self.embedder = embedder
+        self.options = embedder.options
+        self.device = embedder.device
 
     @classmethod
     def from_config(cls, cfg: Any, datamanager: Any,
                     device: Optional[torch.device] = None) -> Evaluator:
-        if device is None:
-            device = resolve_device("auto", bool(cfg.use_gpu))
-        return cls(datamanager, EvalOptions.from_config(cfg), device)
+        return cls(datamanager, Embedder.from_config(cfg, device))
 
     # ------------------------------------------------------------------ features
     def _extract(self, model: nn.Module, loader: Any, desc: str) -> Features:
-        o = self.options
-        return extract(model, loader, self.device, o.amp, o.channels_last, o.chunk,
-                       o.progress, desc)
+        return self.embedder.extract(model, loader, desc)
 
     def _split(self, model: nn.Module, name: str, kind: str) -> Features:
         """Features of one split (under torchrun: this rank's share extracted, all shares in
@@ -141,9 +109,7 @@ class Evaluator:
                 feats["query_img"] = feats["gallery_img"]
             else:
                 feats["query_img"] = self._split(model, name, "query_img")
-        if self.options.normalize_feature:
-            feats = {k: _normalized(f) for k, f in feats.items()}
-        return feats
+        return {k: self.embedder.normalized_features(f) for k, f in feats.items()}
 
     # ------------------------------------------------------------------ protocols
     @torch.inference_mode()
@@ -204,21 +170,13 @@ class Evaluator:
                              os.path.join(save_dir, f"visrank_{name}_{mode}"))
         return results
 
-    def gallery_items(self, name: str, g_kind: str) -> List[Any]:
-        """The gallery items of a protocol in distance-matrix column order."""
-        items = self.datamanager.test_dataset[name]
-        gallery = list(items[g_kind])
-        if self.datamanager.protocols[name].query_in_gallery:
-            gallery = list(items["query" if g_kind == "gallery" else "query_img"]) + gallery
-        return gallery
-
     def visrank(self, name: str, mode: str, distmat: np.ndarray, q: Features, g: Features,
                 folder: str) -> int:
         """One ranked-list picture per query (top ``test.visrank_topk``, junk left out) in
         ``folder``; returns how many were written."""
         q_kind, g_kind = MODES[mode]
         queries = list(self.datamanager.test_dataset[name][q_kind])
-        gallery = self.gallery_items(name, g_kind)
+        gallery = self.datamanager.gallery_items(name, g_kind)
         for i, query in enumerate(queries):
             junk = (g.pids == q.pids[i]) & (g.camids == q.camids[i])
             cols = evaluation.top_k(distmat, i, self.options.visrank_topk, exclude=junk)
@@ -246,6 +204,3 @@ def _empty() -> Features:
     return Features(torch.zeros(0, 0), torch.zeros(0, 0), np.zeros(0, np.int64),
                     np.zeros(0, np.int64))
 
-
-def _normalized(f: Features) -> Features:
-    return Features(F.normalize(f.emb, dim=1), F.normalize(f.first, dim=1), f.pids, f.camids)

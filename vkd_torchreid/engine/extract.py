@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vkd_torchreid.utils.device import autocast, to_device
+from vkd_torchreid.data.batch import Batch
+from vkd_torchreid.utils.device import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +56,11 @@ def _batches(loader: DataLoader, progress: bool, desc: str) -> Iterator:
 def iter_frame_features(model: nn.Module, loader: DataLoader, device: torch.device,
                         amp: str = "", channels_last: bool = False, chunk: int = 256,
                         progress: bool = False, desc: str = "extract"
-                        ) -> Iterator[Tuple[dict, torch.Tensor]]:
+                        ) -> Iterator[Tuple[Batch, torch.Tensor]]:
     """``(batch, feats [B, V, D])`` for every batch of a test loader: the per-frame
     embeddings :func:`extract` pools (float32, on ``device``)."""
     for batch in _batches(loader, progress, desc):
-        img = to_device(batch["img"], device, channels_last)
+        img = batch.device_images(device, channels_last)
         b, v = img.shape[:2]
         with autocast(device, amp):
             feats = frame_features(model, img.reshape(b * v, *img.shape[2:]), chunk)
@@ -82,8 +83,8 @@ def extract(model: nn.Module, loader: DataLoader, device: torch.device, amp: str
                                             progress, desc):
         embs.append(feats.mean(1).cpu())
         firsts.append(feats[:, 0].cpu())
-        pids.append(batch["pid"].numpy())
-        camids.append(batch["camid"].numpy())
+        pids.append(batch.pid.numpy())
+        camids.append(batch.camid.numpy())
     return Features(torch.cat(embs), torch.cat(firsts), np.concatenate(pids),
                     np.concatenate(camids))
 

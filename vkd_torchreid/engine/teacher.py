@@ -1,11 +1,12 @@
 """Stage 1: the teacher, trained Video-To-Video on sets of N frames of one tracklet."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Dict
 
 import torch
 
 from vkd_torchreid import losses as L
+from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.engine.base import VKDEngineBase
 
 
@@ -19,8 +20,7 @@ class TeacherEngine(VKDEngineBase):
 
     stage = "teacher"
 
-    def forward_train(self, imgs: torch.Tensor,
-                      batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    def forward_train(self, imgs: torch.Tensor, batch: Batch) -> Dict[str, torch.Tensor]:
         emb, logits = self.train_forward(imgs)
         return {"emb": emb, "logits": logits}
 

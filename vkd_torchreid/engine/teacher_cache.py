@@ -7,8 +7,9 @@ bias-free classifier), so the rows of an item's N frames give both distillation 
 
 On disk, under ``<vkd.teacher_cache_dir>/<key digest>/``:
 
-- ``features.f16``: a raw float16 array ``[rows, D]``; row ``(offset[t] + f) * F + flip`` holds
-  frame ``f`` of training tracklet ``t`` (``F`` = 2 with flips, else 1);
+- ``features.f16``: a raw float16 array ``[rows, D]``, every training frame in order (tracklet by
+  tracklet), each followed by its horizontal flip when flips are cached; the row of a frame is
+  given by :class:`vkd_torchreid.engine.targets.CacheRows` (the one copy of that formula);
 - ``manifest.json``: the key (what the features depend on), the shape, and a SHA-256 of the
   features file; written last, atomically: a build that is interrupted leaves no manifest, and
   a folder without a valid manifest is never trusted.
@@ -32,9 +33,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vkd_torchreid.data.io import read_image
-from vkd_torchreid.data.transforms import AugmentOptions, normalize_batch, resize
+from vkd_torchreid.data.transforms import (
+    AugmentOptions,
+    normalize_batch,
+    normalize_on_device,
+    resize,
+)
 from vkd_torchreid.utils.device import autocast, to_device
-from vkd_torchreid.utils.hashing import state_hash  # noqa: F401  (part of this module's API)
+from vkd_torchreid.utils.hashing import state_hash
 from vkd_torchreid.utils.jsonio import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -92,6 +98,18 @@ class CacheKey:
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
+    @classmethod
+    def from_config(cls, cfg: Any, teacher: nn.Module, tracklets: Sequence[Sequence]) -> CacheKey:
+        """The key of ``teacher``'s features of ``tracklets`` with the config's input settings
+        (``data``: sources, size, normalisation; ``vkd.teacher_cache_flip``; ``train.amp``)."""
+        d = cfg.data
+        return cls(teacher=state_hash(teacher), arch=teacher.arch,
+                   last_stride=teacher.last_stride, feature_dim=teacher.feature_dim,
+                   datasets=tuple(d.sources), frames=frames_hash(tracklets), height=d.height,
+                   width=d.width, norm_mean=tuple(d.norm_mean), norm_std=tuple(d.norm_std),
+                   resize=RESIZE_VERSION, flip=cfg.vkd.teacher_cache_flip,
+                   precision=cfg.train.amp)
+
     def digest(self) -> str:
         text = json.dumps(self.as_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -120,8 +138,7 @@ class TeacherCache:
     Attributes:
         offsets: ``[T]`` first frame row (before the flip factor) of each training tracklet.
         flip: whether flipped frames have rows of their own.
-        features: the ``[rows, D]`` float16 memory map (or a device tensor, see
-            :meth:`to_device`).
+        features: the ``[rows, D]`` float16 memory map (or array).
     """
 
     def __init__(self, folder: str, offsets: np.ndarray, flip: bool, rows: int,
@@ -140,40 +157,15 @@ class TeacherCache:
         cache.features = np.asarray(features, dtype=np.float16)
         return cache
 
-    @property
-    def factor(self) -> int:
-        return 2 if self.flip else 1
-
-    def rows(self, tracklets: np.ndarray, frames: np.ndarray, flips: np.ndarray) -> np.ndarray:
-        """Row indices of frames ``(tracklet, frame, flipped)`` (arrays of one shape)."""
-        base = (self.offsets[tracklets] + frames) * self.factor
-        return base + (flips.astype(np.int64) if self.flip else 0)
-
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """float32 features ``[..., D]`` of ``rows`` (an int64 tensor of any shape)."""
-        if isinstance(self.features, torch.Tensor):
-            return self.features[rows.to(self.features.device)].float()
         flat = np.asarray(rows.cpu()).reshape(-1)
         out = torch.from_numpy(np.asarray(self.features[flat], dtype=np.float32))
         return out.view(*rows.shape, -1)
 
-    def to_device(self, device: torch.device) -> bool:
-        """Keeps a copy of the features on ``device`` (float16) when it fits in the device's
-        free memory (with a 10% margin); otherwise logs why and keeps reading the memory map.
-        Returns whether the copy was made."""
-        nbytes = int(np.prod(self.features.shape)) * 2
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            if nbytes * 1.1 > free:
-                logger.warning("teacher cache: %.2f GB do not fit in the %.2f GB free on %s; "
-                               "reading the memory map instead", nbytes / 1e9, free / 1e9, device)
-                return False
-        self.features = torch.from_numpy(np.array(self.features)).to(device)  # read into memory
-        logger.info("teacher cache: a %.2f GB copy on %s", nbytes / 1e9, device)
-        return True
 
-
-def _offsets(tracklets: Sequence[Sequence]) -> np.ndarray:
+def frame_offsets(tracklets: Sequence[Sequence]) -> np.ndarray:
+    """``[T]`` int64: the index of each tracklet's first frame among all training frames."""
     lengths = np.array([len(t[0]) for t in tracklets], dtype=np.int64)
     return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
@@ -222,8 +214,12 @@ def _embed(teacher: nn.Module, loader: DataLoader, options: AugmentOptions, devi
 
         batches = tqdm(loader, desc="teacher cache", dynamic_ncols=True)
     for frames in batches:
-        x = to_device(normalize_batch(frames, options.norm_mean, options.norm_std), device,
-                      channels_last)
+        if device.type == "cuda":  # uint8 crosses (pinned), normalised on the device
+            x = normalize_on_device(frames, options.norm_mean, options.norm_std, device,
+                                    channels_last)
+        else:
+            x = to_device(normalize_batch(frames, options.norm_mean, options.norm_std), device,
+                          channels_last)
         views = [x, x.flip(-1)] if flip else [x]
         with autocast(device, amp):
             feats = [teacher(v).float() for v in views]  # eval mode: pooled features [B, D]
@@ -249,7 +245,7 @@ def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheK
     if teacher.training:
         raise ValueError("the teacher cache needs an eval-mode teacher (vkd.teacher_bn eval)")
     folder = os.path.join(root, key.digest())
-    offsets = _offsets(tracklets)
+    offsets = frame_offsets(tracklets)
     frames = [p for paths, *_ in tracklets for p in paths]
     factor = 2 if key.flip else 1
     rows, dim = len(frames) * factor, key.feature_dim
@@ -274,7 +270,8 @@ def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheK
     tmp = os.path.join(folder, f".{FEATURES_FILE}.tmp-{os.getpid()}")
     out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(rows, dim))
     loader = DataLoader(_Frames(frames, options.height, options.width), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_stack, shuffle=False)
+                        num_workers=workers, collate_fn=_stack, shuffle=False,
+                        pin_memory=device.type == "cuda")
     try:
         for _ in _embed(teacher, loader, options, device, amp, channels_last, key.flip, out,
                         progress):

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from vkd_torchreid import losses as L
+from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.engine.base import EngineOptions, VKDEngineBase
 from vkd_torchreid.engine.callbacks import Callback
 from vkd_torchreid.engine.evaluator import Evaluator
-from vkd_torchreid.engine.teacher_cache import TeacherCache
+from vkd_torchreid.engine.targets import TARGETS, LiveTeacherTargets, TeacherTargets
 from vkd_torchreid.models.student import freeze_teacher
 from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
 
@@ -26,12 +27,17 @@ class DistillOptions:
     beta: float  # distance-preservation weight
     logits_loss: str  # 'kl' or 'mse'
     teacher_bn: str  # 'batch': batch statistics, running stats untouched; 'eval'
+    #: Where the teacher's targets come from (:mod:`.targets`): 'live' (the teacher runs on
+    #: the N frames) or 'cached' (``vkd.teacher_cache``, when the teacher is used at all).
+    targets: str = "live"
 
     @classmethod
     def from_config(cls, cfg: Any) -> DistillOptions:
         v = cfg.vkd
+        uses_teacher = v.alpha > 0 or v.beta > 0
         return cls(student_frames=v.student_frames, tau=v.tau, alpha=v.alpha, beta=v.beta,
-                   logits_loss=v.logits_loss, teacher_bn=v.teacher_bn)
+                   logits_loss=v.logits_loss, teacher_bn=v.teacher_bn,
+                   targets="cached" if v.teacher_cache and uses_teacher else "live")
 
 
 class VKDEngine(VKDEngineBase):
@@ -40,6 +46,10 @@ class VKDEngine(VKDEngineBase):
     Loss = CE(student) + TR(student) + alpha * KD(student || teacher) + beta * DP, every term
     logged under its own name. The teacher is neither registered (never saved, never
     optimised) nor touched by training: it runs under ``torch.inference_mode``.
+
+    ``targets`` (default: live) give the teacher's targets (see :mod:`.targets`); they must be
+    the kind ``distill.targets`` names. The training loader is the data manager's loader for
+    the targets' row function (cached targets: the student's M frames and the cache rows).
     """
 
     stage = "student"
@@ -47,9 +57,17 @@ class VKDEngine(VKDEngineBase):
     def __init__(self, datamanager: Any, student: nn.Module, teacher: nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler: Any, options: EngineOptions,
                  distill: DistillOptions, evaluator: Optional[Evaluator] = None,
-                 generation: int = 0, callbacks: Optional[Sequence[Callback]] = None) -> None:
+                 generation: int = 0, callbacks: Optional[Sequence[Callback]] = None,
+                 targets: Optional[TeacherTargets] = None) -> None:
+        targets = targets if targets is not None else LiveTeacherTargets()
+        if distill.targets not in TARGETS or targets.name != distill.targets:
+            raise ValueError(f"DistillOptions.targets={distill.targets!r} but the engine was "
+                             f"given {targets.name} teacher targets")
         super().__init__(datamanager, student, optimizer, scheduler, options, evaluator,
                          generation, callbacks)
+        self.targets = targets
+        if targets.rows is not None:
+            self.train_loader = datamanager.train_loader_for(targets.rows)
         t_classes = getattr(teacher, "num_classes", None)
         s_classes = getattr(student, "num_classes", None)
         if t_classes != s_classes:
@@ -62,8 +80,6 @@ class VKDEngine(VKDEngineBase):
             # batch statistics of the frozen teacher over the global batch as well
             teacher = convert_sync_batchnorm(teacher, self.device.type)
         self.teacher = freeze_teacher(teacher, distill.teacher_bn)
-        #: The teacher's per-frame features (see :mod:`.teacher_cache`), or None.
-        self.teacher_cache: Optional[TeacherCache] = None
 
     def set_model_mode(self, mode: str = "train", names: Any = None) -> None:
         super().set_model_mode(mode, names)
@@ -74,40 +90,33 @@ class VKDEngine(VKDEngineBase):
         """False for the paper's control (alpha = beta = 0): the teacher is never run."""
         return self.distill.alpha > 0 or self.distill.beta > 0
 
-    def teacher_targets(self, imgs: torch.Tensor,
-                        batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        """The teacher's set embedding and logits of each item (constants for autograd).
+    def before_training(self) -> None:
+        """Prepares the targets (cached: opens or builds the cache) when the teacher is used."""
+        if self.uses_teacher:
+            self.targets.prepare(self.teacher, self.device)
 
-        With the teacher cache, the N rows of each item are averaged in float32 and the logits
-        are the teacher's (eval-mode, affine) BNNeck and bias-free classifier of that mean,
-        which equals the mean of per-frame logits. Otherwise the teacher runs on ``imgs``.
-        """
+    def teacher_targets(self, imgs: torch.Tensor, batch: Batch) -> Dict[str, torch.Tensor]:
+        """The teacher's set embedding and logits of each item (constants for autograd), from
+        the targets (see :mod:`.targets`)."""
         with torch.inference_mode():
-            if self.teacher_cache is None:
-                t_emb, t_logits = self.teacher.forward_features(imgs)
-            else:
-                with torch.autocast(self.device.type, enabled=False):
-                    t_emb = self.teacher_cache.gather(batch["teacher_rows"]).to(
-                        self.device, non_blocking=True).mean(1)
-                    t_logits = self.teacher.classifier(self.teacher.bnneck(t_emb))
+            t_emb, t_logits = self.targets(self.teacher, imgs, batch)
         # Inference tensors cannot enter autograd: plain copies are the (constant) targets.
         return {"t_emb": t_emb.clone(), "t_logits": t_logits.clone()}
 
-    def student_frames(self, imgs: torch.Tensor, batch: Dict[str, Any]) -> torch.Tensor:
+    def student_frames(self, imgs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The student's M frames of each item ``[B, M, C, H, W]``: the sampler's draw
-        (``batch['student']``), or a draw here for batches that do not carry one. With the
-        teacher cache the loader decoded only those frames."""
-        if self.teacher_cache is not None:
+        (``batch.student``), or a draw here for batches that do not carry one. With cached
+        targets the loader decoded only those frames."""
+        if self.targets.rows is not None:
             return imgs
         b, n = imgs.shape[:2]
-        pick = batch.get("student")
+        pick = batch.student
         if pick is None:
             pick = torch.rand(b, n).argsort(dim=1)[:, :self.distill.student_frames]
         pick = pick.to(imgs.device)
         return self._format(imgs[torch.arange(b, device=imgs.device)[:, None], pick])
 
-    def forward_train(self, imgs: torch.Tensor,
-                      batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    def forward_train(self, imgs: torch.Tensor, batch: Batch) -> Dict[str, torch.Tensor]:
         out = self.teacher_targets(imgs, batch) if self.uses_teacher else {}
         s_emb, s_logits = self.train_forward(self.student_frames(imgs, batch))
         return {"emb": s_emb, "logits": s_logits, **out}

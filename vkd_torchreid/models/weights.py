@@ -46,7 +46,8 @@ class NetworkCheckpoint:
 
 
 def read_network(path: str, trust: bool = False) -> NetworkCheckpoint:
-    """Reads a network checkpoint of any kind :func:`load_weights` accepts.
+    """Reads a network checkpoint: ours, torchreid's (``module.`` prefixes stripped), a bare
+    state dict, a reference state-dict file, or a reference experiment folder.
 
     Raises:
         FileNotFoundError: no such path, or no checkpoint in a reference folder.
@@ -87,28 +88,18 @@ def _mismatch_report(model: VKDNet, state: StateDict) -> Tuple[List[str], List[s
     return missing, unexpected, shapes
 
 
-def load_weights(model: VKDNet, path: str, strict: bool = True, trust: bool = False) -> None:
-    """Loads weights into ``model`` in place.
+def load_network_state(model: VKDNet, ckpt: NetworkCheckpoint, strict: bool = True) -> None:
+    """Loads what :func:`read_network` read into ``model`` in place.
 
     Args:
-        model: the network, built for the right architecture and number of classes.
-        path: our checkpoint, a torchreid checkpoint (``module.`` prefixes are stripped), a
-            bare state dict, a reference state-dict file, or a reference experiment folder.
         strict: any missing / unexpected key or shape mismatch is an error (missing
             ``num_batches_tracked`` buffers excepted). False: load what fits, log the rest.
-        trust: allow legacy pickled checkpoints (``torch.load(weights_only=False)``).
 
     Raises:
-        FileNotFoundError: no such file / no checkpoint in the folder.
-        ValueError: the weights do not fit the model (message lists the first missing and
-            unexpected keys and the shape mismatches; a different architecture or number of
-            classes is named as such).
+        ValueError: the weights do not fit the model (the message names the file, the first
+            missing and unexpected keys and the shape mismatches; a different architecture or
+            number of classes is named as such).
     """
-    load_network_state(model, read_network(path, trust=trust), strict=strict)
-
-
-def load_network_state(model: VKDNet, ckpt: NetworkCheckpoint, strict: bool = True) -> None:
-    """Loads what :func:`read_network` read into ``model`` (see :func:`load_weights`)."""
     source, state = ckpt.source, ckpt.state
     if ckpt.arch is not None and ckpt.arch != model.arch:
         raise ValueError(f"{source} holds a {ckpt.arch} network, the model is a {model.arch}")

@@ -6,6 +6,7 @@ import logging
 from typing import Dict, Optional
 
 import torch
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +63,12 @@ def configure_cuda(cudnn_benchmark: bool, tf32: Optional[bool]) -> Dict[str, boo
              "cudnn_tf32": torch.backends.cudnn.allow_tf32}
     logger.info("CUDA backend: %s", ", ".join(f"{k} {v}" for k, v in flags.items()))
     return flags
+
+
+def place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """Moves ``model`` to ``device`` in NCHW or channels-last memory order (the one helper
+    that places a network for training, evaluation and inference)."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -29,11 +29,8 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from vkd_torchreid.apps.analysis.session import (
-    AnalysisSession,
-    tool_main,
-    write_result,
-)
+from vkd_torchreid.apps.analysis.session import AnalysisSession
+from vkd_torchreid.apps.analysis.tool import tool_main, write_result
 from vkd_torchreid.data.base import MODES
 from vkd_torchreid.utils.plots import save_figure, subplots
 

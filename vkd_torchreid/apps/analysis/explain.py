@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vkd_torchreid.apps.analysis.session import AnalysisSession, tool_main
+from vkd_torchreid.apps.analysis.session import AnalysisSession
+from vkd_torchreid.apps.analysis.tool import tool_main
 from vkd_torchreid.data.base import item_frames
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.data.transforms import resize

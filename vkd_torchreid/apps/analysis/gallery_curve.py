@@ -25,12 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from vkd_torchreid import evaluation
-from vkd_torchreid.apps.analysis.session import (
-    AnalysisSession,
-    Frames,
-    tool_main,
-    write_result,
-)
+from vkd_torchreid.apps.analysis.session import AnalysisSession, Frames
+from vkd_torchreid.apps.analysis.tool import tool_main, write_result
 from vkd_torchreid.utils.plots import save_figure, subplots
 
 FRAMES: tuple = (1, 2, 4, 8, "all")

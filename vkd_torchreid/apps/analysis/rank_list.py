@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vkd_torchreid import evaluation
-from vkd_torchreid.apps.analysis.session import AnalysisSession, tool_main
+from vkd_torchreid.apps.analysis.session import AnalysisSession
+from vkd_torchreid.apps.analysis.tool import tool_main
 from vkd_torchreid.data.base import MODES, item_frames
 from vkd_torchreid.data.io import read_image
 from vkd_torchreid.utils.jsonio import write_json

@@ -26,45 +26,19 @@ import torch
 
 from vkd_torchreid import evaluation
 from vkd_torchreid.apps.analysis.compare import numbered
-from vkd_torchreid.apps.common import (
-    add_config_arguments,
-    command_parser,
-    config_of,
-    guarded,
-    parse,
-)
+from vkd_torchreid.apps.analysis.frame_bank import FrameBank
+from vkd_torchreid.apps.common import config_of
 from vkd_torchreid.data.base import MODES, evenly_indices, item_frames
 from vkd_torchreid.data.manager import VKDDataManager
-from vkd_torchreid.engine.evaluator import EvalOptions
-from vkd_torchreid.engine.extract import extract, iter_frame_features
-from vkd_torchreid.models import VKDNet, network_from_weights
-from vkd_torchreid.utils import checkpoint as ckpt_io
-from vkd_torchreid.utils.device import resolve_device
-from vkd_torchreid.utils.jsonio import write_json
+from vkd_torchreid.engine.embedder import Embedder
+from vkd_torchreid.models import VKDNet, open_network
+from vkd_torchreid.utils.device import place, resolve_device
 
 logger = logging.getLogger(__name__)
 
 #: Frames per gallery tracklet: a count (evenly sampled) or ``"all"``.
 Frames = Any
 FEATURES_DIR = "features"
-
-
-def add_session_args(parser: argparse.ArgumentParser) -> None:
-    """The arguments every analysis takes (``--config-file``, ``--weights``..., overrides)."""
-    parser.add_argument("--weights", action="append", required=True,
-                        help="a network's checkpoint (ours, torchreid's or a reference "
-                             "folder); once per network, e.g. the teacher then the student")
-    parser.add_argument("--label", action="append", default=[],
-                        help="a network's name in the pictures (once per --weights, in order; "
-                             "default: its run folder's name)")
-    parser.add_argument("--output", required=True, help="the folder for the PNG and the JSON")
-    parser.add_argument("--dataset", default="",
-                        help="the dataset to analyse (default: the first of data.targets, "
-                             "else of data.sources)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow pickled objects in the checkpoints (trusted files only)")
-    add_config_arguments(parser)
 
 
 def default_label(weights: str) -> str:
@@ -91,119 +65,6 @@ class Network:
     label: str
     weights: str
     model: VKDNet
-
-
-class FrameBank:
-    """The per-frame embeddings of one network (see the module docstring).
-
-    Args:
-        model: in eval mode, on ``device``.
-        datamanager: gives the test loaders (transform, batch size, workers).
-        options: the evaluation's extraction settings (precision, channels-last, chunk).
-        cache_file: where the features are kept between analyses ('' for memory only).
-        key: what the features depend on; a cache file with another key is ignored.
-    """
-
-    def __init__(self, model: VKDNet, datamanager: VKDDataManager, options: EvalOptions,
-                 device: torch.device, cache_file: str = "", key: str = "") -> None:
-        self.model = model
-        self.dm = datamanager
-        self.options = options
-        self.device = device
-        self.cache_file = cache_file
-        self.key = key
-        self.rows: Dict[str, int] = {}  # frame path -> row of the buffer
-        self._buf = torch.zeros(0, model.feature_dim)  # rows beyond len(rows) are spare
-        self.whole: Dict[tuple, torch.Tensor] = {}  # tracklet frames -> mean of all frames
-        self.extracted = 0  # frames this process extracted (not read from the cache)
-        self.dirty = False  # holds features the cache file does not
-        if cache_file and os.path.isfile(cache_file):
-            self._load()
-
-    def _load(self) -> None:
-        try:
-            state = torch.load(self.cache_file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a broken cache is recomputed, never trusted
-            logger.warning("ignoring the feature cache %s: %s", self.cache_file, exc)
-            return
-        if state.get("key") != self.key:
-            logger.info("feature cache %s is for other weights or settings: recomputed",
-                        self.cache_file)
-            return
-        self.rows = {p: i for i, p in enumerate(state["paths"])}
-        self._buf = state["emb"]
-        self.whole = {tuple(k): v for k, v in zip(state["whole_keys"], state["whole"])}
-        logger.info("feature cache %s: %d frames, %d whole tracklets", self.cache_file,
-                    len(self.rows), len(self.whole))
-
-    @property
-    def emb(self) -> torch.Tensor:
-        """``[frames, D]``: the features of every frame seen, in row order."""
-        return self._buf[:len(self.rows)]
-
-    def _append(self, paths: Sequence[str], emb: torch.Tensor) -> None:
-        """New rows for frames not seen yet; the buffer doubles when full, so adding frames
-        in many small calls (random draws) costs no copy of the whole bank each time."""
-        start, end = len(self.rows), len(self.rows) + len(paths)
-        if end > self._buf.shape[0]:
-            grown = torch.empty(max(end, 2 * self._buf.shape[0]), self._buf.shape[1],
-                                dtype=emb.dtype)
-            grown[:start] = self._buf[:start]
-            self._buf = grown
-        self._buf[start:end] = emb
-        self.rows.update((p, start + i) for i, p in enumerate(paths))
-
-    def save(self) -> None:
-        """Writes the features to the cache file (atomically), if it lacks any."""
-        if not self.cache_file or not self.dirty:
-            return
-        keys = list(self.whole)
-        # a clone: torch.save of a view would write the buffer's spare rows too
-        ckpt_io.atomic_save({"key": self.key, "paths": list(self.rows), "emb": self.emb.clone(),
-                             "whole_keys": [list(k) for k in keys],
-                             "whole": torch.stack([self.whole[k] for k in keys]) if keys
-                             else torch.zeros(0, self.emb.shape[1])}, self.cache_file)
-
-    def frames(self, paths: Sequence[str]) -> torch.Tensor:
-        """``[n, D]`` features of the frames ``paths`` (extracting those not seen yet)."""
-        missing = list(dict.fromkeys(p for p in paths if p not in self.rows))
-        if missing:
-            o = self.options
-            loader = self.dm.test_loader_of([(p, -1, -1) for p in missing], tracklets=False)
-            self.model.eval()
-            emb = extract(self.model, loader, self.device, o.amp, o.channels_last, o.chunk,
-                          o.progress, "analysis").emb
-            self._append(missing, emb)
-            self.extracted += len(missing)
-            self.dirty = True
-        return self.emb[[self.rows[p] for p in paths]]
-
-    def whole_tracklets(self, tracklets: Sequence[Sequence[str]],
-                        keep: Optional[Callable[[int], Sequence[int]]] = None) -> torch.Tensor:
-        """``[T, D]``: the mean over all frames of each tracklet (the evaluation's
-        ``video.sample_method all``, streamed tracklet by tracklet). The features of the frames
-        ``keep(n)`` of a tracklet of ``n`` frames are kept as well, so that later choices of
-        frames need no second pass."""
-        keys = [tuple(t) for t in tracklets]
-        missing = list(dict.fromkeys(k for k in keys if k not in self.whole))
-        if missing:
-            o = self.options
-            loader = self.dm.test_loader_of([(k, -1, -1) for k in missing], tracklets=True,
-                                            sample_method="all")
-            self.model.eval()
-            kept: Dict[str, torch.Tensor] = {}
-            for key, (_, feats) in zip(missing, iter_frame_features(
-                    self.model, loader, self.device, o.amp, o.channels_last, o.chunk,
-                    o.progress, "analysis")):  # one tracklet per batch
-                self.whole[key] = feats.mean(1)[0].cpu()  # as extract() pools it
-                for i in sorted(set(int(i) for i in keep(len(key)))) if keep else ():
-                    if key[i] not in self.rows and key[i] not in kept:
-                        kept[key[i]] = feats[0, i].cpu()
-            self.extracted += sum(len(k) for k in missing)
-            self.dirty = True
-            if kept:
-                self._append(list(kept), torch.stack(list(kept.values())))
-        return torch.stack([self.whole[k] for k in keys]) if keys else self.emb[:0]
 
 
 class AnalysisSession:
@@ -234,7 +95,8 @@ class AnalysisSession:
         self.cfg = cfg
         self.output = output
         self.device = resolve_device(device, bool(cfg.use_gpu))
-        self.options = EvalOptions.from_config(cfg)
+        self.embedder = Embedder.from_config(cfg, self.device)
+        self.options = self.embedder.options
         names = _labels(weights, labels)
         trust = trust or bool(cfg.model.trust_checkpoint)
         self.networks = [Network(n, w, self._network(w, trust)) for n, w in zip(names, weights)]
@@ -246,7 +108,7 @@ class AnalysisSession:
         self.banks = [self._bank(net) for net in self.networks]
         #: Frame counts whose evenly sampled frames a whole-tracklet pass keeps (the
         #: evaluation's by default; the gallery curve adds its own).
-        self.keep_counts = {self.dm.sampling.test_seq_len}
+        self.keep_counts = {self.embedder.seq_len}
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AnalysisSession:
@@ -256,11 +118,10 @@ class AnalysisSession:
 
     def _network(self, weights: str, trust: bool) -> VKDNet:
         m = self.cfg.model
-        model = network_from_weights(weights, m.name, m.last_stride, trust).to(self.device)
-        if self.options.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = open_network(weights, default_arch=m.name, last_stride=m.last_stride,
+                             trust=trust)
         logger.info("network %s from %s", model.arch, weights)
-        return model.eval()
+        return place(model.eval(), self.device, self.options.channels_last)
 
     def _bank(self, net: Network) -> FrameBank:
         st = os.stat(net.weights)
@@ -273,7 +134,7 @@ class AnalysisSession:
             "last_stride": self.cfg.model.last_stride}, sort_keys=True).encode()).hexdigest()
         cache = (os.path.join(self.output, FEATURES_DIR, f"{net.label}.pt")
                  if self.output else "")
-        return FrameBank(net.model, self.dm, o, self.device, cache, key)
+        return FrameBank(net.model, self.embedder, cache, key)
 
     # ------------------------------------------------------------------ items
     @property
@@ -287,10 +148,7 @@ class AnalysisSession:
     def gallery_items(self, g_kind: str) -> List[tuple]:
         """The gallery of a protocol in ranking order (MARS' query tracklets first when the
         dataset puts them back into the gallery), as the Evaluator ranks it."""
-        items = self.items(g_kind)
-        if self.protocol.query_in_gallery:
-            items = self.items("query" if g_kind == "gallery" else "query_img") + items
-        return items
+        return self.dm.gallery_items(self.dataset, g_kind)
 
     def require_mode(self, mode: str, tool: str) -> None:
         """ValueError unless the dataset has protocol ``mode`` (``I2V``...)."""
@@ -305,8 +163,7 @@ class AnalysisSession:
         setting), image items with their one frame. Normalised when ``test.normalize_feature``
         is on, as in the evaluation."""
         if frames is None:
-            frames = ("all" if self.cfg.video.sample_method == "all"
-                      else self.dm.sampling.test_seq_len)
+            frames = "all" if self.embedder.sample_method == "all" else self.embedder.seq_len
         bank = self.banks[net]
         if not items:
             return bank.emb[:0]
@@ -315,7 +172,7 @@ class AnalysisSession:
         else:
             k = int(frames)
             emb = self._mean(bank, items, lambda n: evenly_indices(n, k))
-        return self._normalized(emb)
+        return self.embedder.normalized(emb)
 
     def _keep(self, n: int) -> List[int]:
         """The first frame and the evenly sampled frames of every count in ``keep_counts``."""
@@ -325,12 +182,7 @@ class AnalysisSession:
                      pick: Callable[[int], Sequence[int]]) -> torch.Tensor:
         """Like :meth:`embed` with the frames ``pick(n)`` of each tracklet of ``n`` frames
         (random draws, for instance); image items keep their frame."""
-        return self._normalized(self._mean(self.banks[net], items, pick))
-
-    def _normalized(self, emb: torch.Tensor) -> torch.Tensor:
-        if self.options.normalize_feature:
-            emb = torch.nn.functional.normalize(emb, dim=1)
-        return emb
+        return self.embedder.normalized(self._mean(self.banks[net], items, pick))
 
     @staticmethod
     def _mean(bank: FrameBank, items: Sequence[tuple],
@@ -341,16 +193,13 @@ class AnalysisSession:
             return bank.emb[:0]
         chosen = [[it[0]] if isinstance(it[0], str)
                   else [it[0][i] for i in pick(len(it[0]))] for it in items]
-        flat = bank.frames([f for c in chosen for f in c])
-        counts = torch.tensor([len(c) for c in chosen])
-        owner = torch.repeat_interleave(torch.arange(len(chosen)), counts)
-        out = torch.zeros(len(chosen), flat.shape[1]).index_add_(0, owner, flat)
-        return out / counts[:, None].to(out.dtype)
+        return Embedder.pool(bank.frames([f for c in chosen for f in c]),
+                             [len(c) for c in chosen])
 
     def first_frames(self, net: int, items: Sequence[tuple]) -> torch.Tensor:
         """``[T, D]`` features of the first frame of each item (the I2V queries of MARS and
         Duke), normalised as the evaluation does."""
-        return self._normalized(self.banks[net].frames([item_frames(it)[0] for it in items]))
+        return self.embedder.normalized(self.banks[net].frames([item_frames(it)[0] for it in items]))
 
     def query_embeddings(self, net: int, mode: str) -> torch.Tensor:
         """The queries of protocol ``mode`` as the Evaluator embeds them."""
@@ -378,36 +227,4 @@ class AnalysisSession:
         return {net.label: bank.extracted for net, bank in zip(self.networks, self.banks)}
 
 
-def tool_main(prog: str, doc: str, argv: Optional[Sequence[str]],
-              add_args: Callable[[argparse.ArgumentParser], None],
-              run: Callable[[AnalysisSession, argparse.Namespace], Dict[str, str]]) -> int:
-    """The ``main`` of an analysis subcommand: the shared arguments plus ``add_args``, a
-    session, ``run`` (returns the files it wrote); bad input is one ``error:`` line, exit 2."""
-    parser = command_parser(prog, doc)
-    add_session_args(parser)
-    add_args(parser)
-
-    def main() -> int:
-        args = parse(parser, argv)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(message)s")
-        session = AnalysisSession.from_args(args)
-        paths = run(session, args)
-        session.save()
-        print("wrote " + ", ".join(paths.values()))
-        return 0
-
-    return guarded(main)
-
-
-def write_result(result: Dict[str, Any], out: str, name: str,
-                 plot: Callable[[Dict[str, Any], str], str]) -> Dict[str, str]:
-    """Writes ``<out>/<name>.json`` (every number) and ``<out>/<name>.png`` (``plot``)."""
-    paths = {"json": os.path.join(out, f"{name}.json"), "png": os.path.join(out, f"{name}.png")}
-    write_json(result, paths["json"])
-    plot(result, paths["png"])
-    return paths
-
-
-__all__ = ["AnalysisSession", "FrameBank", "Network", "add_session_args", "default_label",
-           "tool_main", "write_result"]
+__all__ = ["AnalysisSession", "FrameBank", "Frames", "Network", "default_label"]

@@ -18,6 +18,7 @@ def bench_cache(args: argparse.Namespace) -> Dict[str, Any]:
     from vkd_torchreid.config import build_config
     from vkd_torchreid.data.manager import VKDDataManager
     from vkd_torchreid.engine import teacher_cache as tc
+    from vkd_torchreid.engine.targets import CacheRows
     from vkd_torchreid.models import build_model
     from vkd_torchreid.synthetic import write_synthetic
 
@@ -57,13 +58,12 @@ def bench_cache(args: argparse.Namespace) -> Dict[str, Any]:
         for workers in args.loader_workers:
             for cached in (False, True):
                 dm = manager(workers)
-                if cached:
-                    dm.use_teacher_rows(cache.offsets, cache.flip)
-                loader = dm.train_loader
+                rows = CacheRows.of(dm.train_tracklets, cache.flip) if cached else None
+                loader = dm.train_loader_for(rows)
                 decoded = []
 
                 def epoch(loader: Any = loader, decoded: list = decoded) -> None:
-                    decoded.append(sum(batch["decoded"] for batch in loader))
+                    decoded.append(sum(batch.decoded for batch in loader))
 
                 seconds = timeit(epoch, args.reps)
                 items = len(loader) * b

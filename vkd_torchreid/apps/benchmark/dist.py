@@ -46,6 +46,7 @@ import torch.multiprocessing as mp
 from vkd_torchreid.apps.benchmark.common import timeit_interleaved
 from vkd_torchreid.apps.benchmark.step import _batch, _engine
 from vkd_torchreid.config import get_default_config
+from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.engine import VKDEngine
 from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.device import to_device
@@ -64,17 +65,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _global_batch(args: argparse.Namespace) -> Dict[str, torch.Tensor]:
+def _global_batch(args: argparse.Namespace) -> Batch:
     """The same P x K batch (N frames per item) in every process."""
     torch.manual_seed(1)
     return _batch(args, args.n)
 
 
-def _share(batch: Dict[str, torch.Tensor], rank: int, world: int) -> Dict[str, torch.Tensor]:
+def _share(batch: Batch, rank: int, world: int) -> Batch:
     """Rank ``rank``'s contiguous share of the items: P / world whole identities."""
-    b = batch["pid"].shape[0]
+    b = batch.pid.shape[0]
     lo, hi = b * rank // world, b * (rank + 1) // world
-    return {k: v[lo:hi] for k, v in batch.items()}
+    return Batch(img=batch.img[lo:hi], pid=batch.pid[lo:hi], camid=batch.camid[lo:hi])
 
 
 def _synced(fn: Callable[[], Any]) -> Callable[[], None]:
@@ -85,7 +86,7 @@ def _synced(fn: Callable[[], Any]) -> Callable[[], None]:
     return run
 
 
-def _step_fns(engine: VKDEngine, batch: Dict[str, torch.Tensor],
+def _step_fns(engine: VKDEngine, batch: Batch,
               m: int) -> Dict[str, Callable[[], Any]]:
     """The four timed functions of a rank (see the module docstring)."""
     opts = engine.options
@@ -110,10 +111,10 @@ def _step_fns(engine: VKDEngine, batch: Dict[str, torch.Tensor],
             engine.dist, engine._ddp, engine.options = ctx, ddp, opts
 
     def bare() -> None:
-        x = to_device(batch["img"], engine.device, False)
+        x = to_device(batch.img, engine.device, False)
         with torch.inference_mode():
             engine.teacher.forward_features(x)
-        emb, logits = engine.model.forward_features(to_device(batch["img"][:, :m],
+        emb, logits = engine.model.forward_features(to_device(batch.img[:, :m],
                                                               engine.device, False))
         engine.optimizer.zero_grad(set_to_none=True)
         (emb.sum() + logits.sum()).backward()

@@ -20,9 +20,10 @@ import torch
 from vkd_torchreid.apps.benchmark.common import timeit_interleaved
 from vkd_torchreid.apps.benchmark.world import DATASET, write_world
 from vkd_torchreid.config import build_config, get_default_config
+from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.data.manager import VKDDataManager
 from vkd_torchreid.engine import DistillOptions, EngineOptions, TeacherEngine, VKDEngine
-from vkd_torchreid.engine.teacher_cache import TeacherCache
+from vkd_torchreid.engine.targets import CachedTeacherTargets, CacheRows
 from vkd_torchreid.models import build_model
 from vkd_torchreid.utils.device import autocast, to_device
 
@@ -32,15 +33,16 @@ CACHED_MODES = ("fp32", "bf16")  # the cached step is timed next to these modes'
 
 # --------------------------------------------------------------------------- step
 def _fake_dm() -> Any:
-    return types.SimpleNamespace(train_loader=[], test_loader={}, sources=[], targets=[])
+    return types.SimpleNamespace(train_loader=[], train_loader_for=lambda rows: [],
+                                 test_loader={}, sources=[], targets=[])
 
 
-def _batch(args: argparse.Namespace, n: int) -> Dict[str, torch.Tensor]:
+def _batch(args: argparse.Namespace, n: int) -> Batch:
     """A random float batch of P x K items of ``n`` frames (the dist benchmark's input)."""
     b = args.p * args.k
-    return {"img": torch.randn(b, n, 3, args.height, args.width),
-            "pid": torch.arange(args.p).repeat_interleave(args.k),
-            "camid": torch.zeros(b, dtype=torch.int64)}
+    return Batch(img=torch.randn(b, n, 3, args.height, args.width),
+                 pid=torch.arange(args.p).repeat_interleave(args.k),
+                 camid=torch.zeros(b, dtype=torch.int64))
 
 
 def loader_config(args: argparse.Namespace, root: str, use_gpu: bool, stage: str,
@@ -58,21 +60,15 @@ def loader_config(args: argparse.Namespace, root: str, use_gpu: bool, stage: str
 
 
 def _loader_batch(args: argparse.Namespace, root: str, use_gpu: bool, stage: str,
-                  cache: bool = False) -> Tuple[VKDDataManager, Any]:
+                  cache: bool = False) -> Tuple[VKDDataManager, Any, Any]:
     """A data manager on the world at ``root`` and the first batch of its training loader
-    (0 workers: the batch a worker would deliver, finished as training finishes it). With
-    ``cache`` the items carry teacher-cache rows and only the student's M frames."""
+    (0 workers: the batch a worker would deliver, finished as training finishes it), and the
+    teacher-cache row function. With ``cache`` the items carry teacher-cache rows and only the
+    student's M frames."""
     extra = ["vkd.teacher_bn", "eval"] if cache else []
     dm = VKDDataManager.from_config(loader_config(args, root, use_gpu, stage, 0, *extra))
-    if cache:
-        dm.use_teacher_rows(_offsets(dm), True)
-    return dm, next(iter(dm.train_loader))
-
-
-def _offsets(dm: VKDDataManager) -> np.ndarray:
-    """The teacher cache's first row of each training tracklet (one row per frame)."""
-    lengths = [len(t[0]) for t in dm.train_tracklets]
-    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    rows = CacheRows.of(dm.train_tracklets, flip=True) if cache else None
+    return dm, next(iter(dm.train_loader_for(rows))), rows
 
 
 def _options(use_gpu: bool, amp: str = "", channels_last: bool = False,
@@ -85,15 +81,17 @@ def _options(use_gpu: bool, amp: str = "", channels_last: bool = False,
 
 
 def _engine(args: argparse.Namespace, use_gpu: bool, cl: bool, amp: str,
-            teacher_bn: str = "batch", dm: Any = None) -> VKDEngine:
+            teacher_bn: str = "batch", dm: Any = None, targets: Any = None) -> VKDEngine:
     """A student-stage engine on randomly initialised networks, in training mode."""
     torch.manual_seed(0)
     teacher = build_model(args.model, args.classes, loss="triplet", pretrained=False)
     student = build_model(args.model, args.classes, loss="triplet", pretrained=False)
     opts, distill = _options(use_gpu, amp, cl, args.m)
-    distill = dataclasses.replace(distill, teacher_bn=teacher_bn)
+    distill = dataclasses.replace(distill, teacher_bn=teacher_bn,
+                                  targets="live" if targets is None else targets.name)
     engine = VKDEngine(dm if dm is not None else _fake_dm(), student, teacher,
-                       torch.optim.Adam(student.parameters(), lr=1e-4), None, opts, distill)
+                       torch.optim.Adam(student.parameters(), lr=1e-4), None, opts, distill,
+                       targets=targets)
     engine.set_model_mode("train")
     return engine
 
@@ -102,13 +100,13 @@ def _cached_step(args: argparse.Namespace, root: str, use_gpu: bool, cl: bool,
                  amp: str) -> Callable[[], Any]:
     """The student step with the teacher cache: M decoded frames, N rows gathered from an
     in-memory float16 cache, the teacher's BNNeck and classifier on their mean."""
-    dm, batch = _loader_batch(args, root, use_gpu, "student", cache=True)
-    engine = _engine(args, use_gpu, cl, amp, teacher_bn="eval", dm=dm)
-    rows = 2 * sum(len(t[0]) for t in dm.train_tracklets)
+    dm, batch, rows = _loader_batch(args, root, use_gpu, "student", cache=True)
+    n_rows = 2 * sum(len(t[0]) for t in dm.train_tracklets)
+    dim = build_model(args.model, 1, pretrained=False).feature_dim
     rng = np.random.default_rng(0)
-    engine.teacher_cache = TeacherCache.in_memory(
-        rng.standard_normal((rows, engine.teacher.feature_dim)).astype(np.float16),
-        _offsets(dm), flip=True)
+    targets = CachedTeacherTargets.in_memory(
+        rng.standard_normal((n_rows, dim)).astype(np.float16), rows)
+    engine = _engine(args, use_gpu, cl, amp, teacher_bn="eval", dm=dm, targets=targets)
     return functools.partial(engine.forward_backward, batch)
 
 
@@ -117,7 +115,7 @@ def _parts(engine: VKDEngine, args: argparse.Namespace, device: torch.device, cl
     """The step's bare compute (teacher forward, student forward and backward) on a float
     batch already in device memory, the teacher's forward alone and the optimiser step alone,
     on the engine's own networks."""
-    img = _batch(args, args.n)["img"]
+    img = _batch(args, args.n).img
     x, xs = to_device(img, device, cl), to_device(img[:, :args.m], device, cl)
 
     def bare() -> None:
@@ -148,7 +146,7 @@ def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
 def _bench_step(args: argparse.Namespace, root: str, use_gpu: bool) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     device = torch.device("cuda" if use_gpu else "cpu")
-    dm, batch = _loader_batch(args, root, use_gpu, "student")
+    dm, batch, _ = _loader_batch(args, root, use_gpu, "student")
     for mode, (cl, amp) in MODES.items():
         engine = _engine(args, use_gpu, cl, amp, dm=dm)
         fns = {"vkd": functools.partial(engine.forward_backward, batch),
@@ -170,12 +168,12 @@ def _bench_step(args: argparse.Namespace, root: str, use_gpu: bool) -> Dict[str,
                   flush=True)
         del engine, fns
     torch.manual_seed(0)
-    tdm, tbatch = _loader_batch(args, root, use_gpu, "teacher")
+    tdm, tbatch, _ = _loader_batch(args, root, use_gpu, "teacher")
     model = build_model(args.model, args.classes, loss="triplet", pretrained=False)
     engine = TeacherEngine(tdm, model, torch.optim.Adam(model.parameters(), lr=1e-4),
                            None, _options(use_gpu)[0])
     engine.set_model_mode("train")
-    x = to_device(_batch(args, args.n)["img"], device, False)
+    x = to_device(_batch(args, args.n).img, device, False)
 
     def bare_teacher() -> None:
         emb, logits = engine.model.forward_features(x)

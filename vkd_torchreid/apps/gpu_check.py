@@ -1,0 +1,109 @@
+"""The GPU check of the device data path (finishing on the device, decoding on the GPU):
+
+    python tools/gpu_check.py [--device cuda] [--frames 64] [--json FILE]
+
+1. runs the CUDA tests of the area (``tests/test_device_finish.py``, those marked for CUDA;
+   they skip without it), and
+2. prints how far GPU decoding (nvJPEG + antialiased bicubic resize) is from the CPU path
+   (OpenCV + Pillow), in uint8 levels, for synthetic JPEG frames at the input size (decoding
+   alone), larger (shrinking) and smaller (enlarging), and how fast a batch decodes.
+
+It writes its synthetic frames to a temporary folder and needs under two minutes on a GPU.
+With ``--device cpu`` the numbers are torchvision's libjpeg on the CPU (the tests' stand-in).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from vkd_torchreid.data.gpu_decode import decode_difference, decode_frames
+from vkd_torchreid.data.io import read_jpeg_bytes
+from vkd_torchreid.synthetic import write_synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTS = ("tests/test_device_finish.py",)
+#: (source height, width) of the frames, resized to 256 x 128.
+SOURCES = ((256, 128), (320, 160), (192, 96))
+TARGET = (256, 128)
+
+
+def _frames(root: str, size: Sequence[int], count: int) -> List[str]:
+    """``count`` synthetic MARS frames of ``size`` (JPEG, quality 90)."""
+    folder = os.path.join(root, f"{size[0]}x{size[1]}")
+    write_synthetic("vkd_mars", folder, ids=8, cams=2, tracklets=1, frames=max(1, count // 8),
+                    seed=0, height=size[0], width=size[1])
+    paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder)
+                   for f in files if f.endswith(".jpg"))
+    return paths[:count]
+
+
+def _decode_rate(paths: Sequence[str], device: torch.device, reps: int = 5) -> float:
+    """Frames per second of :func:`decode_frames` (decode, resize, crop) on a batch."""
+    jpeg = [read_jpeg_bytes(p) for p in paths]
+    geometry = torch.zeros(len(jpeg), 3, dtype=torch.int64)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    decode_frames(jpeg, geometry, TARGET, 10, device)  # warm-up (nvJPEG handles, kernels)
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        decode_frames(jpeg, geometry, TARGET, 10, device)
+    sync()
+    return reps * len(jpeg) / (time.perf_counter() - start)
+
+
+def decode_report(device: torch.device, count: int) -> Dict[str, Any]:
+    """Difference and speed of decoding ``count`` frames of each source size on ``device``."""
+    out: Dict[str, Any] = {"device": str(device), "target": list(TARGET), "sources": {}}
+    with tempfile.TemporaryDirectory(prefix="vkd_gpu_check_") as root:
+        for size in SOURCES:
+            paths = _frames(root, size, count)
+            row = decode_difference(paths, *TARGET, device)
+            row["frames_per_s"] = _decode_rate(paths, device)
+            out["sources"][f"{size[0]}x{size[1]}"] = row
+    return out
+
+
+def run_tests() -> int:
+    """The CUDA tests of the area (pytest's exit status)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+           "-k", "cuda", *TESTS]
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=REPO, env=env)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--frames", type=int, default=64, help="frames per source size")
+    parser.add_argument("--skip-tests", action="store_true", help="only the decode numbers")
+    parser.add_argument("--json", default="", help="also write the numbers to this file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available here", file=sys.stderr)
+        return 2
+    status = 0 if args.skip_tests else run_tests()
+    report = decode_report(device, args.frames)
+    print(f"decode on {report['device']} vs the CPU path (OpenCV + Pillow), uint8 levels, "
+          f"to {TARGET[0]}x{TARGET[1]}:")
+    print(f"{'source':>9s} {'frames':>6s} {'decode mean':>11s} {'decode max':>10s} "
+          f"{'mean':>6s} {'max':>5s} {'frames/s':>9s}")
+    for key, r in report["sources"].items():
+        print(f"{key:>9s} {r['frames']:6d} {r['decode_mean']:11.3f} {r['decode_max']:10.0f} "
+              f"{r['mean']:6.3f} {r['max']:5.0f} {r['frames_per_s']:9.0f}")
+    report["tests_exit_status"] = status
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    return status

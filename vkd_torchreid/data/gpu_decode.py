@@ -1,0 +1,90 @@
+"""Decoding and resizing training frames where the network runs (``data.decode_device cuda``).
+
+The loader workers only read each frame's JPEG bytes and draw its geometry (crop offset and
+flip, from the same RNG in the same order as the CPU path); the consuming process decodes the
+batch with nvJPEG (``torchvision.io.decode_jpeg`` on a list, ``device='cuda'``), resizes the
+frames whose size differs with antialiased bicubic interpolation (Pillow's kernel, a = -0.5,
+in float32, rounded back to uint8), and crops and flips them: one gather. Normalisation and
+erasing follow as for any batch finished on the device.
+
+Pillow resizes in fixed point, nvJPEG and libjpeg-turbo round their IDCT differently: the
+frames are close to the CPU path's, not equal. :func:`decode_difference` measures how close.
+The same functions run on the CPU (torchvision's libjpeg), which the tests use.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vkd_torchreid.data.io import read_image, read_jpeg_bytes
+from vkd_torchreid.data.transforms import pad_crop_flip, resize
+
+#: Values of ``data.decode_device``.
+DECODE_DEVICES = ("cpu", "cuda")
+
+
+def decode_jpegs(jpeg: Sequence[torch.Tensor], device: torch.device) -> List[torch.Tensor]:
+    """RGB uint8 ``[3, h, w]`` frames (each its own size) of JPEG byte tensors, decoded on
+    ``device`` (nvJPEG on CUDA, libjpeg on the CPU) in one call."""
+    with warnings.catch_warnings():  # torchvision >= 0.29 points at torchcodec on import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        out = decode_jpeg(list(jpeg), mode=ImageReadMode.RGB, device=device)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def resize_frames(frames: Sequence[torch.Tensor], height: int, width: int) -> torch.Tensor:
+    """uint8 ``[F, height, width, 3]`` from uint8 ``[3, h, w]`` frames: frames of one source
+    size are resized together (antialiased bicubic, float32, rounded); frames already at the
+    size are kept as they are."""
+    device = frames[0].device
+    out = torch.empty(len(frames), 3, height, width, dtype=torch.uint8, device=device)
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, f in enumerate(frames):
+        groups.setdefault((int(f.shape[1]), int(f.shape[2])), []).append(i)
+    for (h, w), idx in groups.items():
+        x = torch.stack([frames[i] for i in idx])
+        if (h, w) != (height, width):
+            x = F.interpolate(x.float(), size=(height, width), mode="bicubic",
+                              align_corners=False, antialias=True)
+            x = x.round_().clamp_(0, 255).to(torch.uint8)
+        out[torch.tensor(idx, device=device)] = x
+    return out.permute(0, 2, 3, 1)
+
+
+def decode_frames(jpeg: Sequence[torch.Tensor], geometry: torch.Tensor, size: Tuple[int, int],
+                  pad: int, device: torch.device) -> torch.Tensor:
+    """The training frames uint8 ``[F, H, W, 3]`` on ``device``: decoded, resized to ``size``,
+    padded by ``pad`` and cropped at the drawn offsets, flipped where drawn (``geometry``
+    int64 ``[F, 3]``: ``(dy, dx, flipped)``)."""
+    frames = resize_frames(decode_jpegs(jpeg, device), *size)
+    return pad_crop_flip(frames, geometry.to(device, non_blocking=True), pad)
+
+
+def decode_difference(paths: Sequence[str], height: int, width: int,
+                      device: torch.device) -> Dict[str, float]:
+    """How far decoding and resizing on ``device`` is from the CPU path (OpenCV decode,
+    Pillow bicubic resize), in uint8 levels over every pixel of ``paths``.
+
+    Returns:
+        ``decode_mean``/``decode_max``: the decoded frames alone (before resizing);
+        ``mean``/``max``: the frames at ``height x width``; ``frames``: how many.
+    """
+    jpeg = [read_jpeg_bytes(p) for p in paths]
+    decoded = decode_jpegs(jpeg, device)
+    ours = resize_frames(decoded, height, width).cpu().numpy().astype(np.int16)
+    dec_sum, dec_max, dec_n, total, worst = 0.0, 0, 0, 0.0, 0
+    for i, path in enumerate(paths):
+        cpu = read_image(path)
+        d = np.abs(decoded[i].permute(1, 2, 0).cpu().numpy().astype(np.int16) - cpu)
+        dec_sum, dec_max, dec_n = dec_sum + float(d.sum()), max(dec_max, int(d.max())), dec_n + d.size
+        r = np.abs(ours[i] - resize(cpu, height, width).astype(np.int16))
+        total, worst = total + float(r.mean()), max(worst, int(r.max()))
+    n = max(len(paths), 1)
+    return {"frames": len(paths), "decode_mean": dec_sum / max(dec_n, 1),
+            "decode_max": float(dec_max), "mean": total / n, "max": float(worst)}
