@@ -57,13 +57,13 @@ def test_every_command_has_its_help(capsys, command):
 
 
 def test_every_tool_script_is_a_thin_wrapper():
-    """Each ``tools/X.py`` (but the configs writer, a developer's tool) calls ``cli.main``
-    with its subcommand."""
+    """Each ``tools/X.py`` (but the developers' tools: the configs writer and the GPU check,
+    which runs the CUDA tests) calls ``cli.main`` with its subcommand."""
     expected = {"check_dataset": "check-dataset", "make_synthetic": "make-synthetic",
                 "model_info": "model-info", "benchmark": "benchmark", "export": "export",
                 "download": "download", "study": "study", "main": None}
     scripts = {f[:-3] for f in os.listdir(os.path.join(REPO, "tools")) if f.endswith(".py")}
-    assert scripts - {"make_configs"} == set(expected)
+    assert scripts - {"make_configs", "gpu_check"} == set(expected)
     for name, command in expected.items():
         with open(os.path.join(REPO, "tools", f"{name}.py"), encoding="utf-8") as fh:
             source = fh.read()

@@ -132,11 +132,12 @@ def test_readme_keeps_the_briefs_commands_and_spells_the_rest_vkd_reid():
     assert 'python -m pytest -q -m "not slow" tests' in readme
     assert os.path.isfile(os.path.join(REPO, "configs", "vkd_mars_r50.yaml"))
     # one torchreid-style line in the README; everywhere else commands are `vkd-reid ...`
-    # (tools/make_configs.py is a maintainer's script, not a command)
+    # (tools/make_configs.py and tools/gpu_check.py are maintainers' scripts, not commands)
     assert len(re.findall(r"python tools/", readme)) == 1
     for path in DOCS[1:]:
         scripts = set(re.findall(r"python tools/(\w+)\.py", _read(path)))
-        assert scripts <= {"make_configs"}, f"{_rel(path)}: spell {scripts} as vkd-reid commands"
+        assert scripts <= {"make_configs", "gpu_check"}, (
+            f"{_rel(path)}: spell {scripts} as vkd-reid commands")
 
 
 def test_results_json_layout_is_written_once():

@@ -13,7 +13,11 @@ of the ``--stage`` (randomly initialised networks: speed only), and reports:
   training log's ``data_wait_s`` measures it (on CUDA the previous step's last kernels may
   still run meanwhile, so it bounds the device's idle time from above);
 - ``step_s``: the step's own compute, the median of ``--reps`` further steps on a batch in
-  hand (fed as training feeds it, each closed by a device synchronisation).
+  hand (fed as training feeds it, each closed by a device synchronisation);
+- ``loader_fps``: the loader alone, over one more epoch, with what the step would do to each
+  batch before its forward (on CUDA: the copy, the decoding with ``data.decode_device cuda``,
+  normalisation and erasing on the device), the last batch closed by a synchronisation: the
+  rate the data path could feed a step that took no time.
 """
 from __future__ import annotations
 
@@ -70,6 +74,22 @@ def _devices(args: argparse.Namespace, use_gpu: bool) -> List[str]:
     return ["cpu", "cuda"] if gpu_decode else ["cpu"]
 
 
+def _loader_fps(args: argparse.Namespace, engine: Any) -> float:
+    """Frames/s of one more epoch of the training loader alone, each batch brought to the
+    step's device as the step brings it (decoded, normalised and erased there on CUDA)."""
+    batches = iter(engine.train_loader)
+    frames_per_batch = args.p * args.k * args.n
+    for _ in range(args.warmup_steps):
+        next(batches).device_images(engine.device, engine.options.channels_last)
+    synchronize()
+    start, n = time.perf_counter(), 0
+    for batch in batches:
+        batch.device_images(engine.device, engine.options.channels_last)
+        n += 1
+    synchronize()
+    return n * frames_per_batch / max(time.perf_counter() - start, 1e-9)
+
+
 def _run(args: argparse.Namespace, root: str, use_gpu: bool, decode: str,
          workers: int) -> Dict[str, Any]:
     """One configuration: warm-up, the timed steps, then the step alone."""
@@ -101,7 +121,7 @@ def _run(args: argparse.Namespace, root: str, use_gpu: bool, decode: str,
     frames = args.steps * args.p * args.k * args.n
     row = {"decode_device": decode, "workers": workers, "frames_per_s": frames / wall,
            "step_s": step_s, "wait_s": wait, "wall_s": wall, "wait_share": wait / wall,
-           "steps": args.steps}
+           "steps": args.steps, "loader_fps": _loader_fps(args, engine)}
     del batches, loader, engine, dm, teacher  # persistent workers end with their loader
     gc.collect()
     return row
@@ -132,6 +152,7 @@ def bench_pipeline(args: argparse.Namespace) -> Dict[str, Any]:
                 out["rows"].append(row)
                 print(f"pipeline {args.stage} decode {decode:4s} workers {workers:2d}: "
                       f"{row['frames_per_s']:8.0f} frames/s   step {1000 * row['step_s']:8.1f} "
-                      f"ms   waiting for data {100 * row['wait_share']:5.1f}% of the wall time",
+                      f"ms   waiting for data {100 * row['wait_share']:5.1f}% of the wall time   "
+                      f"loader alone {row['loader_fps']:8.0f} frames/s",
                       flush=True)
     return out
