@@ -100,7 +100,7 @@ def test_pipeline_reports_sane_figures(tmp_path):
 
 def test_pipeline_student_stage_and_its_options():
     args = build_parser().parse_args(["pipeline", *TINY, "--steps", "1", "--warmup-steps",
-                                      "0", "--loader-workers", "0", "--stage", "student",
+                                      "0", "--loader-workers", "0", "--stage", "student", "--decode-device", "cpu",
                                       "--amp", "bf16", "--channels-last"])
     (row,) = BENCHES["pipeline"](args)["rows"]
     assert row["frames_per_s"] > 0 and 0 <= row["wait_share"] <= 1 and row["loader_fps"] > 0

@@ -167,8 +167,12 @@ def test_byte_reading_items_carry_the_same_draws(mars_root):
     assert raw.img.shape == (len(spec[2]), 0, 0, 3) and len(raw.jpeg) == len(spec[2])
     assert raw.geometry.shape == (len(spec[2]), 3) and raw.decoded == item.decoded
     collate = TrainCollate(dm.augment, dm.erase_ratio)
-    batch = collate.for_device(collate([raw]))
-    assert batch.work.jpeg is not None and batch.jpeg is None
+    packed = collate([raw])  # the bytes cross from a worker as two tensors, not one a frame
+    assert packed.jpeg.dtype == torch.uint8 and packed.jpeg.dim() == 1
+    assert packed.jpeg_sizes.tolist() == [int(t.numel()) for t in raw.jpeg]
+    batch = collate.for_device(packed)
+    assert batch.work.jpeg is not None and batch.jpeg is None and batch.jpeg_sizes is None
+    assert all(torch.equal(a, b) for a, b in zip(batch.work.jpeg, raw.jpeg))
     frames = decode_frames(batch.work.jpeg, batch.work.geometry, (32, 16), dm.augment.pad,
                            torch.device("cpu"))
     diff = np.abs(frames.numpy().astype(int) - item.img.astype(int))

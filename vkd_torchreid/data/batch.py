@@ -99,8 +99,11 @@ class Batch:
     teacher_rows: Optional[torch.Tensor] = None
     #: What is left to do on the device; None: nothing (a finished batch) or not decided yet.
     work: Optional[DeviceWork] = None
-    #: JPEG bytes of the ``B * V`` frames and their geometry, until :attr:`work` takes them.
-    jpeg: Optional[List[torch.Tensor]] = None
+    #: JPEG bytes of the ``B * V`` frames packed in one uint8 tensor (:func:`pack_bytes`: a
+    #: loader worker sends two tensors, not one per frame), their sizes and their geometry,
+    #: until :attr:`work` takes them.
+    jpeg: Optional[torch.Tensor] = None
+    jpeg_sizes: Optional[torch.Tensor] = None
     geometry: Optional[torch.Tensor] = None
 
     @property
@@ -152,10 +155,24 @@ def _ints(values: List[object]) -> Optional[torch.Tensor]:
     return torch.tensor(np.array(values), dtype=torch.int64)
 
 
+def pack_bytes(chunks: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(one uint8 tensor, int64 sizes) of 1-D uint8 ``chunks``. A tensor that leaves a loader
+    worker costs a shared-memory segment of its own: 256 frames' bytes one by one take tens
+    of milliseconds to cross, packed they take two."""
+    sizes = torch.tensor([int(c.numel()) for c in chunks], dtype=torch.int64)
+    return torch.cat(list(chunks)), sizes
+
+
+def unpack_bytes(data: torch.Tensor, sizes: torch.Tensor) -> List[torch.Tensor]:
+    """The chunks of :func:`pack_bytes`, as views of ``data`` (pinned if it is)."""
+    return list(torch.split(data, sizes.tolist()))
+
+
 def stack_items(items: Sequence[Item]) -> Batch:
     """The unfinished batch of ``items`` (``img`` uint8 ``[B, V, H, W, 3]``; with JPEG bytes,
     a ``[B, V, 0, 0, 3]`` placeholder and the bytes in ``jpeg``)."""
-    jpeg = [t for it in items for t in it.jpeg] or None
+    chunks = [t for it in items for t in it.jpeg]
+    jpeg, jpeg_sizes = pack_bytes(chunks) if chunks else (None, None)
     geometry = (torch.from_numpy(np.concatenate([it.geometry for it in items]))
                 if jpeg is not None else None)
     return Batch(
@@ -166,4 +183,5 @@ def stack_items(items: Sequence[Item]) -> Batch:
         decoded=sum(int(it.img.shape[0] if it.decoded is None else it.decoded) for it in items),
         index=_ints([it.index for it in items]),
         student=_ints([it.student for it in items]),
-        teacher_rows=_ints([it.teacher_rows for it in items]), jpeg=jpeg, geometry=geometry)
+        teacher_rows=_ints([it.teacher_rows for it in items]), jpeg=jpeg,
+        jpeg_sizes=jpeg_sizes, geometry=geometry)

@@ -14,7 +14,7 @@ from typing import Any, Iterator, List, Tuple
 
 import torch
 
-from vkd_torchreid.data.batch import Batch, DeviceWork, Item, stack_items
+from vkd_torchreid.data.batch import Batch, DeviceWork, Item, stack_items, unpack_bytes
 from vkd_torchreid.data.transforms import (
     AugmentOptions,
     draw_erase_boxes,
@@ -46,7 +46,8 @@ class TestCollate:
 
     def _work(self, batch: Batch) -> DeviceWork:
         o = self.options
-        return DeviceWork(tuple(o.norm_mean), tuple(o.norm_std), jpeg=batch.jpeg,
+        jpeg = None if batch.jpeg is None else unpack_bytes(batch.jpeg, batch.jpeg_sizes)
+        return DeviceWork(tuple(o.norm_mean), tuple(o.norm_std), jpeg=jpeg,
                           geometry=batch.geometry, size=(o.height, o.width), pad=o.pad)
 
     def for_device(self, batch: Batch) -> Batch:
@@ -54,7 +55,7 @@ class TestCollate:
         the device (:meth:`Batch.device_images`)."""
         if not batch.finished and batch.work is None:
             batch.work = self._work(batch)
-            batch.jpeg = batch.geometry = None
+            batch.jpeg = batch.jpeg_sizes = batch.geometry = None
         return batch
 
     def __call__(self, items: List[Item]) -> Batch:

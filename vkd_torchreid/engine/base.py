@@ -174,10 +174,13 @@ class VKDEngineBase(CheckpointMixin, Engine):
             outputs = self.forward_train(imgs, data)
         losses = self.compute_losses({k: v.float() for k, v in outputs.items()}, pids)
         decoded = data.decoded or imgs.shape[0] * imgs.shape[1]
+        self.optimizer.zero_grad(set_to_none=True)
+        # The backward pass is queued before the loss values are read (a host-device sync):
+        # the device works while the host waits. A non-finite loss still stops the run before
+        # any update: the optimiser step comes after the check.
+        self.scaler.scale(losses["loss"]).backward()
         values, decoded = self._synced_values(losses, decoded)
         self._check_finite(values)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.global_step += 1
@@ -192,9 +195,9 @@ class VKDEngineBase(CheckpointMixin, Engine):
         """The loss values (under torchrun: their mean over ranks, with the frames decoded by
         all ranks and whether any rank was asked to stop, in one all-reduce)."""
         names = list(losses)
-        if not self.dist.enabled:
-            return {k: float(losses[k].detach()) for k in names}, decoded
         flat = torch.stack([losses[k].detach().float() for k in names])
+        if not self.dist.enabled:  # one transfer for every value
+            return dict(zip(names, flat.tolist())), decoded
         extra = torch.tensor([decoded, float(self._stop_signal is not None)],
                              device=flat.device)
         total = torch.cat([flat, extra]).double()

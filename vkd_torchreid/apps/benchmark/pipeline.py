@@ -93,8 +93,10 @@ def _loader_fps(args: argparse.Namespace, engine: Any) -> float:
 def _run(args: argparse.Namespace, root: str, use_gpu: bool, decode: str,
          workers: int) -> Dict[str, Any]:
     """One configuration: warm-up, the timed steps, then the step alone."""
+    # A tiny learning rate: the cost of every step is the same, and randomly initialised
+    # networks on a random world cannot drift into non-finite losses over the timed steps.
     extra = ["train.amp", args.amp, "train.channels_last", str(args.channels_last),
-             "train.print_freq", "1000000"]
+             "train.print_freq", "1000000", "train.lr", "1e-9"]
     if decode != "cpu":  # the key exists only where the GPU decoder does
         extra += ["data.decode_device", decode]
     cfg = loader_config(args, root, use_gpu, args.stage, workers, *extra)
