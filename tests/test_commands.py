@@ -212,6 +212,7 @@ CONFIG_COMMANDS = {
     "camera-bias": ["--weights", "w.pth", "--output", "o"],
     "gallery-curve": ["--weights", "w.pth", "--output", "o"],
     "rank-list": ["--weights", "w.pth", "--output", "o"],
+    "splits": ["--config-file", "teacher_ilidsvid_r50"],
 }
 
 

@@ -25,6 +25,7 @@ from vkd_torchreid.config import (
     get_default_config,
 )
 from vkd_torchreid.utils.checkpoint import CheckpointError
+from vkd_torchreid.utils.jsonio import write_json
 from vkd_torchreid.utils.logs import attach_log_file, one_line
 
 #: The exit status of an error the user can fix (also argparse's).
@@ -92,6 +93,15 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def write_summary(summary: Mapping[str, Any], table: str, out: str, stem: str) -> None:
+    """Writes ``<out>/<stem>.json`` (every number) and ``<out>/<stem>.md`` (``table``), then
+    prints the table: how the study and the ten-split runs end."""
+    write_json(dict(summary), os.path.join(out, f"{stem}.json"))
+    with open(os.path.join(out, f"{stem}.md"), "w", encoding="utf-8") as fh:
+        fh.write(table + "\n")
+    print(table)
 
 
 def command_parser(prog: str, doc: str) -> CommandParser:
@@ -195,5 +205,5 @@ def guarded(run: Callable[[], int], errors: Tuple[Type[BaseException], ...] = ()
 
 __all__ = ["CONFIG_FILE", "EXIT_ERROR", "USER_ERRORS", "CommandParser", "UserError", "add_config_arguments",
            "command_parser", "config_extensions", "config_of", "derive", "guarded",
-           "load_config", "parse", "report", "shortcut_opts", "split_overrides",
+           "load_config", "parse", "report", "shortcut_opts", "split_overrides", "write_summary",
            "start_run_folder"]

@@ -14,24 +14,31 @@ the per-split rows.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
 import shutil
 import statistics
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from vkd_torchreid.config import build_config
+from vkd_torchreid.apps.common import (
+    UserError,
+    add_config_arguments,
+    command_parser,
+    guarded,
+    load_config,
+    parse,
+    shortcut_opts,
+    write_summary,
+)
 from vkd_torchreid.data.registry import dataset_class
 from vkd_torchreid.engine import build
 from vkd_torchreid.engine.evaluator import RESULTS_FILE
 from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils.jsonio import write_json
-from vkd_torchreid.utils.logs import one_line, setup_logging, teardown_logging
+from vkd_torchreid.utils.logs import setup_logging, teardown_logging
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +101,14 @@ def run_split(teacher_file: str, student_file: str, split_id: int, out: str,
     save = run_dir(out, split_id, "teacher")
     ckpt = os.path.join(save, "model", ckpt_io.LATEST_NAME)
     if _results(save) is None or not os.path.isfile(ckpt):
-        cfg = build_config(teacher_file, [*opts, "data.split_id", str(split_id),
+        cfg = load_config(teacher_file, [*opts, "data.split_id", str(split_id),
                                           "data.save_dir", save])
         _train(cfg, save)
     if not student_file:
         return
     save = run_dir(out, split_id, "student")
     if _results(save) is None:
-        cfg = build_config(student_file, [*opts, "data.split_id", str(split_id),
+        cfg = load_config(student_file, [*opts, "data.split_id", str(split_id),
                                           "data.save_dir", save, "vkd.teacher_checkpoint", ckpt])
         _train(cfg, save)
 
@@ -176,10 +183,8 @@ def check_inputs(teacher_file: str, student_file: str, split_ids: Sequence[int],
     for path in (teacher_file, student_file):
         if not path:
             continue
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"missing config file {path}")
         # the student's teacher is each split's: any name passes validation here
-        cfg = build_config(path, [*opts, "vkd.teacher_checkpoint", "per-split"])
+        cfg = load_config(path, [*opts, "vkd.teacher_checkpoint", "per-split"])
         for s in split_ids:
             for name in dict.fromkeys([*cfg.data.sources, *cfg.data.targets]):
                 cls = dataset_class(name)
@@ -201,39 +206,33 @@ def run_splits(teacher_file: str, student_file: str, split_ids: Sequence[int], o
         logger.info("split %d done (%.1f min)", s, (time.time() - t0) / 60)
     summary = summarize(out, split_ids)
     summary["wall_time_s_this_sitting"] = round(time.time() - start, 1)
-    write_json(summary, os.path.join(out, "splits.json"))
-    table = format_table(summary)
-    with open(os.path.join(out, "splits.md"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
-    print(table)
+    write_summary(summary, format_table(summary), out, "splits")
     return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``vkd-reid splits``: runs or resumes the ten-split evaluation; the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="vkd-reid splits", description="A teacher (and its student) over the ten "
-        "train/test splits of iLIDS-VID or PRID2011: mean ± std and per-split rows.")
-    parser.add_argument("--config-file", required=True, help="the teacher's config")
+    parser = command_parser("vkd-reid splits", "A teacher (and its student) over the ten "
+                            "train/test splits of iLIDS-VID or PRID2011: mean ± std and "
+                            "per-split rows.")
     parser.add_argument("--student-config", default="",
                         help="the student's config (distilled from each split's teacher)")
     parser.add_argument("--splits", default="0-9", help="split ids: 0-9, 3 or 0,2,5-7")
     parser.add_argument("--out", default="log/splits", help="output folder (resumable)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="KEY VALUE overrides for both configs")
-    args = parser.parse_args(argv)
-    try:
+    add_config_arguments(parser)
+
+    def run() -> int:
+        args = parse(parser, argv)
+        if not args.config_file:
+            raise UserError("vkd-reid splits: --config-file (the teacher's config) is needed")
+        opts = [*shortcut_opts(args), *args.opts]  # the same for both configs
         split_ids = parse_splits(args.splits)
-        check_inputs(args.config_file, args.student_config, split_ids, args.opts)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    setup_logging(args.out)
-    try:
-        run_splits(args.config_file, args.student_config, split_ids, args.out, args.opts)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    finally:
-        teardown_logging()
-    return 0
+        check_inputs(args.config_file, args.student_config, split_ids, opts)
+        setup_logging(args.out)
+        try:
+            run_splits(args.config_file, args.student_config, split_ids, args.out, opts)
+        finally:
+            teardown_logging()
+        return 0
+
+    return guarded(run)

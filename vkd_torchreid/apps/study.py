@@ -39,6 +39,7 @@ from vkd_torchreid.apps.common import (
     derive,
     guarded,
     parse,
+    write_summary,
 )
 from vkd_torchreid.engine import build
 from vkd_torchreid.engine.evaluator import RESULTS_FILE
@@ -142,11 +143,7 @@ def run_study(cfg: CfgNode, out: str, seeds: Sequence[int],
             logger.info("seed %d: %s done (%.1f min)", seed, variant, (time.time() - t0) / 60)
     summary = summarize(out, seeds, [TEACHER, *variants])
     summary["wall_time_s_this_sitting"] = round(time.time() - start, 1)
-    write_json(summary, os.path.join(out, "summary.json"))
-    table = format_summary(summary)
-    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
-    print(table)
+    write_summary(summary, format_summary(summary), out, "summary")
     return summary
 
 
