@@ -86,8 +86,8 @@ class FeatureExtractor:
                 "last_stride": int(self.model.last_stride), "height": int(cfg.data.height),
                 "width": int(cfg.data.width), "norm_mean": [float(v) for v in cfg.data.norm_mean],
                 "norm_std": [float(v) for v in cfg.data.norm_std],
-                "test_frames": int(cfg.video.test_seq_len or cfg.video.seq_len),
-                "sample_method": cfg.video.sample_method}
+                "test_frames": int(self.embedder.sampling.test_seq_len),
+                "sample_method": self.embedder.sampling.sample_method}
 
     def _array(self, image: Image, index: int) -> np.ndarray:
         """One image as uint8 RGB ``[H, W, 3]``."""
