@@ -20,6 +20,7 @@ import numpy as np
 
 from vkd_torchreid.compat import TorchreidILIDSVID
 from vkd_torchreid.data.base import Splits, VKDVideoDataset, require_dir, require_file
+from vkd_torchreid.data.io import load_mat
 from vkd_torchreid.data.registry import register_dataset
 from vkd_torchreid.data.twocam import check_split_id, person_dirs, two_camera_splits
 
@@ -34,16 +35,7 @@ def read_ls_set(path: str, num_people: int) -> np.ndarray:
         ValueError: unreadable file, no ``ls_set``, or a row that is not a permutation of
             ``1..num_people``.
     """
-    import scipy.io
-
-    try:
-        content = scipy.io.loadmat(path)
-    except Exception as exc:  # scipy raises ValueError, OSError, TypeError, MatReadError...
-        raise ValueError(f"cannot read MATLAB file {path}: {exc}") from exc
-    if SPLIT_KEY not in content:
-        found = sorted(k for k in content if not k.startswith("__"))
-        raise ValueError(f"MATLAB file {path} has no key {SPLIT_KEY!r} (found {found})")
-    table = np.asarray(content[SPLIT_KEY])
+    table = load_mat(path, SPLIT_KEY)
     if table.ndim != 2 or table.shape[0] < 1 or table.dtype.kind not in "iuf":
         raise ValueError(f"{path}: {SPLIT_KEY} must be a 2-D table of numbers [splits, people], "
                          f"got shape {table.shape} of {table.dtype}")

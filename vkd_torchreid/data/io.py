@@ -87,3 +87,21 @@ def write_jpeg(path: str, rgb: np.ndarray, quality: int = 90) -> None:
     if not ok:
         raise OSError(f"cannot encode JPEG for {path}")
     buf.tofile(path)
+
+
+def load_mat(path: str, key: str) -> np.ndarray:
+    """The array stored under ``key`` in the MATLAB file ``path``.
+
+    Raises:
+        ValueError: the file cannot be read, or has no ``key``.
+    """
+    import scipy.io
+
+    try:
+        content = scipy.io.loadmat(path)
+    except Exception as exc:  # scipy raises ValueError, OSError, TypeError, MatReadError...
+        raise ValueError(f"cannot read MATLAB file {path}: {exc}") from exc
+    if key not in content:
+        found = sorted(k for k in content if not k.startswith("__"))
+        raise ValueError(f"MATLAB file {path} has no key {key!r} (found {found})")
+    return np.asarray(content[key])

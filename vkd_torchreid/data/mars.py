@@ -24,29 +24,12 @@ from vkd_torchreid.data.base import (
     require_dir,
     require_file,
 )
+from vkd_torchreid.data.io import load_mat
 from vkd_torchreid.data.registry import register_dataset
 
 logger = logging.getLogger(__name__)
 
 JUNK_PID = -1
-
-
-def load_mat(path: str, key: str) -> np.ndarray:
-    """The array stored under ``key`` in the MATLAB file ``path``.
-
-    Raises:
-        ValueError: the file cannot be read, or has no ``key``.
-    """
-    import scipy.io
-
-    try:
-        content = scipy.io.loadmat(path)
-    except Exception as exc:  # scipy raises ValueError, OSError, TypeError, MatReadError...
-        raise ValueError(f"cannot read MATLAB file {path}: {exc}") from exc
-    if key not in content:
-        found = sorted(k for k in content if not k.startswith("__"))
-        raise ValueError(f"MATLAB file {path} has no key {key!r} (found {found})")
-    return np.asarray(content[key])
 
 
 def _as_int(values: np.ndarray, path: str, what: str) -> np.ndarray:
