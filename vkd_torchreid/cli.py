@@ -168,7 +168,8 @@ def _train(argv: Sequence[str], eval_only: bool = False) -> int:
         return run(cfg, args)
     except StopTraining as exc:
         if main_rank:
-            print(f"stopped ({exc}); resume with --resume", file=sys.stderr)
+            print(f"stopped ({exc}){'; resume with --resume' if exc.save else ''}",
+                  file=sys.stderr)
         return 130
     except distributed.DistributedError:
         return _quiet_exit()  # rank 0 prints the failing rank's error

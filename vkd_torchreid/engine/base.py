@@ -54,7 +54,17 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class StopTraining(KeyboardInterrupt):
-    """Raised at a batch boundary after SIGINT/SIGTERM, once a checkpoint is written."""
+    """Raised at a batch boundary after SIGINT/SIGTERM, once a checkpoint is written; with
+    ``save=False`` (a second signal, or a signal before training started: during the teacher
+    cache build) nothing is written.
+
+    Attributes:
+        save: whether :meth:`VKDEngineBase.run` writes the latest checkpoint before it stops.
+    """
+
+    def __init__(self, reason: str, save: bool = True) -> None:
+        super().__init__(reason)
+        self.save = save
 
 
 class _TrainForward(nn.Module):
@@ -258,7 +268,9 @@ class VKDEngineBase(CheckpointMixin, Engine):
             print_freq: int = 10, test_only: bool = False) -> None:
         """Trains epochs ``start_epoch .. max_epoch - 1`` with the callbacks, then tests.
 
-        SIGINT/SIGTERM stop it at the next batch after writing the latest checkpoint.
+        SIGINT/SIGTERM stop it at the next batch after writing the latest checkpoint; during
+        :meth:`before_training` (the teacher cache build) they stop it without writing one; a
+        second signal stops it at once, writing nothing.
         """
         self.save_dir = save_dir
         if test_only:
@@ -267,6 +279,9 @@ class VKDEngineBase(CheckpointMixin, Engine):
         previous = {}
 
         def _handler(signum: int, _frame: Any) -> None:
+            if self._stop_signal is not None:  # the second: at once, nothing more written
+                raise StopTraining(f"signal {signum} again: stopped at once without saving",
+                                   save=False)
             self._stop_signal = signum
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -298,7 +313,10 @@ class VKDEngineBase(CheckpointMixin, Engine):
             if max_epoch > 0:
                 rank1 = self.test(save_dir)
                 self.save_model(self.completed_epochs - 1, rank1, save_dir)
-        except StopTraining:
+        except StopTraining as exc:
+            if not exc.save:
+                logger.warning("stopped: %s", exc)
+                raise
             path = self.save_latest()
             logger.warning("stopped by signal %s; checkpoint of the last completed epoch at %s",
                            self._stop_signal, path)

@@ -129,9 +129,12 @@ def build_engine(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None,
     student = new_student(cfg, teacher, generation)
     optimizer, scheduler = build_optim(cfg, student, lr=generation_lr(cfg, generation))
     distill = DistillOptions.from_config(cfg)
-    return VKDEngine(dm, student, teacher, optimizer, scheduler, options, distill, evaluator,
-                     generation, callbacks,
-                     targets=teacher_targets(cfg, distill.targets, dm.train_tracklets))
+    engine = VKDEngine(dm, student, teacher, optimizer, scheduler, options, distill, evaluator,
+                       generation, callbacks,
+                       targets=teacher_targets(cfg, distill.targets, dm.train_tracklets))
+    if engine.uses_teacher:  # a cache to build needs a writable folder: checked before writing
+        engine.targets.check(engine.teacher)
+    return engine
 
 
 def generation_dir(save_dir: str, generation: int, generations: int) -> str:
@@ -188,7 +191,7 @@ def prepare_training(cfg: CfgNode, resume: str = "",
     trust = cfg.model.trust_checkpoint
     first_gen, teacher = 0, None
     if resume and cfg.vkd.stage == "student":
-        state = ckpt_io.load_checkpoint(resume, trust=trust)
+        state = ckpt_io.load_training_checkpoint(resume, trust=trust)
         first_gen = int(state.get("meta", {}).get("generation", 0))
         if first_gen > 0:  # the previous generation's final student is this one's teacher
             prev = os.path.join(generation_dir(cfg.data.save_dir, first_gen - 1,
