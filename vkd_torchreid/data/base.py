@@ -95,17 +95,44 @@ class Splits:
 
 # --------------------------------------------------------------------------- strict helpers
 
+class LayoutError(FileNotFoundError):
+    """A dataset folder that is not in its loader's layout.
+
+    The message's first line stands alone (what is missing; once
+    :meth:`VKDVideoDataset.load` added them, the dataset, ``data.root`` and the command that
+    gets the dataset or says where to); the expected layout follows on the next lines.
+
+    Attributes:
+        problem: what is wrong (``missing folder <path>``).
+        layout: the expected layout ('' if none).
+    """
+
+    def __init__(self, problem: str, layout: str = "", dataset: str = "",
+                 root: str = "") -> None:
+        first = problem
+        if dataset:
+            first += (f": data.root {root} does not hold {dataset} in the layout its loader reads "
+                      f"(`vkd-reid download {dataset.removeprefix('vkd_')}` gets it or says "
+                      "where to get it)")
+        super().__init__(first + (f"\nexpected layout:\n{layout}" if layout else ""))
+        self.problem, self.layout = problem, layout
+
+    def of(self, dataset: str, root: str) -> LayoutError:
+        """The same error naming ``dataset`` and the ``data.root`` it was looked for in."""
+        return LayoutError(self.problem, self.layout, dataset, root)
+
+
 def require_dir(path: str, layout: str) -> str:
-    """Returns ``path`` if it is a folder, else FileNotFoundError naming it and the layout."""
+    """Returns ``path`` if it is a folder, else :class:`LayoutError` naming it."""
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"missing folder {path}; expected layout:\n{layout}")
+        raise LayoutError(f"missing folder {path}", layout)
     return path
 
 
 def require_file(path: str, layout: str) -> str:
-    """Returns ``path`` if it is a file, else FileNotFoundError naming it and the layout."""
+    """Returns ``path`` if it is a file, else :class:`LayoutError` naming it."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing file {path}; expected layout:\n{layout}")
+        raise LayoutError(f"missing file {path}", layout)
     return path
 
 
@@ -194,6 +221,8 @@ class VKDVideoDataset(VideoDataset):
     """
 
     dataset_dir: ClassVar[str] = ""
+    #: The name it is registered under (``vkd_mars``; set by ``register_dataset``).
+    NAME: ClassVar[str] = ""
     LAYOUT: ClassVar[str] = ""
     OPTIONS: ClassVar[Tuple[str, ...]] = ()
     #: Random-erasing aspect ratios for this kind of target (people by default).
@@ -231,6 +260,13 @@ class VKDVideoDataset(VideoDataset):
         """Parses ``root`` once per process and options; later calls return the same Splits."""
         root = os.path.abspath(os.path.expanduser(root or "."))
         base = os.path.join(root, cls.dataset_dir)
+        try:
+            return cls._load(root, base, **options)
+        except LayoutError as exc:
+            raise exc.of(cls.NAME or cls.__name__, root) from None
+
+    @classmethod
+    def _load(cls, root: str, base: str, **options: Any) -> Splits:
         require_dir(base, cls.LAYOUT)
         key = (cls.__module__, cls.__qualname__, base, os.stat(base).st_mtime_ns,
                tuple(sorted(options.items())))
@@ -241,7 +277,7 @@ class VKDVideoDataset(VideoDataset):
         splits = cls.parse(base, **options)
         for name in ("train", "query", "gallery"):
             if not getattr(splits, name):
-                raise ValueError(f"{base}: the {name} split is empty; expected layout:\n{cls.LAYOUT}")
+                raise LayoutError(f"{base}: the {name} split is empty", cls.LAYOUT)
         logger.info("parsed %s at %s: %s", cls.__name__, base, splits.statistics())
         with _CACHE_LOCK:
             _CACHE[key] = splits
