@@ -179,6 +179,12 @@ def _train(argv: Sequence[str], eval_only: bool = False) -> int:
         if getattr(args, "agreed", False):
             print(f"error (rank {os.environ.get('RANK')}): {one_line(exc)}", file=sys.stderr)
         return _quiet_exit()
+    except RuntimeError as exc:  # a collective that timed out or lost a rank: one line each
+        line = distributed.collective_failure(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_ERROR
     finally:
         teardown_logging()
         distributed.shutdown()
