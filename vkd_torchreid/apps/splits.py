@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from vkd_torchreid.apps.common import USER_ERRORS
 from vkd_torchreid.config import build_config
 from vkd_torchreid.data.registry import dataset_class
 from vkd_torchreid.engine import build
@@ -225,13 +226,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         split_ids = parse_splits(args.splits)
         check_inputs(args.config_file, args.student_config, split_ids, args.opts)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     setup_logging(args.out)
     try:
         run_splits(args.config_file, args.student_config, split_ids, args.out, args.opts)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     finally:
