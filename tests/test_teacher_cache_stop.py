@@ -149,7 +149,7 @@ sys.path.insert(0, {tests!r})
 from vkd_torchreid import cli
 from vkd_torchreid.engine import teacher_cache as tc
 
-real, delay = tc._embed, float(sys.argv[1])
+real, delay = tc.embed_frames, float(sys.argv[1])
 
 def slow_embed(teacher, *args, **kwargs):
     forward = teacher.forward
@@ -163,7 +163,7 @@ def slow_embed(teacher, *args, **kwargs):
     finally:
         del teacher.forward
 
-tc._embed = slow_embed
+tc.embed_frames = slow_embed
 sys.exit(cli.main(sys.argv[2:]))
 """
 

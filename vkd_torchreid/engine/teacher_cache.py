@@ -29,22 +29,21 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from vkd_torchreid.config.defaults import TEACHER_CACHE_VERIFY
-from vkd_torchreid.data.io import read_image
-from vkd_torchreid.data.transforms import (
-    AugmentOptions,
-    normalize_batch,
-    normalize_on_device,
-    resize,
+from vkd_torchreid.data.transforms import AugmentOptions
+from vkd_torchreid.engine.cache_embed import (  # noqa: F401  (BuildInterrupted: part of its API)
+    BuildInterrupted,
+    Frames,
+    embed_frames,
+    stack_frames,
 )
-from vkd_torchreid.utils.device import autocast, to_device
 from vkd_torchreid.utils.hashing import state_hash
 from vkd_torchreid.utils.jsonio import read_json, write_json
 
@@ -62,10 +61,6 @@ class CacheError(OSError):
     """The cache cannot be built (not enough free disk space, a folder that cannot be written,
     an I/O error); the message is one line naming the path. An ``OSError``: the commands
     report it as one ``error:`` line."""
-
-
-class BuildInterrupted(KeyboardInterrupt):
-    """A build stopped on request (SIGINT/SIGTERM); it left no manifest and no features file."""
 
 
 def frames_hash(tracklets: Sequence[Sequence]) -> str:
@@ -124,23 +119,6 @@ class CacheKey:
     def digest(self) -> str:
         text = json.dumps(self.as_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class _Frames(Dataset):
-    """Every training frame once, resized (no random augmentation): uint8 ``[H, W, 3]``."""
-
-    def __init__(self, paths: List[str], height: int, width: int) -> None:
-        self.paths, self.height, self.width = paths, height, width
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return resize(read_image(self.paths[i]), self.height, self.width)
-
-
-def _stack(items: List[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(items))
 
 
 class TeacherCache:
@@ -244,39 +222,6 @@ def _check_disk(folder: str, needed: int) -> None:
                          f"{free:,} are free; free some space or set vkd.teacher_cache_dir")
 
 
-@torch.inference_mode()
-def _embed(teacher: nn.Module, loader: DataLoader, options: AugmentOptions, device: torch.device,
-           amp: str, channels_last: bool, flip: bool, out: np.memmap,
-           progress: bool, stop: Optional[Callable[[], bool]] = None) -> Iterator[int]:
-    """Writes the features of every frame (and its flip) into ``out``; yields rows done.
-
-    Raises:
-        BuildInterrupted: ``stop()`` became true (checked before every batch).
-    """
-    row = 0
-    batches: Any = loader
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(loader, desc="teacher cache", dynamic_ncols=True)
-    for frames in batches:
-        if stop is not None and stop():
-            raise BuildInterrupted("stopped by a signal during the teacher cache build")
-        if device.type == "cuda":  # uint8 crosses (pinned), normalised on the device
-            x = normalize_on_device(frames, options.norm_mean, options.norm_std, device,
-                                    channels_last)
-        else:
-            x = to_device(normalize_batch(frames, options.norm_mean, options.norm_std), device,
-                          channels_last)
-        views = [x, x.flip(-1)] if flip else [x]
-        with autocast(device, amp):
-            feats = [teacher(v).float() for v in views]  # eval mode: pooled features [B, D]
-        stacked = torch.stack(feats, 1).reshape(-1, feats[0].shape[1])  # frame-major
-        out[row:row + stacked.shape[0]] = stacked.cpu().numpy().astype(np.float16)
-        row += stacked.shape[0]
-        yield row
-
-
 def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheKey,
                   root: str, options: AugmentOptions, device: torch.device, amp: str = "",
                   channels_last: bool = False, workers: int = 0, batch_size: int = 64,
@@ -342,12 +287,12 @@ def _build(teacher: nn.Module, frames: List[str], key: CacheKey, folder: str, ro
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{FEATURES_FILE}.tmp-{os.getpid()}")
     features = os.path.join(folder, FEATURES_FILE)
-    loader = DataLoader(_Frames(frames, options.height, options.width), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_stack, shuffle=False,
+    loader = DataLoader(Frames(frames, options.height, options.width), batch_size=batch_size,
+                        num_workers=workers, collate_fn=stack_frames, shuffle=False,
                         pin_memory=device.type == "cuda")
     try:
         out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(rows, dim))
-        for _ in _embed(teacher, loader, options, device, amp, channels_last, key.flip, out,
+        for _ in embed_frames(teacher, loader, options, device, amp, channels_last, key.flip, out,
                         progress, stop):
             pass
         out.flush()

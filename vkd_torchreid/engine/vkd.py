@@ -10,10 +10,10 @@ from torch import nn
 from vkd_torchreid import losses as L
 from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.engine.base import EngineOptions, StopTraining, VKDEngineBase
+from vkd_torchreid.engine.cache_embed import BuildInterrupted
 from vkd_torchreid.engine.callbacks import Callback
 from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.engine.targets import TARGETS, LiveTeacherTargets, TeacherTargets
-from vkd_torchreid.engine.teacher_cache import BuildInterrupted
 from vkd_torchreid.models.student import freeze_teacher
 from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
 
