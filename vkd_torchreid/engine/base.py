@@ -48,6 +48,10 @@ from vkd_torchreid.utils.timing import TimedIterable
 
 logger = logging.getLogger(__name__)
 
+#: A stop signal this soon after the first is the same interrupt delivered twice (torchrun
+#: forwards the Ctrl-C the terminal already sent to every rank), not a second request.
+REPEAT_SIGNAL_S = 2.0
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; nothing was stepped or saved with it."""
@@ -270,7 +274,8 @@ class VKDEngineBase(CheckpointMixin, Engine):
 
         SIGINT/SIGTERM stop it at the next batch after writing the latest checkpoint; during
         :meth:`before_training` (the teacher cache build) they stop it without writing one; a
-        second signal stops it at once, writing nothing.
+        second signal (:data:`REPEAT_SIGNAL_S` or more after the first) stops it at once,
+        writing nothing.
         """
         self.save_dir = save_dir
         if test_only:
@@ -278,11 +283,14 @@ class VKDEngineBase(CheckpointMixin, Engine):
             return
         previous = {}
 
+        first = [0.0]  # when the first stop signal came
+
         def _handler(signum: int, _frame: Any) -> None:
-            if self._stop_signal is not None:  # the second: at once, nothing more written
+            if self._stop_signal is None:
+                self._stop_signal, first[0] = signum, time.monotonic()
+            elif time.monotonic() - first[0] >= REPEAT_SIGNAL_S:  # a second request: at once
                 raise StopTraining(f"signal {signum} again: stopped at once without saving",
                                    save=False)
-            self._stop_signal = signum
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Outside the main thread signals cannot be caught: leave them alone.
