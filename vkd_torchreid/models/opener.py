@@ -12,9 +12,13 @@ from typing import Optional
 
 from vkd_torchreid.models.backbones import get_spec
 from vkd_torchreid.models.vkdnet import VKDNet
-from vkd_torchreid.models.weights import NetworkCheckpoint, load_network_state, read_network
+from vkd_torchreid.models.weights import (
+    NetworkCheckpoint,
+    WeightsMismatchError,
+    load_network_state,
+    read_network,
+)
 from vkd_torchreid.utils.checkpoint import CheckpointError
-from vkd_torchreid.utils.logs import one_line
 
 
 class CheckpointMismatchError(ValueError):
@@ -96,11 +100,12 @@ def open_network(path: str, arch: str = "", num_classes: Optional[int] = None, *
     model = VKDNet(name, classes, loss="triplet", pretrained=False, last_stride=last_stride)
     try:
         load_network_state(model, ckpt, strict=strict)
-    except ValueError as exc:
+    except WeightsMismatchError as exc:
         declared = "" if ckpt.arch else (" (it declares no architecture: the config's "
                                          f"model.name {name} was tried)")
-        raise CheckpointMismatchError(path, f"weights that do not fit{declared}: {one_line(exc)}",
-                                 f"the run needs a {name} with {classes} classes", key) from exc
+        raise CheckpointMismatchError(path, f"weights that do not fit{declared}: {exc.summary()}",
+                                      f"the run needs a {name} with {classes} classes", key
+                                      ) from exc
     return model
 
 
