@@ -305,7 +305,7 @@ def test_compare_with_null_metrics_is_one_line(tmp_path, capsys):
 
 
 def test_a_dataset_layout_error_is_one_whole_line(tmp_path, capsys):
-    from vkd_torchreid.data.base import LayoutError
+    from vkd_torchreid.data.layout import LayoutError
     from vkd_torchreid.data.mars import Mars
 
     root, save = str(tmp_path / "data"), str(tmp_path / "run")

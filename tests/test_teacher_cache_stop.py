@@ -17,7 +17,7 @@ import torch
 from vkd_torchreid import cli
 from vkd_torchreid.data.manager import VKDDataManager
 from vkd_torchreid.engine import teacher_cache as tc
-from vkd_torchreid.engine.base import REPEAT_SIGNAL_S
+from vkd_torchreid.engine.stopping import REPEAT_SIGNAL_S
 from vkd_torchreid.models import build_model
 from vkd_torchreid.utils import checkpoint as ckpt_io
 

@@ -24,10 +24,8 @@ means and stops at the same step. Rank 0 alone writes files.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -41,6 +39,11 @@ from vkd_torchreid.engine.callbacks import Callback, default_callbacks
 from vkd_torchreid.engine.checkpointing import CheckpointMixin
 from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.engine.options import EngineOptions
+from vkd_torchreid.engine.stopping import (
+    StopTraining,
+    install_stop_handlers,
+    restore_handlers,
+)
 from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
 from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.device import AUTOCAST_DTYPES, autocast, place, to_device
@@ -48,27 +51,9 @@ from vkd_torchreid.utils.timing import TimedIterable
 
 logger = logging.getLogger(__name__)
 
-#: A stop signal this soon after the first is the same interrupt delivered twice (torchrun
-#: forwards the Ctrl-C the terminal already sent to every rank), not a second request.
-REPEAT_SIGNAL_S = 2.0
-
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; nothing was stepped or saved with it."""
-
-
-class StopTraining(KeyboardInterrupt):
-    """Raised at a batch boundary after SIGINT/SIGTERM, once a checkpoint is written; with
-    ``save=False`` (a second signal, or a signal before training started: during the teacher
-    cache build) nothing is written.
-
-    Attributes:
-        save: whether :meth:`VKDEngineBase.run` writes the latest checkpoint before it stops.
-    """
-
-    def __init__(self, reason: str, save: bool = True) -> None:
-        super().__init__(reason)
-        self.save = save
 
 
 class _TrainForward(nn.Module):
@@ -274,28 +259,13 @@ class VKDEngineBase(CheckpointMixin, Engine):
 
         SIGINT/SIGTERM stop it at the next batch after writing the latest checkpoint; during
         :meth:`before_training` (the teacher cache build) they stop it without writing one; a
-        second signal (:data:`REPEAT_SIGNAL_S` or more after the first) stops it at once,
-        writing nothing.
+        second signal (see :mod:`.stopping`) stops it at once, writing nothing.
         """
         self.save_dir = save_dir
         if test_only:
             self.test(save_dir)
             return
-        previous = {}
-
-        first = [0.0]  # when the first stop signal came
-
-        def _handler(signum: int, _frame: Any) -> None:
-            if self._stop_signal is None:
-                self._stop_signal, first[0] = signum, time.monotonic()
-            elif time.monotonic() - first[0] >= REPEAT_SIGNAL_S:  # a second request: at once
-                raise StopTraining(f"signal {signum} again: stopped at once without saving",
-                                   save=False)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # Outside the main thread signals cannot be caught: leave them alone.
-            with contextlib.suppress(ValueError):
-                previous[sig] = signal.signal(sig, _handler)
+        previous = install_stop_handlers(lambda signum: setattr(self, "_stop_signal", signum))
         if self.writer is None and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -330,8 +300,7 @@ class VKDEngineBase(CheckpointMixin, Engine):
                            self._stop_signal, path)
             raise
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            restore_handlers(previous)
             if self.writer is not None:
                 self.writer.close()
             self.writer = None
