@@ -163,8 +163,8 @@ COMMANDS = {
 RESUME_SAYS = {
     "other_arch.pth": "cannot resume from {bad}: it holds arch='vkd_mobilenetv2', the config "
                       "builds arch='vkd_resnet18'",
-    "other_arch_bare.pth": "--resume {bad} holds no training state (optimizer missing), only "
-                           "a network's weights",
+    "other_arch_bare.pth": "{key} {bad} holds no training state (optimizer missing), only a "
+                           "network's weights",
     "other_classes.pth": "cannot resume from {bad}: it holds num_classes=7",
 }
 FAST_COMMAND, FAST_FILE = "export", "notes.txt"
@@ -198,8 +198,11 @@ def test_every_command_refuses_every_bad_file_in_one_line(world, capsys, tmp_pat
     assert bad in line
     says = SAYS[name]
     if "resume" in command:
-        says = RESUME_SAYS.get(name, says).format(bad=bad)
+        says = RESUME_SAYS.get(name, says).format(bad=bad, key=command.split()[1])
     assert says in line, line
+    if command.startswith("train") and not ("resume" in command and name in RESUME_SAYS
+                                            and name != "other_arch_bare.pth"):
+        assert line.startswith(f"error: {command.split()[1]} {bad} "), line  # the key named
     assert ("--trust-checkpoint" in line) == (name == "legacy.pth"), line
     assert not os.path.exists(out), os.listdir(out)
 

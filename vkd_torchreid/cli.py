@@ -107,7 +107,8 @@ def _prepare(cfg: CfgNode, args: argparse.Namespace) -> Any:
     set_seed(cfg.train.seed)  # the same networks on every rank
     if args.eval_only or cfg.test.evaluate:
         return build.prepare_evaluation(cfg)
-    job = build.prepare_training(cfg, resume=resume)
+    job = build.prepare_training(cfg, resume=resume,
+                                 resume_key="--resume" if args.resume else "model.resume")
     if not resume:  # augmentations differ between ranks (a resume restores each rank's)
         distributed.seed_rank(cfg.train.seed)
     return job

@@ -70,9 +70,10 @@ class CheckpointMixin:
             ckpt_io.atomic_save(state, path)
             logger.info("checkpoint saved to %s", path)
 
-    def resume(self, path: str, trust: bool = False) -> int:
-        """Restores model, optimizer, scheduler, scaler, epoch and RNG; returns the start epoch."""
-        state = ckpt_io.load_training_checkpoint(path, trust=trust)
+    def resume(self, path: str, trust: bool = False, key: str = "--resume") -> int:
+        """Restores model, optimizer, scheduler, scaler, epoch and RNG; returns the start epoch.
+        ``key``: where ``path`` came from, for messages."""
+        state = ckpt_io.load_training_checkpoint(path, trust=trust, key=key)
         meta = state.get("meta", {})
         ours = self.model_meta()
         for key in ("arch", "num_classes"):

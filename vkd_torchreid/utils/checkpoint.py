@@ -208,9 +208,11 @@ def load_checkpoint(path: str, trust: bool = False) -> Dict[str, Any]:
 TRAINING_KEYS = ("state_dict", "optimizer", "epoch")
 
 
-def load_training_checkpoint(path: str, trust: bool = False) -> Dict[str, Any]:
+def load_training_checkpoint(path: str, trust: bool = False,
+                             key: str = "--resume") -> Dict[str, Any]:
     """A run's checkpoint to resume from (:func:`load_checkpoint`, with ``state_dict``,
-    ``optimizer`` and ``epoch``); errors name the file after ``--resume``.
+    ``optimizer`` and ``epoch``); errors name the file after ``key`` (where it came from:
+    ``--resume`` or ``model.resume``).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -220,11 +222,11 @@ def load_training_checkpoint(path: str, trust: bool = False) -> Dict[str, Any]:
     try:
         ckpt = load_checkpoint(path, trust=trust)
     except CheckpointError as exc:
-        raise CheckpointError(f"--resume {exc}") from exc
+        raise CheckpointError(f"{key} {exc}") from exc
     missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(
-            f"--resume {path} holds no training state ({', '.join(missing)} missing), only "
+            f"{key} {path} holds no training state ({', '.join(missing)} missing), only "
             "a network's weights; expected a run's checkpoint (<save_dir>/model/"
             f"{LATEST_NAME}); to start a run from these weights set model.load_weights")
     return ckpt
