@@ -285,10 +285,14 @@ def test_a_rank_that_stops_answering_ends_the_job_after_dist_timeout_s(mars_root
         assert short - 2 <= ended - frozen <= short + margin, ended - frozen
         # gloo's own words name the wait it was given: train.dist_timeout_s in milliseconds
         # (measured: ended 13.6 s after the freeze with short = 10, "Timed out waiting
-        # 10000ms for send operation to complete", then the traceback and the exit)
+        # 10000ms for send operation to complete", then the exit)
         after = "".join(line for t, line in job.lines if t >= frozen)
         waited = re.findall(r"Timed out waiting (\d+)ms", after)
         assert waited and {int(w) for w in waited} == {short * 1000}, after[-3000:]
+        # rank 0 says so in one error line, not with a traceback of gloo's exception
+        assert re.search(r"^error: rank 0: a collective of the process group failed: Timed "
+                         r"out waiting \d+ms", after, re.MULTILINE), after[-3000:]
+        assert "RuntimeError: [" not in after, after[-3000:]
     finally:
         job.close(ranks.values())
 

@@ -50,9 +50,9 @@ def _key(cfg, dm, teacher, flip=True):
                        resize=tc.RESIZE_VERSION, flip=flip, precision="")
 
 
-def _build(cfg, dm, teacher, root, flip=True):
+def _build(cfg, dm, teacher, root, flip=True, verify="cheap", stop=None):
     return tc.open_or_build(teacher, dm.train_tracklets, _key(cfg, dm, teacher, flip), root,
-                            dm.augment, torch.device("cpu"))
+                            dm.augment, torch.device("cpu"), verify=verify, stop=stop)
 
 
 @pytest.fixture()
@@ -145,21 +145,25 @@ def test_reuse_reads_only_and_a_changed_teacher_rebuilds(setup, caplog):
     assert not np.array_equal(np.asarray(changed.features), np.asarray(cache.features))
 
 
-@pytest.mark.parametrize("damage", ["flip_a_byte", "truncate", "manifest_shape", "no_manifest",
-                                    "manifest_cut"])
-def test_a_damaged_cache_is_rebuilt_not_used(setup, caplog, damage):
+@pytest.mark.parametrize("damage,verify", [
+    ("flip_a_byte", "cheap"), ("flip_a_byte_keep_mtime", "full"), ("truncate", "cheap"),
+    ("manifest_shape", "cheap"), ("no_manifest", "cheap"), ("manifest_cut", "cheap")])
+def test_a_damaged_cache_is_rebuilt_not_used(setup, caplog, damage, verify):
     cfg, dm, teacher, root = setup
     cache = _build(cfg, dm, teacher, root)
     good = np.array(cache.features)
     features = os.path.join(cache.folder, tc.FEATURES_FILE)
     manifest = os.path.join(cache.folder, tc.MANIFEST_FILE)
     del cache
-    if damage == "flip_a_byte":
+    if damage.startswith("flip_a_byte"):
+        st = os.stat(features)
         with open(features, "r+b") as fh:
             fh.seek(100)
             byte = fh.read(1)
             fh.seek(100)
             fh.write(bytes([byte[0] ^ 0xFF]))
+        if damage == "flip_a_byte_keep_mtime":  # only the checksum sees it
+            os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns))
     elif damage == "truncate":
         os.truncate(features, os.path.getsize(features) - 2)
     elif damage == "manifest_shape":
@@ -174,8 +178,10 @@ def test_a_damaged_cache_is_rebuilt_not_used(setup, caplog, damage):
         os.remove(manifest)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=tc.__name__):
-        rebuilt = _build(cfg, dm, teacher, root)
-    reason = {"flip_a_byte": "checksum", "truncate": "size", "manifest_shape": "shape",
+        rebuilt = _build(cfg, dm, teacher, root, verify=verify)
+    reason = {"flip_a_byte": "features file modified since its build",
+              "flip_a_byte_keep_mtime": "checksum", "truncate": "size",
+              "manifest_shape": "shape",
               "no_manifest": "no manifest",
               # the parser's message whole, with the file and the position
               "manifest_cut": f"unreadable manifest ({manifest}: not valid JSON: "}[damage]

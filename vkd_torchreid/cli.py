@@ -107,7 +107,8 @@ def _prepare(cfg: CfgNode, args: argparse.Namespace) -> Any:
     set_seed(cfg.train.seed)  # the same networks on every rank
     if args.eval_only or cfg.test.evaluate:
         return build.prepare_evaluation(cfg)
-    job = build.prepare_training(cfg, resume=resume)
+    job = build.prepare_training(cfg, resume=resume,
+                                 resume_key="--resume" if args.resume else "model.resume")
     if not resume:  # augmentations differ between ranks (a resume restores each rank's)
         distributed.seed_rank(cfg.train.seed)
     return job
@@ -168,7 +169,8 @@ def _train(argv: Sequence[str], eval_only: bool = False) -> int:
         return run(cfg, args)
     except StopTraining as exc:
         if main_rank:
-            print(f"stopped ({exc}); resume with --resume", file=sys.stderr)
+            print(f"stopped ({exc}){'; resume with --resume' if exc.save else ''}",
+                  file=sys.stderr)
         return 130
     except distributed.DistributedError:
         return _quiet_exit()  # rank 0 prints the failing rank's error
@@ -178,6 +180,12 @@ def _train(argv: Sequence[str], eval_only: bool = False) -> int:
         if getattr(args, "agreed", False):
             print(f"error (rank {os.environ.get('RANK')}): {one_line(exc)}", file=sys.stderr)
         return _quiet_exit()
+    except RuntimeError as exc:  # a collective that timed out or lost a rank: one line each
+        line = distributed.collective_failure(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_ERROR
     finally:
         teardown_logging()
         distributed.shutdown()

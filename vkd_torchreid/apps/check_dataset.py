@@ -54,8 +54,7 @@ def _check(args: argparse.Namespace) -> int:
         try:
             splits, problems = check_dataset(name, root, decode=not args.no_decode, **options)
         except (OSError, ValueError) as exc:  # the expected layout follows the first line
-            first = " ".join(one_line(exc).split()).removesuffix("; expected layout:")
-            raise UserError(first) from None
+            raise UserError(" ".join(one_line(exc).split())) from None
         print(format_statistics(splits))
         for problem in problems:
             print(problem)

@@ -48,6 +48,8 @@ class FeatureExtractor:
 
     Raises:
         FileNotFoundError: the weights do not exist.
+        CheckpointError: a file that is no checkpoint, or a damaged one (one line naming it,
+            what it is and what was expected).
         ValueError: a bad config, override or channel order, weights that do not fit, or
             (``require_arch``) weights of another architecture than ``model.name``.
     """

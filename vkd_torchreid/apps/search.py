@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-index", default="", help="keep the gallery's index in this folder")
     p.add_argument("--output", default="ranked_list.png", help="the ranked-list picture")
     p.add_argument("--device", default="auto")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a legacy pickled checkpoint (torch.load weights_only=False)")
     return add_config_arguments(p, data_shortcuts=False)
 
 
@@ -86,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _search(args: argparse.Namespace) -> int:
     """Runs a search of parsed arguments; returns the exit code."""
     fx = FeatureExtractor(args.config_file, args.weights, args.device, args.opts,
-                          require_arch=True)
+                          trust_checkpoint=args.trust_checkpoint, require_arch=True)
     first_frames = {}  # tracklet name -> first frame, for the picture (a gallery folder)
     if args.index:
         index = GalleryIndex.load(args.index)

@@ -13,6 +13,9 @@ from vkd_torchreid.data.sampler import MULTIVIEW_SAMPLER
 
 #: Stages of the method.
 STAGES = ("teacher", "student")
+#: How a teacher cache is checked before reuse: 'cheap' (key, shape, size and modification
+#: time from its manifest) or 'full' (also the SHA-256 of its features, on rank 0).
+TEACHER_CACHE_VERIFY = ("cheap", "full")
 
 
 def get_default_config() -> CN:
@@ -155,6 +158,7 @@ def get_default_config() -> CN:
     cfg.vkd.teacher_cache_flip = True  # also cache each frame's horizontal flip
     cfg.vkd.teacher_cache_dir = ""  # default: <data.save_dir>/teacher_cache
     cfg.vkd.teacher_cache_device = False  # keep a copy on the training device when it fits
+    cfg.vkd.teacher_cache_verify = "cheap"  # before reuse: 'cheap' or 'full' (SHA-256, rank 0)
 
     cfg.use_gpu = True
     return cfg

@@ -16,7 +16,7 @@ from vkd_torchreid.compat import (
     model_names,
     video_dataset_names,
 )
-from vkd_torchreid.config.defaults import STAGES
+from vkd_torchreid.config.defaults import STAGES, TEACHER_CACHE_VERIFY
 from vkd_torchreid.data.atrw import ATRW_VIEWS
 from vkd_torchreid.data.base import TEST_SAMPLE_METHODS
 from vkd_torchreid.data.duke import TRACKLET_MODES as DUKE_TRACKLETS
@@ -38,6 +38,7 @@ CHOICES: Dict[str, Tuple[Any, ...]] = {
     "vkd.stage": STAGES,
     "vkd.view_strategy": VIEW_STRATEGIES,
     "vkd.teacher_bn": TEACHER_BN_MODES,
+    "vkd.teacher_cache_verify": TEACHER_CACHE_VERIFY,
     "vkd.logits_loss": LOGITS_LOSSES,
     "train.amp": AMP_MODES,
     "train.cudnn_benchmark": (True, False),

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from vkd_torchreid.data.base import (
+    LayoutError,
     Protocol,
     Splits,
     VKDVideoDataset,
@@ -117,7 +118,7 @@ atrw/
         tracklets = [((p,), pid, cam) for p, pid, cam in items]
         for first in (train[0][0][0] if train else "", items[0][0] if items else ""):
             if first and not os.path.isfile(first):
-                raise FileNotFoundError(f"missing image {first}; expected layout:\n{cls.LAYOUT}")
+                raise LayoutError(f"missing image {first}", cls.LAYOUT)
         protocol = Protocol(("I2I",), junk="atrw", camera_ids=False)
         return Splits(train=train, query=tracklets, gallery=list(tracklets), query_img=items,
                       gallery_img=list(items), protocol=protocol, meta=meta)
@@ -165,8 +166,8 @@ atrw/
         candidates = [os.path.join(base, GT_NAME), os.path.join(anno, GT_NAME)]
         gt_path = next((p for p in candidates if os.path.isfile(p)), None)
         if gt_path is None:
-            raise FileNotFoundError(f"missing file {candidates[0]} (or {candidates[1]}); "
-                                    f"expected layout:\n{cls.LAYOUT}")
+            raise LayoutError(f"missing file {candidates[0]} (or {candidates[1]})",
+                              cls.LAYOUT)
         by_id: Dict[int, str] = {}
         for _, row in _read_csv(list_path):
             stem = os.path.splitext(row[0])[0]

@@ -17,6 +17,11 @@ import numpy as np
 
 from vkd_torchreid.compat import VideoDataset
 from vkd_torchreid.data.io import read_image
+from vkd_torchreid.data.layout import (  # noqa: F401  (the loaders import them from here)
+    LayoutError,
+    require_dir,
+    require_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,20 +99,6 @@ class Splits:
 
 
 # --------------------------------------------------------------------------- strict helpers
-
-def require_dir(path: str, layout: str) -> str:
-    """Returns ``path`` if it is a folder, else FileNotFoundError naming it and the layout."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"missing folder {path}; expected layout:\n{layout}")
-    return path
-
-
-def require_file(path: str, layout: str) -> str:
-    """Returns ``path`` if it is a file, else FileNotFoundError naming it and the layout."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing file {path}; expected layout:\n{layout}")
-    return path
-
 
 def read_lines(path: str) -> List[str]:
     """Non-empty, stripped lines of a text file."""
@@ -194,6 +185,8 @@ class VKDVideoDataset(VideoDataset):
     """
 
     dataset_dir: ClassVar[str] = ""
+    #: The name it is registered under (``vkd_mars``; set by ``register_dataset``).
+    NAME: ClassVar[str] = ""
     LAYOUT: ClassVar[str] = ""
     OPTIONS: ClassVar[Tuple[str, ...]] = ()
     #: Random-erasing aspect ratios for this kind of target (people by default).
@@ -231,6 +224,13 @@ class VKDVideoDataset(VideoDataset):
         """Parses ``root`` once per process and options; later calls return the same Splits."""
         root = os.path.abspath(os.path.expanduser(root or "."))
         base = os.path.join(root, cls.dataset_dir)
+        try:
+            return cls._load(root, base, **options)
+        except LayoutError as exc:
+            raise exc.of(cls.NAME or cls.__name__, root) from None
+
+    @classmethod
+    def _load(cls, root: str, base: str, **options: Any) -> Splits:
         require_dir(base, cls.LAYOUT)
         key = (cls.__module__, cls.__qualname__, base, os.stat(base).st_mtime_ns,
                tuple(sorted(options.items())))
@@ -241,7 +241,7 @@ class VKDVideoDataset(VideoDataset):
         splits = cls.parse(base, **options)
         for name in ("train", "query", "gallery"):
             if not getattr(splits, name):
-                raise ValueError(f"{base}: the {name} split is empty; expected layout:\n{cls.LAYOUT}")
+                raise LayoutError(f"{base}: the {name} split is empty", cls.LAYOUT)
         logger.info("parsed %s at %s: %s", cls.__name__, base, splits.statistics())
         with _CACHE_LOCK:
             _CACHE[key] = splits

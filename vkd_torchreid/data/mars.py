@@ -14,6 +14,7 @@ from typing import Any, List, Sequence
 import numpy as np
 
 from vkd_torchreid.data.base import (
+    LayoutError,
     Protocol,
     Splits,
     Tracklet,
@@ -87,8 +88,8 @@ mars/
                               test_dir, files["tracks_test_info.mat"])
         for split, items in (("train", train), ("test", test)):
             if items and not os.path.isfile(items[0][0][0]):
-                raise FileNotFoundError(f"missing image {items[0][0][0]} (first frame of the "
-                                        f"first {split} tracklet); expected layout:\n{cls.LAYOUT}")
+                raise LayoutError(f"missing image {items[0][0][0]} (first frame of the first "
+                                  f"{split} tracklet)", cls.LAYOUT)
 
         qpath = files["query_IDX.mat"]
         query_idx = _as_int(load_mat(qpath, "query_IDX").reshape(-1), qpath, "query_IDX")

@@ -20,6 +20,7 @@ def register_dataset(name: str) -> Callable[[T], T]:
         if DATASETS.get(name, cls) is not cls:
             raise ValueError(f"dataset name {name!r} is already taken by {DATASETS[name]}")
         DATASETS[name] = cls
+        cls.NAME = name  # type: ignore[attr-defined]  (named in its errors)
         return cls
 
     return add

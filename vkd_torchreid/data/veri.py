@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Tuple
 
 from vkd_torchreid.data.base import (
     ImageItem,
+    LayoutError,
     Protocol,
     Splits,
     Tracklet,
@@ -129,8 +130,7 @@ VeRi/
                   ("test", gallery_img[0][0] if gallery_img else "")]
         for split, first in firsts:
             if first and not os.path.isfile(first):
-                raise FileNotFoundError(f"missing image {first} (first {split} image); "
-                                        f"expected layout:\n{cls.LAYOUT}")
+                raise LayoutError(f"missing image {first} (first {split} image)", cls.LAYOUT)
         return Splits(train=train, query=query, gallery=gallery, query_img=query_img,
                       gallery_img=gallery_img, protocol=Protocol(("I2V", "V2V", "I2I", "V2I")))
 

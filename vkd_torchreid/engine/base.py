@@ -24,10 +24,8 @@ means and stops at the same step. Rank 0 alone writes files.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -41,6 +39,11 @@ from vkd_torchreid.engine.callbacks import Callback, default_callbacks
 from vkd_torchreid.engine.checkpointing import CheckpointMixin
 from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.engine.options import EngineOptions
+from vkd_torchreid.engine.stopping import (
+    StopTraining,
+    install_stop_handlers,
+    restore_handlers,
+)
 from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
 from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.device import AUTOCAST_DTYPES, autocast, place, to_device
@@ -51,10 +54,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; nothing was stepped or saved with it."""
-
-
-class StopTraining(KeyboardInterrupt):
-    """Raised at a batch boundary after SIGINT/SIGTERM, once a checkpoint is written."""
 
 
 class _TrainForward(nn.Module):
@@ -258,21 +257,15 @@ class VKDEngineBase(CheckpointMixin, Engine):
             print_freq: int = 10, test_only: bool = False) -> None:
         """Trains epochs ``start_epoch .. max_epoch - 1`` with the callbacks, then tests.
 
-        SIGINT/SIGTERM stop it at the next batch after writing the latest checkpoint.
+        SIGINT/SIGTERM stop it at the next batch after writing the latest checkpoint; during
+        :meth:`before_training` (the teacher cache build) they stop it without writing one; a
+        second signal (see :mod:`.stopping`) stops it at once, writing nothing.
         """
         self.save_dir = save_dir
         if test_only:
             self.test(save_dir)
             return
-        previous = {}
-
-        def _handler(signum: int, _frame: Any) -> None:
-            self._stop_signal = signum
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # Outside the main thread signals cannot be caught: leave them alone.
-            with contextlib.suppress(ValueError):
-                previous[sig] = signal.signal(sig, _handler)
+        previous = install_stop_handlers(lambda signum: setattr(self, "_stop_signal", signum))
         if self.writer is None and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -298,14 +291,16 @@ class VKDEngineBase(CheckpointMixin, Engine):
             if max_epoch > 0:
                 rank1 = self.test(save_dir)
                 self.save_model(self.completed_epochs - 1, rank1, save_dir)
-        except StopTraining:
+        except StopTraining as exc:
+            if not exc.save:
+                logger.warning("stopped: %s", exc)
+                raise
             path = self.save_latest()
             logger.warning("stopped by signal %s; checkpoint of the last completed epoch at %s",
                            self._stop_signal, path)
             raise
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            restore_handlers(previous)
             if self.writer is not None:
                 self.writer.close()
             self.writer = None

@@ -129,9 +129,12 @@ def build_engine(cfg: CfgNode, datamanager: Optional[VKDDataManager] = None,
     student = new_student(cfg, teacher, generation)
     optimizer, scheduler = build_optim(cfg, student, lr=generation_lr(cfg, generation))
     distill = DistillOptions.from_config(cfg)
-    return VKDEngine(dm, student, teacher, optimizer, scheduler, options, distill, evaluator,
-                     generation, callbacks,
-                     targets=teacher_targets(cfg, distill.targets, dm.train_tracklets))
+    engine = VKDEngine(dm, student, teacher, optimizer, scheduler, options, distill, evaluator,
+                       generation, callbacks,
+                       targets=teacher_targets(cfg, distill.targets, dm.train_tracklets))
+    if engine.uses_teacher:  # a cache to build needs a writable folder: checked before writing
+        engine.targets.check(engine.teacher)
+    return engine
 
 
 def generation_dir(save_dir: str, generation: int, generations: int) -> str:
@@ -177,18 +180,20 @@ class TrainingJob:
 
 def prepare_training(cfg: CfgNode, resume: str = "",
                      datamanager: Optional[VKDDataManager] = None,
-                     callbacks: Optional[Sequence[Callback]] = None) -> TrainingJob:
+                     callbacks: Optional[Sequence[Callback]] = None,
+                     resume_key: str = "--resume") -> TrainingJob:
     """Builds the data, the models and the engine of a run without writing anything.
 
     Args:
         resume: checkpoint to resume from (a generation's checkpoint for the student stage).
+        resume_key: where ``resume`` came from (``--resume`` or ``model.resume``), for messages.
         callbacks: the engine's callbacks (default: ``default_callbacks`` of the config).
     """
     dm = datamanager or VKDDataManager.from_config(cfg)
     trust = cfg.model.trust_checkpoint
     first_gen, teacher = 0, None
     if resume and cfg.vkd.stage == "student":
-        state = ckpt_io.load_checkpoint(resume, trust=trust)
+        state = ckpt_io.load_training_checkpoint(resume, trust=trust, key=resume_key)
         first_gen = int(state.get("meta", {}).get("generation", 0))
         if first_gen > 0:  # the previous generation's final student is this one's teacher
             prev = os.path.join(generation_dir(cfg.data.save_dir, first_gen - 1,
@@ -196,7 +201,7 @@ def prepare_training(cfg: CfgNode, resume: str = "",
                                 "model", ckpt_io.LATEST_NAME)
             teacher = build_teacher(cfg, dm.num_train_pids, path=prev, arch=cfg.model.name)
     engine = build_engine(cfg, dm, teacher=teacher, generation=first_gen, callbacks=callbacks)
-    start = engine.resume(resume, trust=trust) if resume else 0
+    start = engine.resume(resume, trust=trust, key=resume_key) if resume else 0
     return TrainingJob(cfg, engine, first_gen, start)
 
 

@@ -12,6 +12,7 @@ from typing import Any, Dict
 
 from vkd_torchreid.utils import checkpoint as ckpt_io
 from vkd_torchreid.utils import distributed
+from vkd_torchreid.utils.logs import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +70,23 @@ class CheckpointMixin:
             ckpt_io.atomic_save(state, path)
             logger.info("checkpoint saved to %s", path)
 
-    def resume(self, path: str, trust: bool = False) -> int:
-        """Restores model, optimizer, scheduler, scaler, epoch and RNG; returns the start epoch."""
-        state = ckpt_io.load_checkpoint(path, trust=trust)
+    def resume(self, path: str, trust: bool = False, key: str = "--resume") -> int:
+        """Restores model, optimizer, scheduler, scaler, epoch and RNG; returns the start epoch.
+        ``key``: where ``path`` came from, for messages."""
+        state = ckpt_io.load_training_checkpoint(path, trust=trust, key=key)
         meta = state.get("meta", {})
         ours = self.model_meta()
         for key in ("arch", "num_classes"):
             if meta.get(key) is not None and meta.get(key) != ours[key]:
                 raise ValueError(f"cannot resume from {path}: it holds {key}={meta[key]!r}, "
                                  f"the config builds {key}={ours[key]!r}")
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ValueError(f"cannot resume from {path}: its weights or optimizer do not fit "
+                             f"the config's {ours['arch']} with {ours['num_classes']} classes "
+                             f"({type(exc).__name__}: {one_line(exc)})") from exc
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):

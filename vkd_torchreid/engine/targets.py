@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,8 +27,10 @@ from vkd_torchreid.engine.teacher_cache import (
     CacheError,
     CacheKey,
     TeacherCache,
+    check_writable,
     frame_offsets,
     open_or_build,
+    usable,
 )
 from vkd_torchreid.utils import distributed
 from vkd_torchreid.utils.progress import progress_enabled
@@ -70,7 +72,11 @@ class LiveTeacherTargets:
     #: Live targets need every frame: the loader's items carry no cache rows.
     rows: Optional[CacheRows] = None
 
-    def prepare(self, teacher: nn.Module, device: torch.device) -> None:
+    def check(self, teacher: nn.Module) -> None:
+        """Nothing to check."""
+
+    def prepare(self, teacher: nn.Module, device: torch.device,
+                stop: Optional[Callable[[], bool]] = None) -> None:
         """Nothing to prepare."""
 
     def __call__(self, teacher: nn.Module, imgs: torch.Tensor,
@@ -92,6 +98,7 @@ class CacheSettings:
     batch_size: int
     progress: bool
     device_copy: bool  # keep the features in device memory when they fit
+    verify: str  # how rank 0 checks a cache before reuse: 'cheap' or 'full'
 
     @classmethod
     def from_config(cls, cfg: Any) -> CacheSettings:
@@ -100,7 +107,8 @@ class CacheSettings:
                    augment=AugmentOptions.from_config(cfg), amp=cfg.train.amp,
                    channels_last=cfg.train.channels_last, workers=cfg.data.workers,
                    batch_size=cfg.test.batch_size, progress=progress_enabled(cfg.test.progress),
-                   device_copy=cfg.vkd.teacher_cache_device)
+                   device_copy=cfg.vkd.teacher_cache_device,
+                   verify=cfg.vkd.teacher_cache_verify)
 
 
 class CachedTeacherTargets:
@@ -124,6 +132,7 @@ class CachedTeacherTargets:
         self.rows: Optional[CacheRows] = CacheRows.of(tracklets, cfg.vkd.teacher_cache_flip)
         self.cache: Optional[TeacherCache] = None
         self.features: Optional[torch.Tensor] = None  # the device copy, if one was made
+        self._key: Optional[Tuple[int, CacheKey]] = None  # (id of the teacher, its key)
 
     @classmethod
     def in_memory(cls, features: np.ndarray, rows: CacheRows) -> CachedTeacherTargets:
@@ -131,28 +140,56 @@ class CachedTeacherTargets:
         targets = cls.__new__(cls)
         targets.cfg, targets.tracklets, targets.rows = None, (), rows
         targets.cache = TeacherCache.in_memory(features, np.asarray(rows.offsets), rows.flip)
-        targets.features = None
+        targets.features, targets._key = None, None
         return targets
 
-    def _open(self, teacher: nn.Module, device: torch.device, build: bool) -> TeacherCache:
-        s = self.settings
-        key = CacheKey.from_config(self.cfg, teacher, self.tracklets)
-        return open_or_build(teacher, self.tracklets, key, s.root, s.augment, device, s.amp,
-                             s.channels_last, s.workers, s.batch_size, s.progress, build=build)
+    def _cache_key(self, teacher: nn.Module) -> CacheKey:
+        """The key of ``teacher``'s cache, computed once per teacher (it hashes the weights
+        and stats every training frame)."""
+        if self._key is None or self._key[0] != id(teacher):
+            self._key = (id(teacher), CacheKey.from_config(self.cfg, teacher, self.tracklets))
+        return self._key[1]
 
-    def prepare(self, teacher: nn.Module, device: torch.device) -> None:
-        """Opens (rank 0: builds when needed) the cache of ``teacher`` (eval mode); keeps a
-        device copy with ``vkd.teacher_cache_device`` when it fits. Idempotent.
+    def check(self, teacher: nn.Module) -> None:
+        """Before anything is written (rank 0; the others never write the cache): a cache
+        that must be built needs a folder it can be written to.
 
         Raises:
-            CacheError: on every rank, when one rank cannot build or read the cache.
+            CacheError: no valid cache of ``teacher`` and a folder that cannot be written.
+        """
+        if not distributed.context().is_main:
+            return
+        if not usable(self._cache_key(teacher), self.tracklets, self.settings.root):
+            check_writable(self.settings.root)
+
+    def _open(self, teacher: nn.Module, device: torch.device, build: bool,
+              stop: Optional[Callable[[], bool]] = None) -> TeacherCache:
+        s = self.settings
+        return open_or_build(teacher, self.tracklets, self._cache_key(teacher), s.root,
+                             s.augment, device, s.amp, s.channels_last, s.workers, s.batch_size,
+                             s.progress, build=build, verify=s.verify if build else "cheap",
+                             stop=stop)
+
+    def prepare(self, teacher: nn.Module, device: torch.device,
+                stop: Optional[Callable[[], bool]] = None) -> None:
+        """Opens (rank 0: builds when needed, checking a reused cache as
+        ``vkd.teacher_cache_verify`` says) the cache of ``teacher`` (eval mode); keeps a device
+        copy with ``vkd.teacher_cache_device`` when it fits. Idempotent.
+
+        Args:
+            stop: polled before every batch of a build (a signal arrived).
+
+        Raises:
+            ValueError: on every rank, when one rank cannot build or read the cache
+                (its :class:`CacheError` message).
+            BuildInterrupted: ``stop()`` became true during the build (rank 0).
         """
         if self.cache is not None:
             return
         error, cache = None, None
         if distributed.context().is_main:
             try:
-                cache = self._open(teacher, device, True)
+                cache = self._open(teacher, device, True, stop)
             except CacheError as exc:
                 error = str(exc)
         distributed.long_barrier()

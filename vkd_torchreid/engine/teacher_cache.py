@@ -10,12 +10,15 @@ On disk, under ``<vkd.teacher_cache_dir>/<key digest>/``:
 - ``features.f16``: a raw float16 array ``[rows, D]``, every training frame in order (tracklet by
   tracklet), each followed by its horizontal flip when flips are cached; the row of a frame is
   given by :class:`vkd_torchreid.engine.targets.CacheRows` (the one copy of that formula);
-- ``manifest.json``: the key (what the features depend on), the shape, and a SHA-256 of the
-  features file; written last, atomically: a build that is interrupted leaves no manifest, and
-  a folder without a valid manifest is never trusted.
+- ``manifest.json``: the key (what the features depend on), the shape, and the size,
+  modification time and SHA-256 of the features file; written last, atomically: a build that
+  is interrupted (an error, SIGINT/SIGTERM, a kill) leaves no manifest, and a folder without a
+  valid manifest is never trusted.
 
-A cache whose key, size or checksum does not match is rebuilt (one log line says why); a valid
-one is only read, never rewritten.
+Every start checks a cache cheaply (key, shape, size and modification time from the manifest);
+``vkd.teacher_cache_verify full`` also recomputes its SHA-256 (the builder's rank only). A cache
+that does not match is rebuilt (one log line says why); a valid one is only read, never
+rewritten.
 """
 from __future__ import annotations
 
@@ -25,21 +28,22 @@ import json
 import logging
 import os
 import shutil
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from vkd_torchreid.data.io import read_image
-from vkd_torchreid.data.transforms import (
-    AugmentOptions,
-    normalize_batch,
-    normalize_on_device,
-    resize,
+from vkd_torchreid.config.defaults import TEACHER_CACHE_VERIFY
+from vkd_torchreid.data.transforms import AugmentOptions
+from vkd_torchreid.engine.cache_embed import (  # noqa: F401  (BuildInterrupted: part of its API)
+    BuildInterrupted,
+    Frames,
+    embed_frames,
+    stack_frames,
 )
-from vkd_torchreid.utils.device import autocast, to_device
 from vkd_torchreid.utils.hashing import state_hash
 from vkd_torchreid.utils.jsonio import read_json, write_json
 
@@ -53,8 +57,10 @@ RESIZE_VERSION = "pillow-bicubic-1"
 _HASH_CHUNK = 1 << 24
 
 
-class CacheError(RuntimeError):
-    """The cache cannot be built (for example: not enough free disk space)."""
+class CacheError(OSError):
+    """The cache cannot be built (not enough free disk space, a folder that cannot be written,
+    an I/O error); the message is one line naming the path. An ``OSError``: the commands
+    report it as one ``error:`` line."""
 
 
 def frames_hash(tracklets: Sequence[Sequence]) -> str:
@@ -115,23 +121,6 @@ class CacheKey:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class _Frames(Dataset):
-    """Every training frame once, resized (no random augmentation): uint8 ``[H, W, 3]``."""
-
-    def __init__(self, paths: List[str], height: int, width: int) -> None:
-        self.paths, self.height, self.width = paths, height, width
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return resize(read_image(self.paths[i]), self.height, self.width)
-
-
-def _stack(items: List[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(items))
-
-
 class TeacherCache:
     """Read access to a built cache (see the module docstring).
 
@@ -170,8 +159,10 @@ def frame_offsets(tracklets: Sequence[Sequence]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
 
-def _valid(folder: str, key: CacheKey, rows: int, dim: int) -> Optional[str]:
-    """None if ``folder`` holds a usable cache for ``key``, else why not."""
+def _valid(folder: str, key: CacheKey, rows: int, dim: int, verify: str = "cheap"
+           ) -> Optional[str]:
+    """None if ``folder`` holds a usable cache for ``key``, else why not. ``verify``: 'cheap'
+    (key, shape, size and modification time) or 'full' (also the SHA-256 of the features)."""
     manifest_path = os.path.join(folder, MANIFEST_FILE)
     features = os.path.join(folder, FEATURES_FILE)
     if not os.path.isfile(manifest_path):
@@ -189,9 +180,38 @@ def _valid(folder: str, key: CacheKey, rows: int, dim: int) -> Optional[str]:
     if not os.path.isfile(features) or os.path.getsize(features) != rows * dim * 2:
         size = os.path.getsize(features) if os.path.isfile(features) else "missing"
         return f"features file size {size} != {rows * dim * 2} bytes (truncated?)"
-    if file_hash(features) != manifest.get("sha256"):
-        return "features file checksum differs (corrupted)"
+    # manifests of older versions record no modification time: their checksum decides
+    if verify == "full" or "mtime_ns" not in manifest:
+        if file_hash(features) != manifest.get("sha256"):
+            return "features file checksum differs (corrupted)"
+    elif os.stat(features).st_mtime_ns != manifest["mtime_ns"]:
+        return "features file modified since its build (its modification time differs)"
     return None
+
+
+def usable(key: CacheKey, tracklets: Sequence[Sequence], root: str) -> bool:
+    """Whether ``root`` holds a cache of ``key`` that the cheap check accepts (no build
+    needed)."""
+    rows = sum(len(t[0]) for t in tracklets) * (2 if key.flip else 1)
+    return _valid(os.path.join(root, key.digest()), key, rows, key.feature_dim) is None
+
+
+def check_writable(root: str) -> None:
+    """Raises :class:`CacheError` when a cache cannot be written under ``root`` (which may not
+    exist yet: its nearest existing folder is tried with a temporary file, removed at once)."""
+    folder = os.path.abspath(root)
+    while not os.path.isdir(folder):
+        if os.path.lexists(folder):
+            raise CacheError(f"the teacher cache cannot be written to {root}: {folder} is a "
+                             "file, not a folder; set vkd.teacher_cache_dir to a writable folder")
+        folder = os.path.dirname(folder)
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CacheError(f"the teacher cache cannot be written to {root}: {folder} is not "
+                         f"writable ({exc.strerror or exc}); set vkd.teacher_cache_dir to a "
+                         "writable folder") from exc
 
 
 def _check_disk(folder: str, needed: int) -> None:
@@ -202,46 +222,25 @@ def _check_disk(folder: str, needed: int) -> None:
                          f"{free:,} are free; free some space or set vkd.teacher_cache_dir")
 
 
-@torch.inference_mode()
-def _embed(teacher: nn.Module, loader: DataLoader, options: AugmentOptions, device: torch.device,
-           amp: str, channels_last: bool, flip: bool, out: np.memmap,
-           progress: bool) -> Iterator[int]:
-    """Writes the features of every frame (and its flip) into ``out``; yields rows done."""
-    row = 0
-    batches: Any = loader
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(loader, desc="teacher cache", dynamic_ncols=True)
-    for frames in batches:
-        if device.type == "cuda":  # uint8 crosses (pinned), normalised on the device
-            x = normalize_on_device(frames, options.norm_mean, options.norm_std, device,
-                                    channels_last)
-        else:
-            x = to_device(normalize_batch(frames, options.norm_mean, options.norm_std), device,
-                          channels_last)
-        views = [x, x.flip(-1)] if flip else [x]
-        with autocast(device, amp):
-            feats = [teacher(v).float() for v in views]  # eval mode: pooled features [B, D]
-        stacked = torch.stack(feats, 1).reshape(-1, feats[0].shape[1])  # frame-major
-        out[row:row + stacked.shape[0]] = stacked.cpu().numpy().astype(np.float16)
-        row += stacked.shape[0]
-        yield row
-
-
 def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheKey,
                   root: str, options: AugmentOptions, device: torch.device, amp: str = "",
                   channels_last: bool = False, workers: int = 0, batch_size: int = 64,
-                  progress: bool = False, build: bool = True) -> TeacherCache:
+                  progress: bool = False, build: bool = True, verify: str = "cheap",
+                  stop: Optional[Callable[[], bool]] = None) -> TeacherCache:
     """The cache of ``key`` under ``root``: reused when valid, otherwise (re)built.
 
     ``teacher`` must be in eval mode (its BatchNorm uses running statistics). ``build=False``
     (the other ranks of a distributed run, after rank 0 built it) only opens a valid cache.
+    ``verify``: how a cache is checked before reuse, one of :data:`TEACHER_CACHE_VERIFY`
+    (see :func:`_valid`). ``stop``: polled before every batch of a build.
 
     Raises:
-        CacheError: not enough free disk space for the build, or no valid cache to open
-            with ``build=False``.
+        CacheError: not enough free disk space, an OS error during the build (naming the
+            path), or no valid cache to open with ``build=False``.
+        BuildInterrupted: ``stop()`` became true; nothing of the build is left to reuse.
     """
+    if verify not in TEACHER_CACHE_VERIFY:
+        raise ValueError(f"verify={verify!r}: expected one of {TEACHER_CACHE_VERIFY}")
     if teacher.training:
         raise ValueError("the teacher cache needs an eval-mode teacher (vkd.teacher_bn eval)")
     folder = os.path.join(root, key.digest())
@@ -249,7 +248,7 @@ def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheK
     frames = [p for paths, *_ in tracklets for p in paths]
     factor = 2 if key.flip else 1
     rows, dim = len(frames) * factor, key.feature_dim
-    why = _valid(folder, key, rows, dim)
+    why = _valid(folder, key, rows, dim, verify)
     if why is None:
         logger.info("teacher cache reused: %s (key %s, %d rows x %d)", folder, key.digest(),
                     rows, dim)
@@ -259,8 +258,27 @@ def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheK
                          f"{why}; put vkd.teacher_cache_dir (default: inside data.save_dir) on "
                          "a filesystem that every machine of the run shares")
     logger.info("teacher cache %s must be built: %s", folder, why)
+    try:
+        _build(teacher, frames, key, folder, rows, options, device, amp, channels_last, workers,
+               batch_size, progress, stop)
+    except CacheError:
+        raise
+    except OSError as exc:
+        raise CacheError(f"the teacher cache build failed: {exc.filename or folder}: "
+                         f"{exc.strerror or exc}; set vkd.teacher_cache_dir to a writable "
+                         "folder with enough space") from exc
+    logger.info("teacher cache built: %s (key %s)", folder, key.digest())
+    return TeacherCache(folder, offsets, key.flip, rows, dim)
+
+
+def _build(teacher: nn.Module, frames: List[str], key: CacheKey, folder: str, rows: int,
+           options: AugmentOptions, device: torch.device, amp: str, channels_last: bool,
+           workers: int, batch_size: int, progress: bool,
+           stop: Optional[Callable[[], bool]]) -> None:
+    """Writes ``features.f16`` then, last, the manifest (see :func:`open_or_build`)."""
+    dim = key.feature_dim
     needed = rows * dim * 2
-    _check_disk(root, needed)
+    _check_disk(os.path.dirname(folder), needed)
     logger.info("building the teacher cache: %d frames%s, %.2f GB", len(frames),
                 " and their flips" if key.flip else "", needed / 1e9)
     manifest_path = os.path.join(folder, MANIFEST_FILE)
@@ -268,24 +286,25 @@ def open_or_build(teacher: nn.Module, tracklets: Sequence[Sequence], key: CacheK
         os.remove(manifest_path)  # invalid: it must never vouch for the new file
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{FEATURES_FILE}.tmp-{os.getpid()}")
-    out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(rows, dim))
-    loader = DataLoader(_Frames(frames, options.height, options.width), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_stack, shuffle=False,
+    features = os.path.join(folder, FEATURES_FILE)
+    loader = DataLoader(Frames(frames, options.height, options.width), batch_size=batch_size,
+                        num_workers=workers, collate_fn=stack_frames, shuffle=False,
                         pin_memory=device.type == "cuda")
     try:
-        for _ in _embed(teacher, loader, options, device, amp, channels_last, key.flip, out,
-                        progress):
+        out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(rows, dim))
+        for _ in embed_frames(teacher, loader, options, device, amp, channels_last, key.flip, out,
+                        progress, stop):
             pass
         out.flush()
         del out
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(folder, FEATURES_FILE))
+        os.replace(tmp, features)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    st = os.stat(features)
     write_json({"key": key.as_dict(), "shape": [rows, dim], "dtype": "float16",
-                "sha256": file_hash(os.path.join(folder, FEATURES_FILE))}, manifest_path)
-    logger.info("teacher cache built: %s (key %s)", folder, key.digest())
-    return TeacherCache(folder, offsets, key.flip, rows, dim)
+                "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "sha256": file_hash(features)}, manifest_path)

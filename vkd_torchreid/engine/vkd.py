@@ -9,7 +9,8 @@ from torch import nn
 
 from vkd_torchreid import losses as L
 from vkd_torchreid.data.batch import Batch
-from vkd_torchreid.engine.base import EngineOptions, VKDEngineBase
+from vkd_torchreid.engine.base import EngineOptions, StopTraining, VKDEngineBase
+from vkd_torchreid.engine.cache_embed import BuildInterrupted
 from vkd_torchreid.engine.callbacks import Callback
 from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.engine.targets import TARGETS, LiveTeacherTargets, TeacherTargets
@@ -91,9 +92,18 @@ class VKDEngine(VKDEngineBase):
         return self.distill.alpha > 0 or self.distill.beta > 0
 
     def before_training(self) -> None:
-        """Prepares the targets (cached: opens or builds the cache) when the teacher is used."""
+        """Prepares the targets (cached: opens or builds the cache) when the teacher is used.
+
+        Raises:
+            StopTraining: a signal arrived during the cache build (which left nothing).
+        """
         if self.uses_teacher:
-            self.targets.prepare(self.teacher, self.device)
+            try:
+                self.targets.prepare(self.teacher, self.device,
+                                     stop=lambda: self._stop_signal is not None)
+            except BuildInterrupted as exc:
+                raise StopTraining(f"signal {self._stop_signal} during the teacher cache "
+                                   "build; nothing was built or saved", save=False) from exc
 
     def teacher_targets(self, imgs: torch.Tensor, batch: Batch) -> Dict[str, torch.Tensor]:
         """The teacher's set embedding and logits of each item (constants for autograd), from

@@ -12,8 +12,13 @@ from typing import Optional
 
 from vkd_torchreid.models.backbones import get_spec
 from vkd_torchreid.models.vkdnet import VKDNet
-from vkd_torchreid.models.weights import NetworkCheckpoint, load_network_state, read_network
-from vkd_torchreid.utils.logs import one_line
+from vkd_torchreid.models.weights import (
+    NetworkCheckpoint,
+    WeightsMismatchError,
+    load_network_state,
+    read_network,
+)
+from vkd_torchreid.utils.checkpoint import CheckpointError
 
 
 class CheckpointMismatchError(ValueError):
@@ -37,11 +42,18 @@ def read_checkpoint(path: str, trust: bool = False, key: str = "") -> NetworkChe
 
     Raises:
         FileNotFoundError: ``path`` does not exist (named, with ``key``).
-        CheckpointError, ValueError: an unreadable file (named).
+        CheckpointError: a file that is no checkpoint, or a damaged one (one line naming it,
+            after ``key``, with what it is and what was expected).
+        ValueError: a reference folder without usable hparams.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{key + ': ' if key else ''}weights not found: {path}")
-    return read_network(path, trust=trust)
+    try:
+        return read_network(path, trust=trust)
+    except CheckpointError as exc:
+        if not key:
+            raise
+        raise CheckpointError(f"{key} {exc}") from exc
 
 
 def open_network(path: str, arch: str = "", num_classes: Optional[int] = None, *,
@@ -88,11 +100,12 @@ def open_network(path: str, arch: str = "", num_classes: Optional[int] = None, *
     model = VKDNet(name, classes, loss="triplet", pretrained=False, last_stride=last_stride)
     try:
         load_network_state(model, ckpt, strict=strict)
-    except ValueError as exc:
+    except WeightsMismatchError as exc:
         declared = "" if ckpt.arch else (" (it declares no architecture: the config's "
                                          f"model.name {name} was tried)")
-        raise CheckpointMismatchError(path, f"weights that do not fit{declared}: {one_line(exc)}",
-                                 f"the run needs a {name} with {classes} classes", key) from exc
+        raise CheckpointMismatchError(path, f"weights that do not fit{declared}: {exc.summary()}",
+                                      f"the run needs a {name} with {classes} classes", key
+                                      ) from exc
     return model
 
 

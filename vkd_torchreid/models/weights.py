@@ -79,6 +79,30 @@ def read_network(path: str, trust: bool = False) -> NetworkCheckpoint:
                              int(meta.get("generation", 0)))
 
 
+class WeightsMismatchError(ValueError):
+    """Weights whose keys or shapes do not fit a model.
+
+    Attributes:
+        missing, unexpected: the model's keys the weights lack, the weights' keys it lacks.
+        shapes: ``key: checkpoint (..) vs model (..)`` for each shape that differs.
+    """
+
+    def __init__(self, message: str, missing: List[str], unexpected: List[str],
+                 shapes: List[str]) -> None:
+        super().__init__(message)
+        self.missing, self.unexpected, self.shapes = missing, unexpected, shapes
+
+    def summary(self, shown: int = 2) -> str:
+        """The counts with the first ``shown`` names of each kind."""
+        parts = []
+        for what, items in (("missing keys", self.missing), ("unexpected keys", self.unexpected),
+                            ("shape mismatches", self.shapes)):
+            if items:
+                more = ", ..." if len(items) > shown else ""
+                parts.append(f"{len(items)} {what} ({', '.join(items[:shown])}{more})")
+        return "; ".join(parts)
+
+
 def _mismatch_report(model: VKDNet, state: StateDict) -> Tuple[List[str], List[str], List[str]]:
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
@@ -96,9 +120,9 @@ def load_network_state(model: VKDNet, ckpt: NetworkCheckpoint, strict: bool = Tr
             ``num_batches_tracked`` buffers excepted). False: load what fits, log the rest.
 
     Raises:
-        ValueError: the weights do not fit the model (the message names the file, the first
-            missing and unexpected keys and the shape mismatches; a different architecture or
-            number of classes is named as such).
+        ValueError: a different architecture or number of classes (named as such).
+        WeightsMismatchError: the weights do not fit the model (the message names the file,
+            the first missing and unexpected keys and the shape mismatches).
     """
     source, state = ckpt.source, ckpt.state
     if ckpt.arch is not None and ckpt.arch != model.arch:
@@ -114,7 +138,7 @@ def load_network_state(model: VKDNet, ckpt: NetworkCheckpoint, strict: bool = Tr
                f"{len(missing)} missing keys {missing[:10]}; {len(unexpected)} unexpected "
                f"keys {unexpected[:10]}; {len(shapes)} shape mismatches {shapes[:10]}")
         if strict:
-            raise ValueError(msg)
+            raise WeightsMismatchError(msg, missing, unexpected, shapes)
         logger.warning("%s (strict=False: loading the rest)", msg)
     own = model.state_dict()
     model.load_state_dict({k: v for k, v in state.items()

@@ -17,10 +17,13 @@ import pickle
 import random
 import re
 import tempfile
+import zipfile
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+
+from vkd_torchreid.utils import filetype
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +33,8 @@ _COUNTER_TAG = "__counter__"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or read; the message names the file."""
+    """A checkpoint cannot be written or read; the message (one line) names the file, what it
+    is and what was expected."""
 
 
 def to_plain(obj: Any) -> Any:
@@ -112,8 +116,55 @@ def atomic_save(obj: Any, path: str) -> None:
         raise
 
 
+#: What a "cannot read" message says was expected.
+EXPECTED = ("expected a PyTorch checkpoint (a file written by torch.save: ours, torchreid's or a "
+            "state dict)")
+#: ... when the file is a checkpoint, but not whole.
+EXPECTED_WHOLE = "expected the whole file torch.save wrote; copy or download it again"
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _unreadable(path: str, what: str, expected: str = EXPECTED) -> CheckpointError:
+    return CheckpointError(f"{path} is {what}; {expected}")
+
+
+def _check_container(path: str) -> None:
+    """Refuses, before ``torch.load``, a file that cannot be a checkpoint: empty, text, an
+    image, an archive of another kind, a zip archive cut short or without ``data.pkl``."""
+    kind = filetype.sniff(path)
+    if kind.kind == "zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise _unreadable(path, f"a truncated or damaged PyTorch checkpoint (a zip archive of "
+                                    f"{kind.size} bytes without a readable zip directory at its "
+                                    "end)", EXPECTED_WHOLE) from exc
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            raise _unreadable(path, f"a zip archive of {len(names)} files without data.pkl, not "
+                                    "a PyTorch checkpoint")
+    elif kind.kind != "pickle":
+        raise _unreadable(path, kind.what if kind.kind != "text" else
+                          f"{kind.what}, not a checkpoint")
+
+
+def _damaged(path: str, exc: BaseException) -> CheckpointError:
+    reason = _first_line(exc) or "the file ends early"
+    return _unreadable(path, f"a truncated or damaged PyTorch checkpoint ({os.path.getsize(path)} "
+                             f"bytes; {type(exc).__name__}: {reason})", EXPECTED_WHOLE)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message ('' if it has none)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
 def load_checkpoint(path: str, trust: bool = False) -> Dict[str, Any]:
     """Loads a checkpoint on the CPU with ``weights_only=True``.
+
+    What cannot be a checkpoint (empty, text, an image, another archive, a zip archive cut
+    short) is refused from its first bytes, before ``torch.load`` parses it. Only a real
+    pickled checkpoint whose objects ``weights_only`` refuses is told about ``trust``.
 
     Args:
         path: the checkpoint file.
@@ -122,21 +173,63 @@ def load_checkpoint(path: str, trust: bool = False) -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: unreadable, or a pickle that needs ``trust``.
+        CheckpointError: one line naming ``path``, what it is and what was expected.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
+        _check_container(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
+        name = _GLOBAL.search(str(exc))
+        if name is None:
+            raise _damaged(path, exc) from exc
         if not trust:
-            raise CheckpointError(
-                f"{path} is a legacy pickled checkpoint that torch.load(weights_only=True) "
-                "refuses; if you trust its source, pass --trust-checkpoint") from exc
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as exc:
+            raise _unreadable(
+                path, f"a legacy pickled checkpoint holding objects (such as {name.group(1)}) "
+                "that torch.load(weights_only=True) refuses to load",
+                "if you trust its source, pass --trust-checkpoint (model.trust_checkpoint "
+                "True)") from exc
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as again:  # any failure of a trusted pickle
+            raise CheckpointError(f"cannot read {path} even with --trust-checkpoint: "
+                                  f"{type(again).__name__}: {_first_line(again)}") from again
+    except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # torch.load's errors on a damaged file vary
+        raise _damaged(path, exc) from exc
     return from_plain(ckpt) if isinstance(ckpt, dict) else ckpt
+
+
+#: What a training checkpoint holds beyond a network's weights (what resuming needs).
+TRAINING_KEYS = ("state_dict", "optimizer", "epoch")
+
+
+def load_training_checkpoint(path: str, trust: bool = False,
+                             key: str = "--resume") -> Dict[str, Any]:
+    """A run's checkpoint to resume from (:func:`load_checkpoint`, with ``state_dict``,
+    ``optimizer`` and ``epoch``); errors name the file after ``key`` (where it came from:
+    ``--resume`` or ``model.resume``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: unreadable (see :func:`load_checkpoint`), or a network's weights
+            without the training state.
+    """
+    try:
+        ckpt = load_checkpoint(path, trust=trust)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{key} {exc}") from exc
+    missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{key} {path} holds no training state ({', '.join(missing)} missing), only "
+            "a network's weights; expected a run's checkpoint (<save_dir>/model/"
+            f"{LATEST_NAME}); to start a run from these weights set model.load_weights")
+    return ckpt
 
 
 def checkpoint_epoch(path: str) -> int:
@@ -166,15 +259,18 @@ def read_state_dict(path: str, trust: bool = False) -> Tuple[Dict[str, torch.Ten
     a checkpoint: ours, torchreid's, or a bare state dict.
 
     Raises:
-        FileNotFoundError, CheckpointError: see :func:`load_checkpoint`.
-        ValueError: the file holds no state dict.
+        FileNotFoundError, CheckpointError: see :func:`load_checkpoint`; also a
+            CheckpointError when the file holds no state dict.
     """
     ckpt = load_checkpoint(path, trust=trust)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
-        raise ValueError(f"{path} holds no state dict (a dict of tensors, or a checkpoint "
-                         "with a 'state_dict')")
+        held = f"a {type(state).__name__}" if not isinstance(state, dict) else \
+            "a dict that is not all tensors"
+        raise CheckpointError(f"{path} is a PyTorch file holding {held}, not a network's "
+                              "weights; expected a state dict (a dict of tensors) or a "
+                              "checkpoint with a 'state_dict'")
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
     meta = dict(meta) if isinstance(meta, dict) else {}
     if isinstance(ckpt, dict) and isinstance(ckpt.get("epoch"), int):

@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import logging
 import os
+import re
 import warnings
 from typing import Any, List, Optional
 
@@ -37,6 +38,29 @@ LONG_TIMEOUT_S = 24 * 3600
 
 class DistributedError(RuntimeError):
     """Another rank failed; this one stops too (its own message is rank 0's)."""
+
+
+#: What the backends say when a collective fails because another rank stopped answering or
+#: ended (gloo's "Timed out waiting 10000ms for recv operation to complete", "Connection
+#: closed by peer"; nccl's watchdog).
+_COLLECTIVE_FAILURE = re.compile(r"timed out waiting|connection closed by peer|connection "
+                                 r"reset by peer|nccl|gloo", re.IGNORECASE)
+
+
+def collective_failure(exc: BaseException) -> Optional[str]:
+    """One line for an error raised by a collective of the process group (a timeout, a rank
+    that ended), with the backend's own words; None for any other error or without a group."""
+    ctx = context()
+    if not ctx.enabled or isinstance(exc, DistributedError):
+        return None
+    dist_error = getattr(dist, "DistError", RuntimeError)
+    if not isinstance(exc, (dist_error, RuntimeError)) or (
+            not isinstance(exc, dist_error) and not _COLLECTIVE_FAILURE.search(str(exc))):
+        return None
+    line = next((x.strip() for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+    line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # gloo's "[file.cc:78] " prefix
+    return (f"rank {ctx.rank}: a collective of the process group failed: {line}; another rank "
+            "stopped answering or ended (train.dist_timeout_s bounds the wait)")
 
 
 @dataclasses.dataclass(frozen=True)
