@@ -310,6 +310,7 @@ def test_synthetic_masks_follow_the_frames(pair):
         len(jpgs)
 
 
+@pytest.mark.slow  # three large backbones
 @pytest.mark.parametrize("arch,layer", [("vkd_resnet50_bam", "backbone.layer4"),
                                         ("vkd_densenet121", "backbone.norm5"),
                                         ("vkd_mobilenetv2", "backbone.18")])

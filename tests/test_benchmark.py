@@ -80,6 +80,7 @@ def test_world_is_written_in_parallel_and_parses(tmp_path):
         write_world(str(real), train_ids=2, height=24, width=12)
 
 
+@pytest.mark.slow  # the real loader and step
 def test_pipeline_reports_sane_figures(tmp_path):
     out = str(tmp_path / "out.json")
     assert main(["pipeline", *TINY, "--steps", "2", "--warmup-steps", "1", "--loader-workers",
@@ -98,6 +99,7 @@ def test_pipeline_reports_sane_figures(tmp_path):
     assert result["config"]["stage"] == "teacher"
 
 
+@pytest.mark.slow  # the real loader and step
 def test_pipeline_student_stage_and_its_options():
     args = build_parser().parse_args(["pipeline", *TINY, "--steps", "1", "--warmup-steps",
                                       "0", "--loader-workers", "0", "--stage", "student", "--decode-device", "cpu",

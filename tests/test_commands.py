@@ -150,6 +150,7 @@ def test_model_info_reads_the_config(capsys):
     assert lines["model"] == "vkd_mobilenetv2 (10 classes)" and lines["input"] == "64x32"
 
 
+@pytest.mark.slow  # a benchmark run
 def test_benchmark_runs_as_a_subcommand(capsys, tmp_path):
     out_json = str(tmp_path / "bench.json")
     code, out, err = _run(capsys, ["benchmark", "search", "--search-sizes", "300",

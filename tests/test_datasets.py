@@ -606,7 +606,8 @@ def _digest(folder):
     return out
 
 
-@pytest.mark.parametrize("name", sorted(DATASETS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "vkd_mars" else pytest.mark.slow)
+                                  for n in sorted(DATASETS)])  # one layout in the fast tier
 def test_synthetic_is_byte_identical_and_encodes_each_image_once(tmp_path, name, monkeypatch):
     from vkd_torchreid.synthetic import writers
 

@@ -591,6 +591,7 @@ def test_every_address_is_https():
             assert src.drive_id and src.drive_id in src.url, key
 
 
+@pytest.mark.slow  # a subprocess that imports torch
 def test_tool_wrapper_runs(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "download.py"), "duke",
                            "--root", str(tmp_path)], capture_output=True, text=True, timeout=120)

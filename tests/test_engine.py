@@ -330,6 +330,7 @@ def test_epoch_log_has_wall_time_and_data_wait(mars_root, tmp_path, caplog):
     assert f"{row['epoch_s']:.1f} s, {row['data_wait_s']:.1f} s of it waiting for data" in line
 
 
+@pytest.mark.slow  # sleeps in the loader on purpose
 def test_data_wait_grows_with_a_slow_dataset(mars_root, tmp_path, monkeypatch):
     from vkd_torchreid.data.frames import TrainFrames
 

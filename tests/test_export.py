@@ -96,6 +96,7 @@ def _run(capsys, argv):
 
 # ----------------------------------------------------------------------------- the models
 
+@pytest.mark.slow  # two ONNX exports (seconds)
 def test_exports_both_models_and_prints_the_check(exported, tiny):
     code, out, image, tracklet = exported
     assert code == 0, out
@@ -107,6 +108,7 @@ def test_exports_both_models_and_prints_the_check(exported, tiny):
     assert not os.path.exists(tiny[2])  # data.root was never created, let alone read
 
 
+@pytest.mark.slow  # two ONNX exports (seconds)
 def test_image_model_matches_pytorch_at_other_batch_sizes(exported, tiny):
     model = tiny[0]
     session = _session(exported[2])
@@ -124,6 +126,7 @@ def test_image_model_matches_pytorch_at_other_batch_sizes(exported, tiny):
         assert np.abs(got - want).max() <= _bound(want)
 
 
+@pytest.mark.slow  # two ONNX exports (seconds)
 def test_tracklet_model_is_the_mean_of_frame_embeddings(exported, tiny):
     model = tiny[0]
     session = _session(exported[3])
@@ -192,6 +195,7 @@ def test_failed_exporter_leaves_no_file(capsys, monkeypatch, tiny, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow  # two ONNX exports (seconds)
 def test_failed_check_keeps_the_old_file_and_the_model(monkeypatch, tiny, tmp_path):
     """A check that does not hold: an ExportError, the previous file untouched, no temporary
     file left, and the caller's model not changed (still in train mode)."""

@@ -113,6 +113,7 @@ def _check_editable(target, project):
                    str(project / "configs" / "__init__.py"), str([vkd_torchreid.__version__])]
 
 
+@pytest.mark.slow  # pip and setuptools in a subprocess
 def test_pip_install_editable(project, tmp_path):
     target = tmp_path / "pip-target"
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
@@ -120,6 +121,7 @@ def test_pip_install_editable(project, tmp_path):
     _check_editable(target, project)
 
 
+@pytest.mark.slow  # pip and setuptools in a subprocess
 def test_setup_py_develop(project, tmp_path):
     target = tmp_path / "develop-target"
     _run([sys.executable, "setup.py", "develop", "--no-deps", "--install-dir", str(target)],

@@ -149,6 +149,7 @@ def _double(data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {key: value.double() for key, value in data.items()}
 
 
+@pytest.mark.slow  # two spawned ranks
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_ranks_equal_one_batchnorm(ranks, name):
     shape, split, momentum, channels_last, offset = CASES[name]
@@ -176,6 +177,7 @@ def test_two_ranks_equal_one_batchnorm(ranks, name):
         torch.testing.assert_close(got[rank]["out_eval"], expected, **TOL)
 
 
+@pytest.mark.slow  # two spawned ranks
 def test_frozen_teacher_in_inference_mode(ranks):
     shape, split = TEACHER
     data = _data(shape, 100)
@@ -187,6 +189,7 @@ def test_frozen_teacher_in_inference_mode(ranks):
             torch.testing.assert_close(ranks[rank][key], expected[_part(split, rank)], **TOL)
 
 
+@pytest.mark.slow  # two spawned ranks
 def test_bf16_autocast_keeps_dtype(ranks):
     shape, split = BF16
     data = _data(shape, 200)
