@@ -152,7 +152,8 @@ def _quiet_exit() -> int:
 
 def _train(argv: Sequence[str], eval_only: bool = False) -> int:
     """``train`` (and ``eval``): one training run or evaluation; returns the exit code."""
-    from vkd_torchreid.engine.base import NonFiniteLossError, StopTraining
+    from vkd_torchreid.engine.base import StopTraining
+    from vkd_torchreid.engine.loss_values import NonFiniteLossError
 
     main_rank = int(os.environ.get("RANK", "0") or 0) == 0
     stdout = sys.stdout

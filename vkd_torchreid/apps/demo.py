@@ -197,7 +197,7 @@ def write_chart(table: Dict[str, Dict[str, Dict[str, float]]], path: str) -> str
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``vkd-reid demo``: runs the demo of a config (``configs/demo.yaml`` by default) into a
     new timestamped folder of ``data.save_dir``; returns the exit code."""
-    from vkd_torchreid.engine.base import NonFiniteLossError
+    from vkd_torchreid.engine.loss_values import NonFiniteLossError
 
     def run() -> int:
         parser = command_parser("vkd-reid demo", __doc__)

@@ -25,7 +25,6 @@ means and stops at the same step. Rank 0 alone writes files.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -38,6 +37,7 @@ from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.engine.callbacks import Callback, default_callbacks
 from vkd_torchreid.engine.checkpointing import CheckpointMixin
 from vkd_torchreid.engine.evaluator import Evaluator
+from vkd_torchreid.engine.loss_values import check_finite, synced_values
 from vkd_torchreid.engine.options import EngineOptions
 from vkd_torchreid.engine.stopping import (
     StopTraining,
@@ -50,10 +50,6 @@ from vkd_torchreid.utils.device import AUTOCAST_DTYPES, autocast, place, to_devi
 from vkd_torchreid.utils.timing import TimedIterable
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; nothing was stepped or saved with it."""
 
 
 class _TrainForward(nn.Module):
@@ -178,8 +174,10 @@ class VKDEngineBase(CheckpointMixin, Engine):
         # the device works while the host waits. A non-finite loss still stops the run before
         # any update: the optimiser step comes after the check.
         self.scaler.scale(losses["loss"]).backward()
-        values, decoded = self._synced_values(losses, decoded)
-        self._check_finite(values)
+        values, decoded, self._stop_agreed = synced_values(
+            losses, decoded, self.dist, self._stop_signal is not None)
+        check_finite(values, f"epoch {self.epoch + 1}, step {self.global_step + 1} "
+                             f"(batch {self.batch_idx + 1})")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.global_step += 1
@@ -188,31 +186,6 @@ class VKDEngineBase(CheckpointMixin, Engine):
         self._epoch_steps += 1
         self._epoch_decoded += decoded
         return values
-
-    def _synced_values(self, losses: Dict[str, torch.Tensor],
-                       decoded: int) -> Tuple[Dict[str, float], int]:
-        """The loss values (under torchrun: their mean over ranks, with the frames decoded by
-        all ranks and whether any rank was asked to stop, in one all-reduce)."""
-        names = list(losses)
-        flat = torch.stack([losses[k].detach().float() for k in names])
-        if not self.dist.enabled:  # one transfer for every value
-            return dict(zip(names, flat.tolist())), decoded
-        extra = torch.tensor([decoded, float(self._stop_signal is not None)],
-                             device=flat.device)
-        total = torch.cat([flat, extra]).double()
-        torch.distributed.all_reduce(total)
-        means = (total[:len(names)] / self.dist.world_size).tolist()
-        self._stop_agreed = bool(total[-1].item() > 0)
-        return dict(zip(names, means)), int(total[-2].item())
-
-    def _check_finite(self, values: Dict[str, float]) -> None:
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
-        if bad:
-            terms = [k for k in bad if k != "loss"] or bad
-            raise NonFiniteLossError(
-                f"non-finite loss {', '.join(f'{k}={values[k]}' for k in terms)} at epoch "
-                f"{self.epoch + 1}, step {self.global_step + 1} (batch {self.batch_idx + 1}); "
-                "no update was made and no checkpoint was written with it")
 
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0,
               open_layers: Optional[Sequence[str]] = None) -> None:
