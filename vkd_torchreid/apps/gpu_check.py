@@ -8,6 +8,9 @@
    (OpenCV + Pillow), in uint8 levels, for synthetic JPEG frames at the input size (decoding
    alone), larger (shrinking) and smaller (enlarging), and how fast a batch decodes.
 
+3. with ``--train-steps K``, runs the training probe (:mod:`vkd_torchreid.apps.train_probe`):
+   K teacher-stage steps per ``--decode`` device, and where a non-finite loss comes from.
+
 It writes its synthetic frames to a temporary folder and needs under two minutes on a GPU.
 With ``--device cpu`` the numbers are torchvision's libjpeg on the CPU (the tests' stand-in).
 """
@@ -88,6 +91,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--frames", type=int, default=64, help="frames per source size")
     parser.add_argument("--skip-tests", action="store_true", help="only the decode numbers")
     parser.add_argument("--json", default="", help="also write the numbers to this file")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="also run the training probe for this many steps (0: no)")
+    parser.add_argument("--decode", default="cpu,cuda",
+                        help="the probe's data.decode_device values (cuda needs CUDA)")
+    parser.add_argument("--model", default="vkd_resnet50", help="the probe's network")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -103,6 +111,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{key:>9s} {r['frames']:6d} {r['decode_mean']:11.3f} {r['decode_max']:10.0f} "
               f"{r['mean']:6.3f} {r['max']:5.0f} {r['frames_per_s']:9.0f}")
     report["tests_exit_status"] = status
+    if args.train_steps > 0:
+        from vkd_torchreid.apps.train_probe import probe, probe_args
+
+        decodes = [d for d in args.decode.split(",") if d]
+        report["train_probe"] = probe(probe_args(args.train_steps, args.model), decodes)
+        for row in report["train_probe"]:
+            print("train probe: " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
