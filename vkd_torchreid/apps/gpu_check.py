@@ -22,11 +22,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from vkd_torchreid.apps.benchmark.common import timeit
 from vkd_torchreid.data.gpu_decode import decode_difference, decode_frames
 from vkd_torchreid.data.io import read_jpeg_bytes
 from vkd_torchreid.synthetic import write_synthetic
@@ -49,17 +49,12 @@ def _frames(root: str, size: Sequence[int], count: int) -> List[str]:
 
 
 def _decode_rate(paths: Sequence[str], device: torch.device, reps: int = 5) -> float:
-    """Frames per second of :func:`decode_frames` (decode, resize, crop) on a batch."""
+    """Frames per second of :func:`decode_frames` (decode, resize, crop) on a batch: the
+    median of ``reps`` calls after a warm-up (nvJPEG handles, kernels), each closed by a
+    device synchronisation."""
     jpeg = [read_jpeg_bytes(p) for p in paths]
     geometry = torch.zeros(len(jpeg), 3, dtype=torch.int64)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    decode_frames(jpeg, geometry, TARGET, 10, device)  # warm-up (nvJPEG handles, kernels)
-    sync()
-    start = time.perf_counter()
-    for _ in range(reps):
-        decode_frames(jpeg, geometry, TARGET, 10, device)
-    sync()
-    return reps * len(jpeg) / (time.perf_counter() - start)
+    return len(jpeg) / timeit(lambda: decode_frames(jpeg, geometry, TARGET, 10, device), reps)
 
 
 def decode_report(device: torch.device, count: int) -> Dict[str, Any]:

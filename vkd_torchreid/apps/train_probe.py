@@ -53,9 +53,7 @@ def first_nonfinite_module(model: nn.Module, x: torch.Tensor, amp: str = "") -> 
 
 def _probe_one(args: argparse.Namespace, root: str, use_gpu: bool, decode: str) -> Dict[str, Any]:
     extra = ["train.amp", args.amp, "train.channels_last", str(use_gpu), "train.lr", "1e-9",
-             "train.print_freq", "1000000"]
-    if decode != "cpu":
-        extra += ["data.decode_device", decode]
+             "train.print_freq", "1000000", "data.decode_device", decode]
     cfg = loader_config(args, root, use_gpu, "teacher", args.workers, *extra)
     dm = VKDDataManager.from_config(cfg)
     torch.manual_seed(0)
