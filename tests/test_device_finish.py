@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from vkd_torchreid.config import validation
+from vkd_torchreid.data import gpu_decode
 from vkd_torchreid.data.batch import Batch
 from vkd_torchreid.data.collate import FinishingLoader, TrainCollate
 from vkd_torchreid.data.frames import TrainFrames
-from vkd_torchreid.data.gpu_decode import decode_difference, decode_frames
+from vkd_torchreid.data.gpu_decode import decode_difference, decode_frames, decode_jpegs
 from vkd_torchreid.data.io import CorruptImageError, read_image, read_jpeg_bytes, write_jpeg
 from vkd_torchreid.data.manager import VKDDataManager, make_loader
 from vkd_torchreid.data.transforms import (
@@ -206,6 +207,56 @@ def test_decode_device_config_errors(mars_root, monkeypatch):
     assert "vkd_mars: its frames are not JPEG files (png)" in cfg_error("cuda", "use_gpu", "True")
 
 
+def test_gpu_decoding_allocates_on_a_side_stream_and_guards_its_frames(monkeypatch):
+    """nvJPEG's outputs are allocated with a side stream current (never from blocks the
+    caller's queued kernels still read), the caller waits for that stream, and every frame
+    is recorded as used by the caller's stream (its block stays out of reuse until then).
+    The effect itself is checked on CUDA by the test below and by tools/gpu_check.py."""
+    import torchvision.io
+
+    calls = []
+
+    class FakeStream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            calls.append(("wait", self.name, other.name))
+
+    current = [FakeStream("caller")]
+
+    class StreamContext:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            current.append(self.stream)
+
+        def __exit__(self, *exc):
+            current.pop()
+
+    class Frame:
+        def record_stream(self, stream):
+            calls.append(("record", stream.name))
+
+    def fake_decode_jpeg(data, mode, device):
+        calls.append(("decode", current[-1].name, len(data), str(device)))
+        return [Frame() for _ in data]
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: FakeStream("side"))
+    monkeypatch.setattr(torch.cuda, "stream", StreamContext)
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode_jpeg)
+    monkeypatch.setattr(gpu_decode, "_DECODE_STREAMS", {})
+    jpeg = [torch.zeros(4, dtype=torch.uint8)] * 2
+    frames = decode_jpegs(jpeg, torch.device("cuda", 0))
+    assert len(frames) == 2 and current[-1].name == "caller"
+    assert calls == [("decode", "side", 2, "cuda:0"), ("wait", "caller", "side"),
+                     ("record", "caller"), ("record", "caller")]
+    decode_jpegs(jpeg, torch.device("cuda", 0))
+    assert list(gpu_decode._DECODE_STREAMS) == [0]  # one side stream per GPU, kept
+
+
 # ----------------------------------------------------------------------- CUDA
 @cuda
 def test_cuda_finishing_equals_the_cpu_within_float_tolerance(mars_root):
@@ -229,6 +280,21 @@ def test_cuda_decoding_is_close_to_the_cpu_path(mars_root):
     frames = decode_frames([read_jpeg_bytes(paths[0])], torch.zeros(1, 3, dtype=torch.int64),
                            img.shape[:2], 0, torch.device("cuda"))
     assert frames.is_cuda and frames.shape == (1, *img.shape)
+
+
+@cuda
+def test_cuda_decoding_never_writes_memory_queued_kernels_still_read(mars_root):
+    """Tensors freed while reductions of them are still queued: decoding must not be handed
+    their blocks (torchvision's decode_jpeg called as it is is, and overwrites them)."""
+    from vkd_torchreid.apps.gpu_check import corrupted_reductions
+
+    paths = [p for t in VKDDataManager.from_config(tiny_config(
+        mars_root[0], "unused")).train_tracklets[:4] for p in t[0][:4]]
+    jpeg = [read_jpeg_bytes(p) for p in paths]
+    device = torch.device("cuda")
+    nbytes = [int(f.numel()) for f in decode_jpegs(jpeg, device)]
+    bad, checked = corrupted_reductions(lambda: decode_jpegs(jpeg, device), nbytes, device)
+    assert checked == 10 * len(paths) and bad == 0
 
 
 @cuda

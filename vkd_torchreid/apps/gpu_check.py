@@ -8,7 +8,12 @@
    (OpenCV + Pillow), in uint8 levels, for synthetic JPEG frames at the input size (decoding
    alone), larger (shrinking) and smaller (enlarging), and how fast a batch decodes.
 
-3. with ``--train-steps K``, runs the training probe (:mod:`vkd_torchreid.apps.train_probe`):
+3. counts, on CUDA, the reductions that a decode overwrote: N tensors are filled and freed
+   while reductions of them are still queued behind a long kernel, then a batch is decoded,
+   by torchvision's ``decode_jpeg`` called as it is (which reuses those blocks) and by
+   :func:`~vkd_torchreid.data.gpu_decode.decode_jpegs` (which must not);
+
+4. with ``--train-steps K``, runs the training probe (:mod:`vkd_torchreid.apps.train_probe`):
    K teacher-stage steps per ``--decode`` device, and where a non-finite loss comes from.
 
 It writes its synthetic frames to a temporary folder and needs under two minutes on a GPU.
@@ -22,12 +27,12 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from vkd_torchreid.apps.benchmark.common import timeit
-from vkd_torchreid.data.gpu_decode import decode_difference, decode_frames
+from vkd_torchreid.data.gpu_decode import decode_difference, decode_frames, decode_jpegs
 from vkd_torchreid.data.io import read_jpeg_bytes
 from vkd_torchreid.synthetic import write_synthetic
 
@@ -69,6 +74,45 @@ def decode_report(device: torch.device, count: int) -> Dict[str, Any]:
     return out
 
 
+def corrupted_reductions(decode: Callable[[], Any], nbytes: Sequence[int],
+                         device: torch.device, rounds: int = 10,
+                         sleep_cycles: int = 50_000_000) -> Tuple[int, int]:
+    """(overwritten, checked) reductions over ``rounds``: each round fills one uint8 tensor of
+    each size in ``nbytes`` (those of the decoded frames, so that their blocks fit), queues
+    a long kernel then a sum of each tensor, frees the tensors while the sums are still
+    queued, calls ``decode`` and checks every sum. A sum is wrong only if the decode wrote
+    into a block whose queued reader had not run yet."""
+    bad = checked = 0
+    for r in range(rounds):
+        values = [(i + r) % 250 + 1 for i in range(len(nbytes))]
+        tensors = [torch.full((n,), v, dtype=torch.uint8, device=device)
+                   for n, v in zip(nbytes, values)]
+        torch.cuda.synchronize(device)
+        torch.cuda._sleep(sleep_cycles)  # the sums below stay queued behind this
+        sums = [t.sum(dtype=torch.int64) for t in tensors]
+        del tensors
+        decode()
+        torch.cuda.synchronize(device)
+        bad += sum(int(s) != n * v for s, n, v in zip(sums, nbytes, values))
+        checked += len(sums)
+    return bad, checked
+
+
+def reuse_report(paths: Sequence[str], device: torch.device) -> Dict[str, Any]:
+    """:func:`corrupted_reductions` for torchvision's decode as it is and for ours."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    jpeg = [read_jpeg_bytes(p) for p in paths]
+    nbytes = [int(f.numel()) for f in decode_jpegs(jpeg, device)]
+    out: Dict[str, Any] = {"frames": len(jpeg)}
+    for name, decode in (
+            ("torchvision", lambda: decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device)),
+            ("ours", lambda: decode_jpegs(jpeg, device))):
+        bad, checked = corrupted_reductions(decode, nbytes, device)
+        out[name] = {"overwritten": bad, "checked": checked}
+    return out
+
+
 def run_tests() -> int:
     """The CUDA tests of the area (pytest's exit status)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -106,6 +150,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{key:>9s} {r['frames']:6d} {r['decode_mean']:11.3f} {r['decode_max']:10.0f} "
               f"{r['mean']:6.3f} {r['max']:5.0f} {r['frames_per_s']:9.0f}")
     report["tests_exit_status"] = status
+    if device.type == "cuda":
+        with tempfile.TemporaryDirectory(prefix="vkd_gpu_check_") as root:
+            report["memory_reuse"] = reuse_report(_frames(root, TARGET, args.frames), device)
+        for name in ("torchvision", "ours"):
+            r = report["memory_reuse"][name]
+            print(f"decode into memory still queued for reading ({name}): {r['overwritten']} "
+                  f"of {r['checked']} reductions overwritten", flush=True)
     if args.train_steps > 0:
         from vkd_torchreid.apps.train_probe import probe, probe_args
 

@@ -27,15 +27,48 @@ from vkd_torchreid.data.transforms import pad_crop_flip, resize
 DECODE_DEVICES = ("cpu", "cuda")
 
 
+_DECODE_STREAMS: Dict[int, torch.cuda.Stream] = {}
+
+
+def _decode_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream (one per GPU) that is current while nvJPEG's outputs are allocated."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _DECODE_STREAMS.get(index)
+    if stream is None:
+        stream = _DECODE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return stream
+
+
 def decode_jpegs(jpeg: Sequence[torch.Tensor], device: torch.device) -> List[torch.Tensor]:
     """RGB uint8 ``[3, h, w]`` frames (each its own size) of JPEG byte tensors, decoded on
-    ``device`` (nvJPEG on CUDA, libjpeg on the CPU) in one call."""
+    ``device`` (nvJPEG on CUDA, libjpeg on the CPU) in one call.
+
+    On CUDA the call runs with a side stream current, and the frames are marked as used by
+    the caller's stream. torchvision allocates nvJPEG's outputs from the caching allocator's
+    pool of the current stream and decodes on a private stream that does not wait for it
+    (and nvJPEG's hardware engine does not order its writes behind queued work anyway), so
+    with the caller's stream current it is handed blocks that queued kernels (the previous
+    step's backward) have freed but not yet run on, and overwrites them: silently wrong
+    activations and gradients, non-finite losses a few steps in. The side stream's pool only
+    holds blocks of earlier decodes, which :meth:`torch.Tensor.record_stream` keeps out of
+    reuse until the caller's kernels on them have run. No host synchronisation is added.
+    """
     with warnings.catch_warnings():  # torchvision >= 0.29 points at torchcodec on import
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_jpeg
 
+    if device.type != "cuda":
         out = decode_jpeg(list(jpeg), mode=ImageReadMode.RGB, device=device)
-    return list(out) if isinstance(out, (list, tuple)) else [out]
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+    consumer = torch.cuda.current_stream(device)
+    side = _decode_stream(device)
+    with torch.cuda.stream(side):
+        out = decode_jpeg(list(jpeg), mode=ImageReadMode.RGB, device=device)
+    frames = list(out) if isinstance(out, (list, tuple)) else [out]
+    consumer.wait_stream(side)
+    for frame in frames:
+        frame.record_stream(consumer)
+    return frames
 
 
 def resize_frames(frames: Sequence[torch.Tensor], height: int, width: int) -> torch.Tensor:
