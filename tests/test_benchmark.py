@@ -92,7 +92,7 @@ def test_pipeline_reports_sane_figures(tmp_path):
     for row in result["rows"]:
         assert row["frames_per_s"] > 0 and row["step_s"] > 0 and row["steps"] == 2
         assert 0 <= row["wait_s"] <= row["wall_s"] and 0 <= row["wait_share"] <= 1
-        assert row["loader_fps"] > 0
+        assert row["loader_fps"] > 0 and 0 < row["loader_next_share"] <= 1
         assert math.isclose(row["wait_share"], row["wait_s"] / row["wall_s"])
         assert math.isclose(row["frames_per_s"], 2 * 2 * 2 * 4 / row["wall_s"])
     assert result["world"]["train_ids"] == 2 * 3  # P identities for each of the 3 steps

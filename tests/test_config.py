@@ -84,6 +84,7 @@ def test_missing_config_file():
     ("sampler.num_instances", "64", "sampler.num_instances"),
     ("sampler.num_instances", "0", "sampler.num_instances"),
     ("train.batch_size", "30", "train.batch_size"),
+    ("train.batch_size", "4", "2 identities or more"),
     ("train.lr", "0.0", "train.lr"),
     ("train.gamma", "1.5", "train.gamma"),
     ("train.amp", "fp8", "train.amp"),

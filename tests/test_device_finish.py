@@ -298,6 +298,46 @@ def test_cuda_decoding_never_writes_memory_queued_kernels_still_read(mars_root):
 
 
 @cuda
+@pytest.mark.parametrize("stage", ["teacher", "student"])
+@pytest.mark.parametrize("decode", ["cpu", "cuda"])
+def test_cuda_step_makes_no_host_sync_before_its_loss_read_back(mars_root, tmp_path,
+                                                                monkeypatch, stage, decode):
+    """From the loader's batch to the queued backward pass the host never waits for the
+    device (a blocking copy after the teacher's forward left the GPU idle while the student's
+    forward was queued); the read-back of the loss values is the step's one synchronisation."""
+    from vkd_torchreid.engine import base
+    from vkd_torchreid.engine.build import build_engine
+    from vkd_torchreid.models import build_model
+
+    student = (["vkd.teacher_checkpoint", "(unused)", "vkd.student_frames", "2"]
+               if stage == "student" else [])
+    cfg = tiny_config(mars_root[0], str(tmp_path), "use_gpu", "True", "vkd.stage", stage,
+                      *student, "data.decode_device", decode, "train.amp", "bf16",
+                      "train.channels_last", "True")
+    dm = VKDDataManager.from_config(cfg)
+    teacher = (build_model(cfg.model.name, dm.num_train_pids, loss="triplet", pretrained=False)
+               if stage == "student" else None)
+    engine = build_engine(cfg, dm, teacher=teacher, callbacks=[])
+    engine.set_model_mode("train")
+    read_back = base.synced_values
+
+    def unchecked_read_back(*args):
+        torch.cuda.set_sync_debug_mode(0)
+        return read_back(*args)
+
+    monkeypatch.setattr(base, "synced_values", unchecked_read_back)
+    batches = iter(engine.train_loader)
+    engine.forward_backward(next(batches))  # cuDNN's search, first allocations, pinned blocks
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        values = engine.forward_backward(next(batches))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert np.isfinite(values["loss"])
+
+
+@cuda
 def test_cuda_training_step_takes_uint8_batches(mars_root, tmp_path):
     """A teacher-stage epoch with the batch finished (and decoded) on the GPU trains."""
     from vkd_torchreid.engine.build import train

@@ -64,6 +64,15 @@ def test_triplet_errors():
         L.triplet_loss(_EMB, _PIDS, margin="hard")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_triplet_of_one_identity_is_nan_not_a_silent_zero():
+    """On an accelerator the single-identity check would be a host sync: NaN instead, which
+    the engines' non-finite check stops."""
+    pids = torch.zeros(4, dtype=torch.long, device="cuda")
+    for margin in ("soft", 0.3):
+        assert torch.isnan(L.triplet_loss(_EMB.cuda(), pids, margin=margin))
+
+
 def test_kd_loss_by_hand():
     s = torch.tensor([[0.0, 0.0]])
     t = torch.tensor([[2.0, 0.0]])

@@ -47,17 +47,21 @@ def triplet_loss(emb: torch.Tensor, pids: torch.Tensor, margin: Margin = "soft")
 
     Distances are ``sqrt(d^2 + 1e-12)``. ``margin="soft"`` gives ``log(1 + exp(d_ap - d_an))``;
     a float gives the hinge ``max(0, d_ap - d_an + margin)``. An anchor without a positive
-    uses ``d_ap = 0``; a batch of a single identity has no negative and raises ValueError.
+    uses ``d_ap = 0``. A batch of a single identity has no negative: with ``pids`` on the CPU
+    that raises ValueError; on an accelerator the check would be a host-device synchronisation
+    in the middle of the step, so the loss is NaN instead (never a silent zero), which the
+    engines' non-finite check stops before any update.
     """
     if not (margin == "soft" or isinstance(margin, (int, float))):
         raise ValueError(f"margin must be 'soft' or a number, got {margin!r}")
     dist = (pairwise_squared_distances(emb) + 1e-12).sqrt()
     same = pids[:, None] == pids[None, :]
-    if bool(same.all()):
+    if pids.device.type == "cpu" and bool(same.all()):
         raise ValueError("triplet_loss needs at least two identities in the batch")
     eye = torch.eye(len(pids), dtype=torch.bool, device=emb.device)
     d_ap = (dist * (same & ~eye)).max(dim=1).values
     d_an = dist.masked_fill(same, float("inf")).min(dim=1).values
+    d_an = d_an.masked_fill(same.all(dim=1), float("nan"))  # no negative: see the docstring
     z = d_ap - d_an
     if margin == "soft":
         return F.softplus(z).mean()

@@ -2,7 +2,8 @@
 
     python tools/gpu_check.py [--device cuda] [--frames 64] [--json FILE]
 
-1. runs the CUDA tests of the area (``tests/test_device_finish.py``, those marked for CUDA;
+1. runs the CUDA tests of the area (``tests/test_device_finish.py`` and
+   ``tests/test_losses.py``, those named for CUDA;
    they skip without it), and
 2. prints how far GPU decoding (nvJPEG + antialiased bicubic resize) is from the CPU path
    (OpenCV + Pillow), in uint8 levels, for synthetic JPEG frames at the input size (decoding
@@ -37,7 +38,7 @@ from vkd_torchreid.data.io import read_jpeg_bytes
 from vkd_torchreid.synthetic import write_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TESTS = ("tests/test_device_finish.py",)
+TESTS = ("tests/test_device_finish.py", "tests/test_losses.py")
 #: (source height, width) of the frames, resized to 256 x 128.
 SOURCES = ((256, 128), (320, 160), (192, 96))
 TARGET = (256, 128)

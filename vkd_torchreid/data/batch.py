@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vkd_torchreid.data.transforms import erase_boxes_, normalize_on_device
-from vkd_torchreid.utils.device import to_device
+from vkd_torchreid.utils.device import send, to_device
 
 
 @dataclasses.dataclass
@@ -135,7 +135,7 @@ class Batch:
         x = normalize_on_device(frames, work.mean, work.std, device, channels_last,
                                 dtype or torch.float32)
         if work.erase is not None:
-            erase_boxes_(x, work.erase.to(device, non_blocking=True))
+            erase_boxes_(x, send(work.erase, device))
         return x
 
     def pin_memory(self) -> Batch:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from vkd_torchreid.data.io import read_image, read_jpeg_bytes
 from vkd_torchreid.data.transforms import pad_crop_flip, resize
+from vkd_torchreid.utils.device import send
 
 #: Values of ``data.decode_device``.
 DECODE_DEVICES = ("cpu", "cuda")
@@ -75,18 +76,23 @@ def resize_frames(frames: Sequence[torch.Tensor], height: int, width: int) -> to
     """uint8 ``[F, height, width, 3]`` from uint8 ``[3, h, w]`` frames: frames of one source
     size are resized together (antialiased bicubic, float32, rounded); frames already at the
     size are kept as they are."""
-    device = frames[0].device
-    out = torch.empty(len(frames), 3, height, width, dtype=torch.uint8, device=device)
     groups: Dict[Tuple[int, int], List[int]] = {}
     for i, f in enumerate(frames):
         groups.setdefault((int(f.shape[1]), int(f.shape[2])), []).append(i)
+    resized = {}
     for (h, w), idx in groups.items():
         x = torch.stack([frames[i] for i in idx])
         if (h, w) != (height, width):
             x = F.interpolate(x.float(), size=(height, width), mode="bicubic",
                               align_corners=False, antialias=True)
             x = x.round_().clamp_(0, 255).to(torch.uint8)
-        out[torch.tensor(idx, device=device)] = x
+        resized[(h, w)] = x
+    if len(groups) == 1:  # one source size (the usual case): no scatter
+        return next(iter(resized.values())).permute(0, 2, 3, 1)
+    device = frames[0].device
+    out = torch.empty(len(frames), 3, height, width, dtype=torch.uint8, device=device)
+    for key, idx in groups.items():
+        out[send(torch.tensor(idx), device)] = resized[key]
     return out.permute(0, 2, 3, 1)
 
 
@@ -96,7 +102,7 @@ def decode_frames(jpeg: Sequence[torch.Tensor], geometry: torch.Tensor, size: Tu
     padded by ``pad`` and cropped at the drawn offsets, flipped where drawn (``geometry``
     int64 ``[F, 3]``: ``(dy, dx, flipped)``)."""
     frames = resize_frames(decode_jpegs(jpeg, device), *size)
-    return pad_crop_flip(frames, geometry.to(device, non_blocking=True), pad)
+    return pad_crop_flip(frames, send(geometry, device), pad)
 
 
 def decode_difference(paths: Sequence[str], height: int, width: int,

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vkd_torchreid.utils.device import send
+
 ERASE_ATTEMPTS = 10  # torchvision's RandomErasing tries this many boxes before giving up
 #: Values of ``data.random_erase_ratio_dist``: the erased box's aspect ratio is drawn uniformly
 #: in the range (torchvision 0.4, the reference's) or log-uniformly (torchvision >= 0.5).
@@ -241,7 +243,7 @@ def normalize_on_device(frames: torch.Tensor, mean: Sequence[float], std: Sequen
     scale = torch.tensor([1.0 / (_UINT8_MAX * s) for s in std], dtype=torch.float32)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32)
     x = frames.to(device, non_blocking=True).to(torch.float32)
-    x = x.mul_(scale.to(device)).sub_(shift.to(device)).movedim(-1, -3)
+    x = x.mul_(send(scale, device)).sub_(send(shift, device)).movedim(-1, -3)
     shape = x.shape
     flat = x.reshape(-1, *shape[-3:])
     fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -46,7 +46,7 @@ from vkd_torchreid.engine.stopping import (
 )
 from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
 from vkd_torchreid.utils import distributed
-from vkd_torchreid.utils.device import AUTOCAST_DTYPES, autocast, place, to_device
+from vkd_torchreid.utils.device import AUTOCAST_DTYPES, autocast, place, send, to_device
 from vkd_torchreid.utils.timing import TimedIterable
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class VKDEngineBase(CheckpointMixin, Engine):
             raise StopTraining(f"signal {self._stop_signal or 'on another rank'}")
         self.skipped_frames.extend(data.skipped)
         imgs = data.device_images(self.device, self.options.channels_last, self._input_dtype)
-        pids = data.pid.to(self.device, non_blocking=True)
+        pids = send(data.pid, self.device)
         with autocast(self.device, self.options.amp):
             outputs = self.forward_train(imgs, data)
         losses = self.compute_losses({k: v.float() for k, v in outputs.items()}, pids)

@@ -33,6 +33,7 @@ from vkd_torchreid.engine.teacher_cache import (
     usable,
 )
 from vkd_torchreid.utils import distributed
+from vkd_torchreid.utils.device import send
 from vkd_torchreid.utils.progress import progress_enabled
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class CachedTeacherTargets:
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """float32 features ``[..., D]`` of cache rows (int64, any shape)."""
         if self.features is not None:
-            return self.features[rows.to(self.features.device)].float()
+            return self.features[send(rows, self.features.device)].float()
         if self.cache is None:
             raise RuntimeError("the teacher cache is not open: call prepare() first")
         return self.cache.gather(rows)

@@ -16,6 +16,7 @@ from vkd_torchreid.engine.evaluator import Evaluator
 from vkd_torchreid.engine.targets import TARGETS, LiveTeacherTargets, TeacherTargets
 from vkd_torchreid.models.student import freeze_teacher
 from vkd_torchreid.models.sync_bn import convert_sync_batchnorm
+from vkd_torchreid.utils.device import send
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +124,7 @@ class VKDEngine(VKDEngineBase):
         pick = batch.student
         if pick is None:
             pick = torch.rand(b, n).argsort(dim=1)[:, :self.distill.student_frames]
-        pick = pick.to(imgs.device)
+        pick = send(pick, imgs.device)  # no sync: the teacher's forward is queued
         return self._format(imgs[torch.arange(b, device=imgs.device)[:, None], pick])
 
     def forward_train(self, imgs: torch.Tensor, batch: Batch) -> Dict[str, torch.Tensor]:

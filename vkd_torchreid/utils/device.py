@@ -40,6 +40,16 @@ def to_device(img: torch.Tensor, device: torch.device, channels_last: bool) -> t
     return flat.contiguous(memory_format=fmt).view(shape)
 
 
+def send(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (indices, boxes, constants) on ``device`` without a host-device
+    synchronisation: on CUDA it is pinned (when it is not) and copied non-blocking. A blocking
+    copy, or one from pageable memory, may wait for every kernel queued so far, which leaves
+    the device idle while the host queues the next ones."""
+    if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def configure_cuda(cudnn_benchmark: bool, tf32: Optional[bool]) -> Dict[str, bool]:
     """Sets the process-wide CUDA backend flags of ``train.cudnn_benchmark`` and ``train.tf32``.
 

@@ -17,7 +17,9 @@ of the ``--stage`` (randomly initialised networks: speed only), and reports:
 - ``loader_fps``: the loader alone, over one more epoch, with what the step would do to each
   batch before its forward (on CUDA: the copy, the decoding with ``data.decode_device cuda``,
   normalisation and erasing on the device), the last batch closed by a synchronisation: the
-  rate the data path could feed a step that took no time.
+  rate the data path could feed a step that took no time, and ``loader_next_share``, the
+  share of that time spent in the loader's ``next()`` (the rest is the finishing on the
+  device): which side limits it.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import functools
 import gc
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -71,20 +73,25 @@ def _devices(args: argparse.Namespace, use_gpu: bool) -> List[str]:
     return ["cpu", "cuda"] if use_gpu else ["cpu"]
 
 
-def _loader_fps(args: argparse.Namespace, engine: Any) -> float:
-    """Frames/s of one more epoch of the training loader alone, each batch brought to the
-    step's device as the step brings it (decoded, normalised and erased there on CUDA)."""
-    batches = iter(engine.train_loader)
+def _loader_fps(args: argparse.Namespace, engine: Any) -> Tuple[float, float]:
+    """(frames/s, share of the time in the loader's ``next()``) of one more epoch of the
+    training loader alone, each batch brought to the step's device as the step brings it
+    (decoded, normalised and erased there on CUDA). The rest of the time is that finishing:
+    the share says which side limits the rate."""
+    loader = TimedIterable(engine.train_loader)
+    batches = iter(loader)
     frames_per_batch = args.p * args.k * args.n
     for _ in range(args.warmup_steps):
         next(batches).device_images(engine.device, engine.options.channels_last)
     synchronize()
+    loader.reset()
     start, n = time.perf_counter(), 0
     for batch in batches:
         batch.device_images(engine.device, engine.options.channels_last)
         n += 1
     synchronize()
-    return n * frames_per_batch / max(time.perf_counter() - start, 1e-9)
+    wall = max(time.perf_counter() - start, 1e-9)
+    return n * frames_per_batch / wall, loader.wait_s / wall
 
 
 def _run(args: argparse.Namespace, root: str, use_gpu: bool, decode: str,
@@ -119,7 +126,8 @@ def _run(args: argparse.Namespace, root: str, use_gpu: bool, decode: str,
     frames = args.steps * args.p * args.k * args.n
     row = {"decode_device": decode, "workers": workers, "frames_per_s": frames / wall,
            "step_s": step_s, "wait_s": wait, "wall_s": wall, "wait_share": wait / wall,
-           "steps": args.steps, "loader_fps": _loader_fps(args, engine)}
+           "steps": args.steps}
+    row["loader_fps"], row["loader_next_share"] = _loader_fps(args, engine)
     del batches, loader, engine, dm, teacher  # persistent workers end with their loader
     gc.collect()
     return row
@@ -151,6 +159,7 @@ def bench_pipeline(args: argparse.Namespace) -> Dict[str, Any]:
                 print(f"pipeline {args.stage} decode {decode:4s} workers {workers:2d}: "
                       f"{row['frames_per_s']:8.0f} frames/s   step {1000 * row['step_s']:8.1f} "
                       f"ms   waiting for data {100 * row['wait_share']:5.1f}% of the wall time   "
-                      f"loader alone {row['loader_fps']:8.0f} frames/s",
+                      f"loader alone {row['loader_fps']:8.0f} frames/s "
+                      f"({100 * row['loader_next_share']:.0f}% in next())",
                       flush=True)
     return out
