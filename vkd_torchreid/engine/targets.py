@@ -236,7 +236,7 @@ class CachedTeacherTargets:
                              "built with the targets' row function)")
         device = imgs.device
         with torch.autocast(device.type, enabled=False):
-            t_emb = self.gather(batch.teacher_rows).to(device, non_blocking=True).mean(1)
+            t_emb = send(self.gather(batch.teacher_rows), device).mean(1)
             t_logits = teacher.classifier(teacher.bnneck(t_emb))
         return t_emb, t_logits
 
