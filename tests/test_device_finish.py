@@ -180,6 +180,28 @@ def test_byte_reading_items_carry_the_same_draws(mars_root):
     assert frames.shape == item.img.shape and diff.mean() < 3.0  # not Pillow-exact
 
 
+def test_a_frame_that_does_not_decode_is_named(mars_root, tmp_path):
+    """With decode_device cuda a JPEG whose start and end markers are intact passes the
+    workers' check; when the batch's decode then fails in the training process, the error is
+    one line naming that file (here torchvision's CPU decoder stands in for nvJPEG)."""
+    cfg = tiny_config(mars_root[0], "unused", "data.workers", "0", "train.batch_size", "4")
+    dm = VKDDataManager.from_config(cfg)
+    spec = next(iter(dm.train_loader.batch_sampler))[0]
+    tracklets = [list(t) for t in dm.train_tracklets]
+    t, f = spec[2][1]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8" + bytes(range(200)) + b"\xff\xd9")
+    tracklets[t][0] = tuple(str(bad) if i == f else p for i, p in enumerate(tracklets[t][0]))
+    frames = TrainFrames(tracklets, dm.train_loader.dataset.transform, jpeg_bytes=True)
+    collate = TrainCollate(dm.augment, dm.erase_ratio)
+    batch = collate.for_device(collate([frames[spec]]))
+    assert batch.work.jpeg_paths[1] == str(bad) and len(batch.work.jpeg_paths) == len(spec[2])
+    with pytest.raises(CorruptImageError) as err:
+        batch.device_images(torch.device("cpu"))
+    assert str(err.value).startswith(f"cannot decode image {bad}: not a decodable JPEG (")
+    assert "\n" not in str(err.value) and ".cpp" not in str(err.value)
+
+
 def test_decode_difference_reports_small_numbers(mars_root):
     paths = [p for t in VKDDataManager.from_config(tiny_config(
         mars_root[0], "unused")).train_tracklets[:3] for p in t[0][:4]]

@@ -49,6 +49,8 @@ class Item:
     #: geometry ``(dy, dx, flipped)`` (see ``TrainFrameTransform.draw_geometry``).
     jpeg: Sequence[torch.Tensor] = ()
     geometry: Optional[np.ndarray] = None
+    #: The files of :attr:`jpeg` (an error while decoding the batch names the bad one).
+    jpeg_paths: Sequence[str] = ()
 
 
 @dataclasses.dataclass
@@ -60,6 +62,7 @@ class DeviceWork:
         erase: int64 ``[K, 5]`` erasing boxes ``(frame, top, left, h, w)`` over the batch's
             ``B * V`` frames, drawn on the CPU (``draw_erase_boxes``), or None.
         jpeg: the ``B * V`` frames' JPEG bytes to decode first, or None.
+        jpeg_paths: their files (named when one does not decode).
         geometry: int64 ``[B * V, 3]`` ``(dy, dx, flipped)`` of the decoded frames.
         size: ``(height, width)`` the decoded frames are resized to.
         pad: ``data.pad`` of the crop.
@@ -69,6 +72,7 @@ class DeviceWork:
     std: Tuple[float, ...]
     erase: Optional[torch.Tensor] = None
     jpeg: Optional[List[torch.Tensor]] = None
+    jpeg_paths: Sequence[str] = ()
     geometry: Optional[torch.Tensor] = None
     size: Tuple[int, int] = (0, 0)
     pad: int = 0
@@ -104,6 +108,7 @@ class Batch:
     #: until :attr:`work` takes them.
     jpeg: Optional[torch.Tensor] = None
     jpeg_sizes: Optional[torch.Tensor] = None
+    jpeg_paths: List[str] = dataclasses.field(default_factory=list)
     geometry: Optional[torch.Tensor] = None
 
     @property
@@ -128,7 +133,8 @@ class Batch:
         if work.jpeg is not None:
             from vkd_torchreid.data.gpu_decode import decode_frames
 
-            frames = decode_frames(work.jpeg, work.geometry, work.size, work.pad, device)
+            frames = decode_frames(work.jpeg, work.geometry, work.size, work.pad, device,
+                                   paths=work.jpeg_paths)
             frames = frames.view(*self.img.shape[:2], *frames.shape[1:])
         else:
             frames = self.img
@@ -184,4 +190,5 @@ def stack_items(items: Sequence[Item]) -> Batch:
         index=_ints([it.index for it in items]),
         student=_ints([it.student for it in items]),
         teacher_rows=_ints([it.teacher_rows for it in items]), jpeg=jpeg,
-        jpeg_sizes=jpeg_sizes, geometry=geometry)
+        jpeg_sizes=jpeg_sizes, jpeg_paths=[p for it in items for p in it.jpeg_paths],
+        geometry=geometry)

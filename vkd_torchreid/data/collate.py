@@ -48,7 +48,7 @@ class TestCollate:
         o = self.options
         jpeg = None if batch.jpeg is None else unpack_bytes(batch.jpeg, batch.jpeg_sizes)
         return DeviceWork(tuple(o.norm_mean), tuple(o.norm_std), jpeg=jpeg,
-                          geometry=batch.geometry, size=(o.height, o.width), pad=o.pad)
+                          jpeg_paths=batch.jpeg_paths, geometry=batch.geometry, size=(o.height, o.width), pad=o.pad)
 
     def for_device(self, batch: Batch) -> Batch:
         """Leaves the batch's frames uint8 (or JPEG bytes) and records what is left to do on
@@ -56,6 +56,7 @@ class TestCollate:
         if not batch.finished and batch.work is None:
             batch.work = self._work(batch)
             batch.jpeg = batch.jpeg_sizes = batch.geometry = None
+            batch.jpeg_paths = []
         return batch
 
     def __call__(self, items: List[Item]) -> Batch:

@@ -88,7 +88,8 @@ class TrainFrames(Dataset):
             item.img = np.stack([self.transform(self._decode(pid, t, f, skipped), flip=flip)
                                  for (t, f), flip in zip(refs, flips)])
             return item
-        item.jpeg = [read_jpeg_bytes(self.paths[t][f]) for t, f in refs]
+        item.jpeg_paths = [self.paths[t][f] for t, f in refs]
+        item.jpeg = [read_jpeg_bytes(p) for p in item.jpeg_paths]
         item.geometry = np.array([self.transform.draw_geometry(flip) for flip in flips],
                                  dtype=np.int64).reshape(-1, 3)
         item.img = np.zeros((len(refs), 0, 0, 3), dtype=np.uint8)

@@ -13,6 +13,7 @@ The same functions run on the CPU (torchvision's libjpeg), which the tests use.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Dict, List, Sequence, Tuple
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vkd_torchreid.data.io import read_image, read_jpeg_bytes
+from vkd_torchreid.data.io import CorruptImageError, read_image, read_jpeg_bytes
 from vkd_torchreid.data.transforms import pad_crop_flip, resize
 from vkd_torchreid.utils.device import send
 
@@ -72,6 +73,40 @@ def decode_jpegs(jpeg: Sequence[torch.Tensor], device: torch.device) -> List[tor
     return frames
 
 
+def _reason(exc: BaseException) -> str:
+    """torchvision's decoding error without its source location (first line)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^.*?\.cpp:\d+,\s*", "", text)
+
+
+def _bad_frame(jpeg: Sequence[torch.Tensor], device: torch.device, paths: Sequence[str],
+               exc: RuntimeError) -> Exception:
+    """The error of a batch that did not decode, naming its first bad frame: each frame is
+    decoded alone, on the CPU (libjpeg) and then on ``device``."""
+    for where in dict.fromkeys((torch.device("cpu"), device)):
+        for i, data in enumerate(jpeg):
+            try:
+                decode_jpegs([data], where)
+            except RuntimeError as one:
+                name = paths[i] if i < len(paths) else f"<frame {i} of the batch>"
+                if where.type == "cpu":
+                    return CorruptImageError(name, f"not a decodable JPEG ({_reason(one)})")
+                return CorruptImageError(name, f"nvJPEG cannot decode it ({_reason(one)}); "
+                                               "data.decode_device cpu decodes with OpenCV")
+    return RuntimeError(f"decoding a batch of {len(jpeg)} JPEG frames on {device} failed, "
+                        f"although each frame decodes alone: {_reason(exc)}")
+
+
+def decode_checked(jpeg: Sequence[torch.Tensor], device: torch.device,
+                   paths: Sequence[str] = ()) -> List[torch.Tensor]:
+    """:func:`decode_jpegs`; when the batch does not decode, a :class:`CorruptImageError`
+    naming the first frame (of ``paths``, the frames' files) that does not decode alone."""
+    try:
+        return decode_jpegs(jpeg, device)
+    except RuntimeError as exc:
+        raise _bad_frame(jpeg, device, paths, exc) from exc
+
+
 def resize_frames(frames: Sequence[torch.Tensor], height: int, width: int) -> torch.Tensor:
     """uint8 ``[F, height, width, 3]`` from uint8 ``[3, h, w]`` frames: frames of one source
     size are resized together (antialiased bicubic, float32, rounded); frames already at the
@@ -97,11 +132,12 @@ def resize_frames(frames: Sequence[torch.Tensor], height: int, width: int) -> to
 
 
 def decode_frames(jpeg: Sequence[torch.Tensor], geometry: torch.Tensor, size: Tuple[int, int],
-                  pad: int, device: torch.device) -> torch.Tensor:
+                  pad: int, device: torch.device, paths: Sequence[str] = ()) -> torch.Tensor:
     """The training frames uint8 ``[F, H, W, 3]`` on ``device``: decoded, resized to ``size``,
     padded by ``pad`` and cropped at the drawn offsets, flipped where drawn (``geometry``
-    int64 ``[F, 3]``: ``(dy, dx, flipped)``)."""
-    frames = resize_frames(decode_jpegs(jpeg, device), *size)
+    int64 ``[F, 3]``: ``(dy, dx, flipped)``). A frame that does not decode is named (of
+    ``paths``, the frames' files) by a :class:`CorruptImageError`."""
+    frames = resize_frames(decode_checked(jpeg, device, paths), *size)
     return pad_crop_flip(frames, send(geometry, device), pad)
 
 
