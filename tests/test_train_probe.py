@@ -32,3 +32,24 @@ def test_probe_runs_real_steps_and_reports_them():
                               workers=0, amp=""), ["cpu"])
     assert row["decode_device"] == "cpu" and row["steps"] == 2
     assert row["nonfinite_inputs"] == 0 and "failed_at" not in row
+
+
+def test_gpu_check_on_the_cpu_writes_its_report(tmp_path):
+    """tools/gpu_check.py with --device cpu (torchvision's libjpeg standing in for nvJPEG):
+    the decode report in the JSON; the benchmarks' argument lists parse as the benchmark
+    command's (they run only with --benchmarks, on a GPU)."""
+    import json
+
+    from vkd_torchreid.apps import gpu_check
+    from vkd_torchreid.apps.benchmark import build_parser
+
+    out = tmp_path / "report.json"
+    assert gpu_check.main(["--device", "cpu", "--skip-tests", "--frames", "8",
+                           "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["sources"]) == {"256x128", "320x160", "192x96"}
+    assert report["sources"]["256x128"]["decode_max"] == 0 and report["tests_exit_status"] == 0
+    assert "memory_reuse" not in report  # CUDA only
+    for argv in (gpu_check.PIPELINE_ARGS, gpu_check.STEP_ARGS):
+        args = build_parser().parse_args(argv)
+        assert (args.p, args.k, args.n, args.height, args.width) == (8, 4, 8, 256, 128)

@@ -15,7 +15,12 @@
    :func:`~vkd_torchreid.data.gpu_decode.decode_jpegs` (which must not);
 
 4. with ``--train-steps K``, runs the training probe (:mod:`vkd_torchreid.apps.train_probe`):
-   K teacher-stage steps per ``--decode`` device, and where a non-finite loss comes from.
+   K teacher-stage steps per ``--decode`` device, and where a non-finite loss comes from;
+
+5. with ``--benchmarks``, runs ``vkd-reid benchmark pipeline`` and ``step`` at the paper's
+   student batch (:data:`PIPELINE_ARGS`, :data:`STEP_ARGS`; a few minutes on an H200).
+
+The report (``--json``) is rewritten after each part, so a run cut short keeps what it did.
 
 It writes its synthetic frames to a temporary folder and needs under two minutes on a GPU.
 With ``--device cpu`` the numbers are torchvision's libjpeg on the CPU (the tests' stand-in).
@@ -42,6 +47,13 @@ TESTS = ("tests/test_device_finish.py", "tests/test_losses.py")
 #: (source height, width) of the frames, resized to 256 x 128.
 SOURCES = ((256, 128), (320, 160), (192, 96))
 TARGET = (256, 128)
+_PAPER_BATCH = ["--model", "vkd_resnet50", "-p", "8", "-k", "4", "-n", "8", "--height", "256",
+                "--width", "128"]
+#: ``--benchmarks``: the loader and the teacher-stage step together, both decoders.
+PIPELINE_ARGS = ["pipeline", *_PAPER_BATCH, "--loader-workers", "8,14", "--stage", "teacher",
+                 "--amp", "bf16", "--channels-last", "--steps", "30", "--warmup-steps", "3"]
+#: ``--benchmarks``: the student step next to its bare compute.
+STEP_ARGS = ["step", *_PAPER_BATCH, "-m", "2", "--reps", "10"]
 
 
 def _frames(root: str, size: Sequence[int], count: int) -> List[str]:
@@ -124,6 +136,37 @@ def run_tests() -> int:
     return subprocess.call(cmd, cwd=REPO, env=env)
 
 
+def _print_decode(report: Dict[str, Any]) -> None:
+    print(f"decode on {report['device']} vs the CPU path (OpenCV + Pillow), uint8 levels, "
+          f"to {TARGET[0]}x{TARGET[1]}:")
+    print(f"{'source':>9s} {'frames':>6s} {'decode mean':>11s} {'decode max':>10s} "
+          f"{'mean':>6s} {'max':>5s} {'frames/s':>9s}")
+    for key, r in report["sources"].items():
+        print(f"{key:>9s} {r['frames']:6d} {r['decode_mean']:11.3f} {r['decode_max']:10.0f} "
+              f"{r['mean']:6.3f} {r['max']:5.0f} {r['frames_per_s']:9.0f}")
+
+
+def _memory_reuse(device: torch.device, frames: int) -> Dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="vkd_gpu_check_") as root:
+        out = reuse_report(_frames(root, TARGET, frames), device)
+    for name in ("torchvision", "ours"):
+        r = out[name]
+        print(f"decode into memory still queued for reading ({name}): {r['overwritten']} "
+              f"of {r['checked']} reductions overwritten", flush=True)
+    return out
+
+
+def _benchmarks() -> Dict[str, Any]:
+    """:data:`PIPELINE_ARGS` and :data:`STEP_ARGS` through the benchmark command."""
+    from vkd_torchreid.apps.benchmark import BENCHES, build_parser
+
+    out = {}
+    for argv in (PIPELINE_ARGS, STEP_ARGS):
+        print("$ vkd-reid benchmark " + " ".join(argv), flush=True)
+        out[argv[0]] = BENCHES[argv[0]](build_parser().parse_args(argv))
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,28 +179,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--decode", default="cpu,cuda",
                         help="the probe's data.decode_device values (cuda needs CUDA)")
     parser.add_argument("--model", default="vkd_resnet50", help="the probe's network")
+    parser.add_argument("--benchmarks", action="store_true",
+                        help="also run the pipeline and step benchmarks at the paper's batch")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available here", file=sys.stderr)
         return 2
+    report: Dict[str, Any] = {}
+
+    def save() -> None:
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(report, fh, indent=2)
+
     status = 0 if args.skip_tests else run_tests()
-    report = decode_report(device, args.frames)
-    print(f"decode on {report['device']} vs the CPU path (OpenCV + Pillow), uint8 levels, "
-          f"to {TARGET[0]}x{TARGET[1]}:")
-    print(f"{'source':>9s} {'frames':>6s} {'decode mean':>11s} {'decode max':>10s} "
-          f"{'mean':>6s} {'max':>5s} {'frames/s':>9s}")
-    for key, r in report["sources"].items():
-        print(f"{key:>9s} {r['frames']:6d} {r['decode_mean']:11.3f} {r['decode_max']:10.0f} "
-              f"{r['mean']:6.3f} {r['max']:5.0f} {r['frames_per_s']:9.0f}")
-    report["tests_exit_status"] = status
+    report.update(decode_report(device, args.frames), tests_exit_status=status)
+    _print_decode(report)
+    save()
     if device.type == "cuda":
-        with tempfile.TemporaryDirectory(prefix="vkd_gpu_check_") as root:
-            report["memory_reuse"] = reuse_report(_frames(root, TARGET, args.frames), device)
-        for name in ("torchvision", "ours"):
-            r = report["memory_reuse"][name]
-            print(f"decode into memory still queued for reading ({name}): {r['overwritten']} "
-                  f"of {r['checked']} reductions overwritten", flush=True)
+        report["memory_reuse"] = _memory_reuse(device, args.frames)
+        save()
     if args.train_steps > 0:
         from vkd_torchreid.apps.train_probe import probe, probe_args
 
@@ -165,7 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report["train_probe"] = probe(probe_args(args.train_steps, args.model), decodes)
         for row in report["train_probe"]:
             print("train probe: " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
+        save()
+    if args.benchmarks:
+        report["benchmarks"] = _benchmarks()
+        save()
     return status
