@@ -229,3 +229,18 @@ def test_truncated_config_through_the_cli_is_one_whole_line(tmp_path, capsys):
     assert "while parsing a flow sequence (line 2, column 12): expected ',' or ']', but got " \
            "'<stream end>' (line 3, column 1)" in err
     assert os.listdir(tmp_path) == ["cut.yaml"]  # nothing written
+
+
+def test_without_the_gather_each_rank_needs_two_identities(monkeypatch):
+    """Under torchrun with train.dist_gather False, each process's triplet loss sees only its
+    P / world identities: one is refused (it would be NaN at every step on a GPU)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = _cfg(train__batch_size=8, sampler__num_instances=2, train__dist_gather=False,
+               train__dist_backend="gloo")
+    validate_config(cfg)  # P = 4: two identities a process
+    cfg = _cfg(train__batch_size=4, sampler__num_instances=2, train__dist_gather=False,
+               train__dist_backend="gloo")
+    with pytest.raises(ValueError, match=r"train.dist_gather.*only its own 1 identity"):
+        validate_config(cfg)
+    validate_config(_cfg(train__batch_size=4, sampler__num_instances=2,
+                         train__dist_backend="gloo"))  # with the gather: 2 identities in all

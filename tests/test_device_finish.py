@@ -275,8 +275,17 @@ def test_gpu_decoding_allocates_on_a_side_stream_and_guards_its_frames(monkeypat
     assert len(frames) == 2 and current[-1].name == "caller"
     assert calls == [("decode", "side", 2, "cuda:0"), ("wait", "caller", "side"),
                      ("record", "caller"), ("record", "caller")]
-    decode_jpegs(jpeg, torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    decode_jpegs(jpeg, torch.device("cuda"))  # as cuda:0: torchvision keeps one decoder
+    assert calls[4] == ("decode", "side", 2, "cuda:0")
     assert list(gpu_decode._DECODE_STREAMS) == [0]  # one side stream per GPU, kept
+    # a caller on a pooled stream is never given its own stream as the side stream
+    monkeypatch.setattr(gpu_decode, "_DECODE_STREAMS", {})
+    pool = iter([current[0], FakeStream("other")])
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: next(pool))
+    calls.clear()
+    decode_jpegs(jpeg, torch.device("cuda", 0))
+    assert calls[0] == ("decode", "other", 2, "cuda:0")
 
 
 # ----------------------------------------------------------------------- CUDA

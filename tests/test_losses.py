@@ -122,3 +122,14 @@ def test_distance_preservation_ignores_autocast():
         got = L.distance_preservation_loss(s, t)
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_check_finite_names_the_terms_and_hints_at_a_single_identity():
+    from vkd_torchreid.engine.loss_values import NonFiniteLossError, check_finite
+
+    check_finite({"loss": 1.0, "loss_tr": 0.5}, "step 1")
+    with pytest.raises(NonFiniteLossError, match=r"loss_tr=nan at step 3; .*single identity"):
+        check_finite({"loss": math.nan, "loss_tr": math.nan, "loss_ce": 1.0}, "step 3")
+    with pytest.raises(NonFiniteLossError) as err:
+        check_finite({"loss": math.inf, "loss_ce": math.inf}, "step 4")
+    assert "loss_ce=inf at step 4" in str(err.value) and "identity" not in str(err.value)

@@ -253,6 +253,11 @@ def world_fits(cfg: CN) -> None:
                    f"P x K items with P = {p} identities divisible by the world size {world} "
                    f"(K = sampler.num_instances = {cfg.sampler.num_instances}): each process "
                    "takes P / world-size whole identities")
+    if not cfg.train.dist_gather and p // world < 2:
+        raise fail("train.dist_gather", False,
+                   f"True, or P = {p} identities of at least 2 x the world size {world}: "
+                   "without the gather each process's triplet loss sees only its own "
+                   f"{p // world} identity, and needs a negative")
     try:
         resolve_backend(cfg.train.dist_backend, bool(cfg.use_gpu))
     except ValueError:

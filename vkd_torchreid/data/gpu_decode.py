@@ -32,12 +32,13 @@ DECODE_DEVICES = ("cpu", "cuda")
 _DECODE_STREAMS: Dict[int, torch.cuda.Stream] = {}
 
 
-def _decode_stream(device: torch.device) -> torch.cuda.Stream:
-    """The side stream (one per GPU) that is current while nvJPEG's outputs are allocated."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    stream = _DECODE_STREAMS.get(index)
-    if stream is None:
-        stream = _DECODE_STREAMS[index] = torch.cuda.Stream(device=index)
+def _decode_stream(device: torch.device, consumer: torch.cuda.Stream) -> torch.cuda.Stream:
+    """The side stream (one per GPU, never the caller's) that is current while nvJPEG's
+    outputs are allocated. ``torch.cuda.Stream`` hands out PyTorch's pooled streams in turn,
+    so a caller running on a pooled stream could be given its own."""
+    stream = _DECODE_STREAMS.get(device.index)
+    while stream is None or stream == consumer:
+        stream = _DECODE_STREAMS[device.index] = torch.cuda.Stream(device=device.index)
     return stream
 
 
@@ -62,8 +63,10 @@ def decode_jpegs(jpeg: Sequence[torch.Tensor], device: torch.device) -> List[tor
     if device.type != "cuda":
         out = decode_jpeg(list(jpeg), mode=ImageReadMode.RGB, device=device)
         return list(out) if isinstance(out, (list, tuple)) else [out]
+    if device.index is None:  # torchvision rebuilds its decoder when 'cuda' != 'cuda:0'
+        device = torch.device("cuda", torch.cuda.current_device())
     consumer = torch.cuda.current_stream(device)
-    side = _decode_stream(device)
+    side = _decode_stream(device, consumer)
     with torch.cuda.stream(side):
         out = decode_jpeg(list(jpeg), mode=ImageReadMode.RGB, device=device)
     frames = list(out) if isinstance(out, (list, tuple)) else [out]
@@ -103,6 +106,8 @@ def decode_checked(jpeg: Sequence[torch.Tensor], device: torch.device,
     naming the first frame (of ``paths``, the frames' files) that does not decode alone."""
     try:
         return decode_jpegs(jpeg, device)
+    except torch.cuda.OutOfMemoryError:
+        raise
     except RuntimeError as exc:
         raise _bad_frame(jpeg, device, paths, exc) from exc
 

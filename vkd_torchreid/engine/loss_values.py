@@ -38,6 +38,8 @@ def check_finite(values: Dict[str, float], where: str) -> None:
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
         terms = [k for k in bad if k != "loss"] or bad
+        hint = ("; a NaN triplet loss on a GPU also means a batch of a single identity (the "
+                "sampler's P below 2)" if terms == ["loss_tr"] else "")
         raise NonFiniteLossError(
             f"non-finite loss {', '.join(f'{k}={values[k]}' for k in terms)} at {where}; "
-            "no update was made and no checkpoint was written with it")
+            f"no update was made and no checkpoint was written with it{hint}")

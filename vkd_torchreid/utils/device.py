@@ -46,7 +46,7 @@ def send(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     copy, or one from pageable memory, may wait for every kernel queued so far, which leaves
     the device idle while the host queues the next ones."""
     if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
-        t = t.pin_memory()
+        t = t.contiguous().pin_memory()  # a strided pinned view would copy through pageable
     return t.to(device, non_blocking=True)
 
 
