@@ -357,12 +357,13 @@ def test_cuda_step_makes_no_host_sync_before_its_loss_read_back(mars_root, tmp_p
         return read_back(*args)
 
     monkeypatch.setattr(base, "synced_values", unchecked_read_back)
-    batches = iter(engine.train_loader)
-    engine.forward_backward(next(batches))  # cuDNN's search, first allocations, pinned blocks
+    # cuDNN's search, first allocations, pinned blocks (the tiny world's epoch is one batch)
+    engine.forward_backward(next(iter(engine.train_loader)))
+    batch = next(iter(engine.train_loader))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        values = engine.forward_backward(next(batches))
+        values = engine.forward_backward(batch)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert np.isfinite(values["loss"])

