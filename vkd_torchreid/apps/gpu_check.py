@@ -38,7 +38,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from vkd_torchreid.apps.benchmark.common import timeit
-from vkd_torchreid.data.gpu_decode import decode_difference, decode_frames, decode_jpegs
+from vkd_torchreid.data.gpu_decode import (
+    decode_difference,
+    decode_frames,
+    decode_jpegs,
+    torchvision_decode,
+)
 from vkd_torchreid.data.io import read_jpeg_bytes
 from vkd_torchreid.synthetic import write_synthetic
 
@@ -113,13 +118,11 @@ def corrupted_reductions(decode: Callable[[], Any], nbytes: Sequence[int],
 
 def reuse_report(paths: Sequence[str], device: torch.device) -> Dict[str, Any]:
     """:func:`corrupted_reductions` for torchvision's decode as it is and for ours."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     jpeg = [read_jpeg_bytes(p) for p in paths]
     nbytes = [int(f.numel()) for f in decode_jpegs(jpeg, device)]
     out: Dict[str, Any] = {"frames": len(jpeg)}
     for name, decode in (
-            ("torchvision", lambda: decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device)),
+            ("torchvision", lambda: torchvision_decode(jpeg, device)),
             ("ours", lambda: decode_jpegs(jpeg, device))):
         bad, checked = corrupted_reductions(decode, nbytes, device)
         out[name] = {"overwritten": bad, "checked": checked}

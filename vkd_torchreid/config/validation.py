@@ -164,11 +164,13 @@ def batch_is_p_times_k(cfg: CN) -> None:
     k, batch = cfg.sampler.num_instances, cfg.train.batch_size
     if k > batch:
         raise fail("sampler.num_instances", k, f"at most train.batch_size={batch} (K <= P*K)")
-    if cfg.sampler.train_sampler == MULTIVIEW_SAMPLER and batch < 2 * k:
+    if cfg.sampler.train_sampler != MULTIVIEW_SAMPLER:
+        return
+    if batch < 2 * k:
         raise fail("train.batch_size", batch,
                    f"at least 2 x sampler.num_instances={2 * k}: P = 2 identities or more "
                    "(the batch-hard triplet loss needs a negative for every anchor)")
-    if cfg.sampler.train_sampler == MULTIVIEW_SAMPLER and batch % k:
+    if batch % k:
         raise fail("train.batch_size", batch,
                    f"a multiple of sampler.num_instances={k} (P x K items)")
 

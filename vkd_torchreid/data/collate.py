@@ -48,7 +48,8 @@ class TestCollate:
         o = self.options
         jpeg = None if batch.jpeg is None else unpack_bytes(batch.jpeg, batch.jpeg_sizes)
         return DeviceWork(tuple(o.norm_mean), tuple(o.norm_std), jpeg=jpeg,
-                          jpeg_paths=batch.jpeg_paths, geometry=batch.geometry, size=(o.height, o.width), pad=o.pad)
+                          jpeg_paths=batch.jpeg_paths, geometry=batch.geometry,
+                          size=(o.height, o.width), pad=o.pad)
 
     def for_device(self, batch: Batch) -> Batch:
         """Leaves the batch's frames uint8 (or JPEG bytes) and records what is left to do on

@@ -42,6 +42,17 @@ def _decode_stream(device: torch.device, consumer: torch.cuda.Stream) -> torch.c
     return stream
 
 
+def torchvision_decode(jpeg: Sequence[torch.Tensor], device: torch.device) -> List[torch.Tensor]:
+    """torchvision's ``decode_jpeg`` of the list on ``device``, as it is (on CUDA without the
+    guard of :func:`decode_jpegs`): RGB uint8 ``[3, h, w]`` frames."""
+    with warnings.catch_warnings():  # torchvision >= 0.29 points at torchcodec on import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+    out = decode_jpeg(list(jpeg), mode=ImageReadMode.RGB, device=device)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
 def decode_jpegs(jpeg: Sequence[torch.Tensor], device: torch.device) -> List[torch.Tensor]:
     """RGB uint8 ``[3, h, w]`` frames (each its own size) of JPEG byte tensors, decoded on
     ``device`` (nvJPEG on CUDA, libjpeg on the CPU) in one call.
@@ -56,20 +67,14 @@ def decode_jpegs(jpeg: Sequence[torch.Tensor], device: torch.device) -> List[tor
     holds blocks of earlier decodes, which :meth:`torch.Tensor.record_stream` keeps out of
     reuse until the caller's kernels on them have run. No host synchronisation is added.
     """
-    with warnings.catch_warnings():  # torchvision >= 0.29 points at torchcodec on import
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode, decode_jpeg
-
     if device.type != "cuda":
-        out = decode_jpeg(list(jpeg), mode=ImageReadMode.RGB, device=device)
-        return list(out) if isinstance(out, (list, tuple)) else [out]
+        return torchvision_decode(jpeg, device)
     if device.index is None:  # torchvision rebuilds its decoder when 'cuda' != 'cuda:0'
         device = torch.device("cuda", torch.cuda.current_device())
     consumer = torch.cuda.current_stream(device)
     side = _decode_stream(device, consumer)
     with torch.cuda.stream(side):
-        out = decode_jpeg(list(jpeg), mode=ImageReadMode.RGB, device=device)
-    frames = list(out) if isinstance(out, (list, tuple)) else [out]
+        frames = torchvision_decode(jpeg, device)
     consumer.wait_stream(side)
     for frame in frames:
         frame.record_stream(consumer)
